@@ -1,0 +1,9 @@
+//! The rudder node agent library.
+//!
+//! - [`proxy`]: Service load balancing on this node, programmed into eBPF maps (or iptables for
+//!   comparison).
+//!
+//! This crate never depends on `rudder-control`: it reaches the apiserver through kube-rs like any
+//! outside client.
+
+pub mod proxy;

