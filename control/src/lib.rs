@@ -1,5 +1,15 @@
 //! The rudder control plane: the Kubernetes-compatible apiserver and its storage, the scheduler
 //! and the controllers. The `rudder` binary (`src/main.rs`) wires these together with the node
 //! agent, DNS and ingress.
+//!
+//! - [`store`]: storage with etcd semantics (embedded redb default, or etcd);
+//! - [`api`]: the apiserver (REST, watch, discovery, validation, patch, tables);
+//! - [`auth`]: CA, serving certificate, tokens, kubeconfig;
+//! - [`controllers`]: control loops;
+//! - [`server`]: `rudder server` start-up and bootstrap.
 
+pub mod api;
+pub mod auth;
+pub mod controllers;
+pub mod server;
 pub mod store;

@@ -379,7 +379,9 @@ mod tests {
     #[ignore = "needs Debian's etcd-server; run by cargo xtask ci"]
     async fn conformance() {
         let etcd = LocalEtcd::start().await.expect("start etcd");
-        let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
+        let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+            .await
+            .unwrap();
         super::super::conformance::run(&store).await;
     }
 }

@@ -1,0 +1,6 @@
+//! Controllers of the control plane. Each owns one concern and converges the cluster towards the
+//! declared state.
+//!
+//! - [`namespace`]: deletes everything in a Namespace being deleted, then the Namespace.
+
+pub mod namespace;
