@@ -221,6 +221,17 @@ impl ApiError {
         )
     }
 
+    /// 415 with a hint on what to send instead.
+    pub fn unsupported_media_type_hint(content_type: &str, hint: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unsupported format ({content_type}): {hint}"
+            ),
+        )
+    }
+
     /// 422 Invalid with one cause per field. `kind` is e.g. `Deployment`, `group` e.g. `apps`.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         let qualified = if group.is_empty() {
