@@ -2,6 +2,8 @@
 //! on the embedded store and on a real etcd. Needs kubectl (`RUDDER_KUBECTL`) and Debian's etcd;
 //! run by `cargo xtask ci`.
 
+#![allow(clippy::unwrap_used, reason = "test code: a failure is a panic")]
+
 mod common;
 
 use std::{io::BufRead, process::Stdio, time::Duration};
