@@ -1,6 +1,11 @@
-//! The benchmark harness behind `cargo xtask bench <name>`.
+//! The benchmark harness behind `cargo xtask bench <name>` (binary `rudder-bench`).
 //!
 //! - [`results`]: the machine-readable results file every benchmark writes
 //!   (`target/bench/<name>/results.json`) and its markdown report.
+//! - [`control`]: the control-plane benchmark (embedded store vs etcd, through the real apiserver
+//!   and the kube-rs client).
+//! - [`stats`]: percentiles.
 
+pub mod control;
 pub mod results;
+pub mod stats;

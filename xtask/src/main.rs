@@ -2,7 +2,11 @@
 //!
 //! - `cargo xtask ci` installs what the tests need on a fresh Debian machine, then runs fmt,
 //!   clippy and every test, including the ones that need root, BPF and etcd.
+//! - `cargo xtask up` installs prerequisites, builds `rudder` (release) and starts a one-node
+//!   cluster (`rudder server`) in the background; `cargo xtask down` stops it.
+//! - `cargo xtask bench <name>` runs a benchmark and writes `target/bench/<name>/`.
 
+mod cluster;
 mod prereqs;
 
 use std::process::Command;
@@ -23,6 +27,35 @@ enum Cmd {
     Ci,
     /// Install the prerequisites only (Debian packages, kubectl, nightly rust-src, bpf-linker).
     Prereqs,
+    /// Install prerequisites, build, and start a cluster; prints the kubeconfig path.
+    Up {
+        /// Number of nodes (1: `rudder server` on this host).
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        /// Data directory of the server.
+        #[arg(long, default_value = "/var/lib/rudder")]
+        data_dir: std::path::PathBuf,
+        /// HTTPS port of the apiserver.
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+    },
+    /// Stop the cluster started by `up`.
+    Down {
+        /// Data directory of the server.
+        #[arg(long, default_value = "/var/lib/rudder")]
+        data_dir: std::path::PathBuf,
+        /// Also delete the data directory (all objects, credentials and the kubeconfig).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Run a benchmark; results go to target/bench/<name>/ (results.json, report.md).
+    Bench {
+        /// Which benchmark: control.
+        name: String,
+        /// Smaller sizes for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -30,6 +63,51 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Ci => ci(),
         Cmd::Prereqs => prereqs::ensure().map(|_| ()),
+        Cmd::Up {
+            nodes,
+            data_dir,
+            port,
+        } => cluster::up(nodes, &data_dir, port),
+        Cmd::Down { data_dir, purge } => cluster::down(&data_dir, purge),
+        Cmd::Bench { name, quick } => bench(&name, quick),
+    }
+}
+
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn bench(name: &str, quick: bool) -> Result<()> {
+    prereqs::ensure()?;
+    match name {
+        "control" => {
+            step(
+                "cargo build --release",
+                cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "rudder-control",
+                    "-p",
+                    "rudder-benches",
+                ]),
+            )?;
+            let release = target_dir().join("release");
+            let out = workspace_root().join("target/bench/control");
+            let mut cmd = Command::new(release.join("rudder-bench"));
+            cmd.arg("control")
+                .arg("--rudder")
+                .arg(release.join("rudder"))
+                .arg("--out")
+                .arg(&out);
+            if quick {
+                cmd.arg("--quick");
+            }
+            step("rudder-bench control", &mut cmd)
+        }
+        other => bail!("unknown benchmark {other:?}; available: control"),
     }
 }
 

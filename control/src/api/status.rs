@@ -321,8 +321,15 @@ impl From<crate::store::Error> for ApiError {
                 format!("Too large resource version: {requested}, current: {current}"),
             ),
             other => {
-                tracing::error!(error = %other, "storage error");
-                Self::internal(format!("storage error: {other}"))
+                let mut message = other.to_string();
+                let mut source = std::error::Error::source(&other);
+                while let Some(cause) = source {
+                    message.push_str(": ");
+                    message.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                tracing::error!(error = %message, "storage error");
+                Self::internal(format!("storage error: {message}"))
             }
         }
     }

@@ -39,6 +39,8 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 
+/// redb page cache size.
+const CACHE_BYTES: usize = 32 << 20;
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 1024;
 /// Live events buffered per watcher before it falls back to reading the log.
@@ -95,7 +97,11 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir/store.redb`.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Embedded(Box::new(e)))?;
-        let db = Database::create(dir.join("store.redb")).map_err(db_err)?;
+        // redb's page cache grows to 1 GiB by default; the hot set of a cluster is far smaller.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("store.redb"))
+            .map_err(db_err)?;
         let (revision, compacted) = {
             let txn = db.begin_write().map_err(db_err)?;
             let read = {

@@ -102,21 +102,49 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str, options: ListOptions) -> Result<ListPage> {
-        let start = match &options.start_after {
+        // Large lists are read in chunks pinned to the first chunk's revision, so no response
+        // exceeds gRPC's message size and the whole list is one consistent snapshot.
+        const CHUNK: usize = 1000;
+        let mut start = match &options.start_after {
             // The next key after `after` in byte order is `after\0`.
-            Some(after) if after.as_str() >= prefix => format!("{after}\0"),
-            _ => prefix.to_owned(),
+            Some(after) if after.as_str() >= prefix => format!("{after}\0").into_bytes(),
+            _ => prefix.as_bytes().to_vec(),
         };
-        let mut get = GetOptions::new().with_range(prefix_end(prefix));
-        if options.limit > 0 {
-            get = get.with_limit(options.limit as i64);
+        let end = prefix_end(prefix);
+        let mut page = ListPage::default();
+        let mut revision = 0;
+        loop {
+            let want = if options.limit == 0 {
+                CHUNK
+            } else {
+                (options.limit - page.items.len()).min(CHUNK)
+            };
+            let mut get = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(want as i64);
+            if revision > 0 {
+                get = get.with_revision(revision);
+            }
+            let resp = self.client().get(start.clone(), Some(get)).await?;
+            if revision == 0 {
+                revision = header_revision(resp.header());
+            }
+            page.items.extend(resp.kvs().iter().map(to_kv));
+            let done = options.limit > 0 && page.items.len() >= options.limit;
+            if !resp.more() || done {
+                page.more = resp.more();
+                break;
+            }
+            match resp.kvs().last() {
+                Some(last) => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                None => break,
+            }
         }
-        let resp = self.client().get(start, Some(get)).await?;
-        Ok(ListPage {
-            items: resp.kvs().iter().map(to_kv).collect(),
-            revision: header_revision(resp.header()),
-            more: resp.more(),
-        })
+        page.revision = revision;
+        Ok(page)
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {

