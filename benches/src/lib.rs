@@ -4,7 +4,7 @@
 //!   (`target/bench/<name>/results.json`) and its markdown report.
 //! - [`control`]: the control-plane benchmark (embedded store vs etcd, through the real apiserver
 //!   and the kube-rs client).
-//! - [`stats`]: percentiles.
+//! - [`stats`] computes percentiles.
 
 pub mod control;
 pub mod results;
