@@ -393,12 +393,73 @@ fn restart_keeps_objects_and_watches_resume(server: &mut Rudder) {
     );
 }
 
+fn custom_resources(server: &Rudder) {
+    server.ok(&["apply", "-f", &fixture("widgets-crd.yaml")]);
+    server.ok(&[
+        "wait",
+        "--for",
+        "condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ]);
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: default\nspec:\n  size: small\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Printer columns, and the schema default for replicas.
+    let table = server.ok(&["get", "wd", "-n", "default"]);
+    assert!(
+        table.contains("SIZE") && table.contains("REPLICAS"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["w1", "small", "1"]),
+        "{table}"
+    );
+    server.ok(&["scale", "widget/w1", "-n", "default", "--replicas=4"]);
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "widget",
+            "w1",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "4"
+    );
+    // The `all` category includes the custom type.
+    assert!(
+        server
+            .ok(&["get", "all", "-n", "default"])
+            .contains("widget.example.com/w1")
+    );
+    // Schema validation names the field.
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w2\n  namespace: default\nspec:\n  size: huge\n  replicas: -1\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.size") && err.contains("spec.replicas"),
+        "{err}"
+    );
+    // Deleting the CRD removes its objects and stops serving the type.
+    server.ok(&["delete", "crd", "widgets.example.com"]);
+    server.wait_for("widgets to stop being served", || {
+        !server.kubectl(&["get", "widgets", "-A"]).status.success()
+    });
+}
+
 #[test]
 #[ignore = "needs kubectl 1.37 (RUDDER_KUBECTL); run by cargo xtask ci"]
 fn kubectl_against_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Rudder::start(&dir.path().join("data"), &[]);
     user_journey(&mut server);
+    custom_resources(&server);
     restart_keeps_objects_and_watches_resume(&mut server);
 }
 
