@@ -102,18 +102,14 @@ impl Allocator {
                 ),
             ));
         }
-        match self
-            .store
-            .create(&format!("{IP_PREFIX}{ip}"), Bytes::from(owner.to_owned()))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(store::Error::AlreadyExists(_)) => Err(invalid_field(
+        if take(&*self.store, &format!("{IP_PREFIX}{ip}"), owner).await? {
+            Ok(())
+        } else {
+            Err(invalid_field(
                 field,
                 &ip.to_string(),
                 "provided IP is already allocated",
-            )),
-            Err(e) => Err(e.into()),
+            ))
         }
     }
 
@@ -126,14 +122,8 @@ impl Allocator {
         let start = rand::random_range(0..span);
         for i in 0..span.min(1 << 16) {
             let ip = self.service_cidr.nth(low + (start + i) % span);
-            match self
-                .store
-                .create(&format!("{IP_PREFIX}{ip}"), Bytes::from(owner.to_owned()))
-                .await
-            {
-                Ok(_) => return Ok(ip),
-                Err(store::Error::AlreadyExists(_)) => continue,
-                Err(e) => return Err(e.into()),
+            if take(&*self.store, &format!("{IP_PREFIX}{ip}"), owner).await? {
+                return Ok(ip);
             }
         }
         Err(ApiError::internal(format!(
@@ -159,21 +149,14 @@ impl Allocator {
                 ),
             ));
         }
-        match self
-            .store
-            .create(
-                &format!("{PORT_PREFIX}{port}"),
-                Bytes::from(owner.to_owned()),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(store::Error::AlreadyExists(_)) => Err(invalid_field(
+        if take(&*self.store, &format!("{PORT_PREFIX}{port}"), owner).await? {
+            Ok(())
+        } else {
+            Err(invalid_field(
                 field,
                 &port.to_string(),
                 "provided port is already allocated",
-            )),
-            Err(e) => Err(e.into()),
+            ))
         }
     }
 
@@ -184,17 +167,8 @@ impl Allocator {
         let start = rand::random_range(0..span);
         for i in 0..span {
             let port = lo + ((start + i) % span) as u16;
-            match self
-                .store
-                .create(
-                    &format!("{PORT_PREFIX}{port}"),
-                    Bytes::from(owner.to_owned()),
-                )
-                .await
-            {
-                Ok(_) => return Ok(port),
-                Err(store::Error::AlreadyExists(_)) => continue,
-                Err(e) => return Err(e.into()),
+            if take(&*self.store, &format!("{PORT_PREFIX}{port}"), owner).await? {
+                return Ok(port);
             }
         }
         Err(ApiError::internal(
@@ -205,6 +179,15 @@ impl Allocator {
     /// Releases a NodePort.
     pub async fn release_port(&self, port: u16) {
         release(&*self.store, &format!("{PORT_PREFIX}{port}")).await;
+    }
+}
+
+/// Takes the reservation `key` for `owner`: `Ok(false)` if someone holds it already.
+async fn take(store: &dyn Store, key: &str, owner: &str) -> ApiResult<bool> {
+    match store.create(key, Bytes::from(owner.to_owned())).await {
+        Ok(_) => Ok(true),
+        Err(store::Error::AlreadyExists(_)) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

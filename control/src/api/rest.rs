@@ -58,6 +58,16 @@ impl FieldValidation {
     }
 }
 
+/// The 409 after [`MAX_RETRIES`] conflicting writes in a row.
+fn too_many_retries(rt: &ResourceType, name: &str) -> ApiError {
+    ApiError::conflict(
+        &rt.group,
+        &rt.plural,
+        name,
+        "too many concurrent changes; try again",
+    )
+}
+
 /// Decodes a stored value and sets `metadata.resourceVersion`.
 pub fn decode_stored(kv: &store::KeyValue) -> ApiResult<Value> {
     let mut obj: Value = serde_json::from_slice(&kv.value)
@@ -895,12 +905,7 @@ where
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict(
-        &rt.group,
-        &rt.plural,
-        name,
-        "too many concurrent changes; try again",
-    ))
+    Err(too_many_retries(rt, name))
 }
 
 /// PUT: replace (main resource, `/status` or `/scale`).
@@ -1316,12 +1321,7 @@ pub async fn delete(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict(
-        &rt.group,
-        &rt.plural,
-        name,
-        "too many concurrent changes; try again",
-    ))
+    Err(too_many_retries(rt, name))
 }
 
 /// Deletes an object immediately (no grace, no finalizers): used by the namespace finalizer and
