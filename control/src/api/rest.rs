@@ -249,9 +249,9 @@ pub async fn list_objects(
                 }
             }
         }
-        let exhausted = !page.more && last_key.as_ref() == page.items.last().map(|kv| &kv.key);
         if limit > 0 && items.len() == limit {
-            let more = !exhausted || last_key.as_ref() != page.items.last().map(|kv| &kv.key);
+            // More remain if the store has more, or if the page was cut short here.
+            let more = page.more || last_key.as_ref() != page.items.last().map(|kv| &kv.key);
             let token = if more {
                 last_key.map(|start| {
                     let token = ContinueToken {
@@ -329,41 +329,24 @@ pub async fn list(
 }
 
 /// Checks (and fills in) `apiVersion`/`kind` of a request body.
-fn check_type_meta(
-    rt: &ResourceType,
-    obj: &mut Value,
-    expected_kind: &str,
-    expected_api: &str,
-) -> ApiResult<()> {
+fn check_type_meta(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
+    let expected_api = rt.api_version();
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
-    if (!kind.is_empty() && kind != expected_kind)
-        || (!api_version.is_empty() && api_version != expected_api)
-    {
+    if !kind.is_empty() && kind != rt.kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            rt.kind
+        )));
+    }
+    if !api_version.is_empty() && api_version != expected_api {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({api_version}) does not match the expected API version ({expected_api})"
-        ))
-        .with_kind_mismatch(kind, expected_kind));
+        )));
     }
     obj["apiVersion"] = json!(expected_api);
-    obj["kind"] = json!(expected_kind);
-    let _ = rt;
+    obj["kind"] = json!(rt.kind);
     Ok(())
-}
-
-trait KindMismatch {
-    fn with_kind_mismatch(self, got: &str, expected: &str) -> Self;
-}
-
-impl KindMismatch for ApiError {
-    fn with_kind_mismatch(mut self, got: &str, expected: &str) -> Self {
-        if !got.is_empty() && got != expected {
-            self.message = format!(
-                "the kind in the data ({got}) does not match the expected kind ({expected})"
-            );
-        }
-        self
-    }
 }
 
 /// Decodes through the typed struct (built-ins) or the CRD schema (custom resources), pruning
@@ -578,7 +561,7 @@ pub async fn create_object(
     mode: FieldValidation,
     dry_run: bool,
 ) -> ApiResult<(Value, Vec<String>)> {
-    check_type_meta(rt, &mut obj, &rt.kind, &rt.api_version())?;
+    check_type_meta(rt, &mut obj)?;
     if rt.namespaced {
         let ns = ns.ok_or_else(|| {
             ApiError::bad_request("a namespace is required to create a namespaced object")
@@ -822,7 +805,7 @@ where
         if !new.is_object() {
             return Err(ApiError::bad_request("the result must be a JSON object"));
         }
-        check_type_meta(rt, &mut new, &rt.kind, &rt.api_version())?;
+        check_type_meta(rt, &mut new)?;
         let body_name = object::name(&new);
         if !body_name.is_empty() && body_name != name {
             return Err(ApiError::bad_request(format!(
@@ -878,13 +861,12 @@ where
         }
         match commit_update(state, rt, ns, new, &old, rev).await {
             Ok(stored) => {
-                if let Some(held) = &held {
+                if held.is_some() {
                     // Release what the old version held and the new one gave up.
                     state
                         .allocator
                         .release_dropped(&allocator::held(&old), &allocator::held(&stored))
                         .await;
-                    let _ = held;
                 }
                 return Ok((stored, warnings));
             }
@@ -1015,7 +997,7 @@ where
         }
         Err(e) if e.code == 404 && sub.is_none() => {
             let mut obj = change(None)?;
-            check_type_meta(rt, &mut obj, &rt.kind, &rt.api_version())?;
+            check_type_meta(rt, &mut obj)?;
             if rt.namespaced {
                 let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
                 object::meta_mut(&mut obj).insert("namespace".into(), json!(ns));
@@ -1389,7 +1371,7 @@ pub async fn bind(
     name: &str,
     req: &mut Request,
 ) -> ApiResult<Response<Body>> {
-    let mut binding = req.object(state.max_body_bytes).await?;
+    let binding = req.object(state.max_body_bytes).await?;
     if let Some(Err(e)) = validation::normalize_builtin("", "Binding", &binding) {
         return Err(ApiError::bad_request(format!(
             "Binding cannot be handled: {} (field {})",
@@ -1417,7 +1399,6 @@ pub async fn bind(
             "the name of the binding does not match the pod name on the URL",
         ));
     }
-    let _ = binding.as_object_mut();
     let (_, _) = guaranteed_update(
         state,
         rt,

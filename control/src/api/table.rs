@@ -691,7 +691,7 @@ fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// A Table of `items` (all columns; kubectl hides priority > 0 unless `-o wide`).
 pub fn table(rt: &ResourceType, items: &[Value], resource_version: &str, req: &Request) -> Value {
-    let mut t = table_with(rt, items, resource_version, false);
+    let mut t = table_with(rt, items, resource_version);
     if req.param("includeObject") == Some("Object")
         && let Some(rows) = t.get_mut("rows").and_then(Value::as_array_mut)
     {
@@ -708,12 +708,7 @@ pub fn table(rt: &ResourceType, items: &[Value], resource_version: &str, req: &R
 }
 
 /// A Table of `items` with row objects as `PartialObjectMetadata`.
-pub fn table_with(
-    rt: &ResourceType,
-    items: &[Value],
-    resource_version: &str,
-    _wide: bool,
-) -> Value {
+pub fn table_with(rt: &ResourceType, items: &[Value], resource_version: &str) -> Value {
     let custom_columns = rt
         .custom
         .as_ref()
@@ -732,10 +727,7 @@ pub fn table_with(
                 })
             })
             .collect();
-        (
-            defs,
-            items.iter().map(|o| row(rt, o, cells(rt, o))).collect(),
-        )
+        (defs, items.iter().map(|o| row(o, cells(rt, o))).collect())
     } else {
         let mut defs = vec![
             json!({"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0}),
@@ -756,7 +748,7 @@ pub fn table_with(
                         v
                     });
                 }
-                row(rt, o, cells)
+                row(o, cells)
             })
             .collect();
         (defs, rows)
@@ -770,7 +762,7 @@ pub fn table_with(
     })
 }
 
-fn row(_rt: &ResourceType, obj: &Value, cells: Vec<Value>) -> Value {
+fn row(obj: &Value, cells: Vec<Value>) -> Value {
     json!({
         "cells": cells,
         "object": {
@@ -793,7 +785,7 @@ mod tests {
         let svc = json!({"metadata": {"name": "web", "creationTimestamp": object::now()},
             "spec": {"type": "NodePort", "clusterIP": "10.96.0.20", "selector": {"app": "web"},
                      "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}]}});
-        let t = table_with(&rt, &[svc], "5", false);
+        let t = table_with(&rt, &[svc], "5");
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "web");
         assert_eq!(cells[1], "NodePort");

@@ -39,7 +39,6 @@ struct Encoder {
     rt: Arc<ResourceType>,
     table: bool,
     columns_sent: bool,
-    wide: bool,
 }
 
 impl Encoder {
@@ -50,7 +49,7 @@ impl Encoder {
             let rv = object::meta_str(&obj, "resourceVersion")
                 .unwrap_or("")
                 .to_owned();
-            let mut t = table::table_with(&self.rt, std::slice::from_ref(&obj), &rv, self.wide);
+            let mut t = table::table_with(&self.rt, std::slice::from_ref(&obj), &rv);
             if self.columns_sent
                 && let Some(m) = t.as_object_mut()
             {
@@ -120,7 +119,6 @@ pub async fn serve(
         rt: Arc::clone(rt),
         table: req.wants_table(),
         columns_sent: false,
-        wide: false,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Value>(256);
     // Open the store watch before answering, so an expired revision can still be a plain 410.

@@ -232,16 +232,17 @@ fn apply_batch(
                             encode_kv(revision, revision, value).as_slice(),
                         )
                         .map_err(db_err)?;
-                        let event = Event {
-                            kind: EventKind::Created,
-                            key: key.clone(),
-                            value: value.clone(),
-                            revision,
-                            prev_value: None,
-                        };
-                        log.insert(revision, encode_event(&event).as_slice())
-                            .map_err(db_err)?;
-                        events.push(event);
+                        record(
+                            &mut log,
+                            &mut events,
+                            Event {
+                                kind: EventKind::Created,
+                                key: key.clone(),
+                                value: value.clone(),
+                                revision,
+                                prev_value: None,
+                            },
+                        )?;
                         Ok(KeyValue {
                             key: key.clone(),
                             value: value.clone(),
@@ -255,11 +256,7 @@ fn apply_batch(
                     value,
                     expected,
                 } => {
-                    let current = kv
-                        .get(key.as_str())
-                        .map_err(db_err)?
-                        .map(|v| decode_kv(key, v.value()))
-                        .transpose()?;
+                    let current = current(&kv, key)?;
                     match current {
                         None => Err(Error::NotFound(key.clone())),
                         Some(cur) if cur.mod_revision != *expected => Err(Error::Conflict {
@@ -274,16 +271,17 @@ fn apply_batch(
                                 encode_kv(cur.create_revision, revision, value).as_slice(),
                             )
                             .map_err(db_err)?;
-                            let event = Event {
-                                kind: EventKind::Updated,
-                                key: key.clone(),
-                                value: value.clone(),
-                                revision,
-                                prev_value: Some(cur.value),
-                            };
-                            log.insert(revision, encode_event(&event).as_slice())
-                                .map_err(db_err)?;
-                            events.push(event);
+                            record(
+                                &mut log,
+                                &mut events,
+                                Event {
+                                    kind: EventKind::Updated,
+                                    key: key.clone(),
+                                    value: value.clone(),
+                                    revision,
+                                    prev_value: Some(cur.value),
+                                },
+                            )?;
                             Ok(KeyValue {
                                 key: key.clone(),
                                 value: value.clone(),
@@ -294,11 +292,7 @@ fn apply_batch(
                     }
                 }
                 Op::Delete { key, expected } => {
-                    let current = kv
-                        .get(key.as_str())
-                        .map_err(db_err)?
-                        .map(|v| decode_kv(key, v.value()))
-                        .transpose()?;
+                    let current = current(&kv, key)?;
                     match current {
                         None => Err(Error::NotFound(key.clone())),
                         Some(cur) if expected.is_some_and(|e| e != cur.mod_revision) => {
@@ -311,16 +305,17 @@ fn apply_batch(
                         Some(cur) => {
                             revision += 1;
                             kv.remove(key.as_str()).map_err(db_err)?;
-                            let event = Event {
-                                kind: EventKind::Deleted,
-                                key: key.clone(),
-                                value: cur.value.clone(),
-                                revision,
-                                prev_value: None,
-                            };
-                            log.insert(revision, encode_event(&event).as_slice())
-                                .map_err(db_err)?;
-                            events.push(event);
+                            record(
+                                &mut log,
+                                &mut events,
+                                Event {
+                                    kind: EventKind::Deleted,
+                                    key: key.clone(),
+                                    value: cur.value.clone(),
+                                    revision,
+                                    prev_value: None,
+                                },
+                            )?;
                             Ok(KeyValue {
                                 mod_revision: revision,
                                 ..cur
@@ -365,6 +360,26 @@ fn apply_batch(
         outcomes,
         events,
     })
+}
+
+/// Appends `event` to the log table and to the batch's events for the live fan-out.
+fn record(
+    log: &mut redb::Table<'_, i64, &[u8]>,
+    events: &mut Vec<Event>,
+    event: Event,
+) -> Result<()> {
+    log.insert(event.revision, encode_event(&event).as_slice())
+        .map_err(db_err)?;
+    events.push(event);
+    Ok(())
+}
+
+/// The current entry of `key`, decoded.
+fn current(kv: &redb::Table<'_, &str, &[u8]>, key: &str) -> Result<Option<KeyValue>> {
+    kv.get(key)
+        .map_err(db_err)?
+        .map(|v| decode_kv(key, v.value()))
+        .transpose()
 }
 
 fn encode_kv(create: i64, modified: i64, value: &[u8]) -> Vec<u8> {
