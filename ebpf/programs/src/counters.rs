@@ -1,17 +1,29 @@
-//! Per-CPU verdict counters: one slot per [`Verdict`], summed by user space.
+//! Per-CPU counters by reason and by service, summed by user space.
 //!
 //! Per-CPU slots mean no atomic operations and no races: each CPU only touches its own copy.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use rudder_ebpf_common::{Counter, Verdict};
+use aya_ebpf::maps::PerCpuArray;
+use rudder_ebpf_common::{Counter, MAX_SERVICES, Reason};
 
-#[map(name = "RUDDER_VERDICTS")]
-static VERDICTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+use crate::maps::{REASONS, SERVICE_COUNTERS};
 
-/// Adds one packet of `len` bytes to the counter of `verdict`.
+/// Adds one packet of `len` bytes to the counter of `reason`.
 #[inline(always)]
-pub fn count(verdict: Verdict, len: u32) {
-    if let Some(slot) = VERDICTS.get_ptr_mut(verdict as u32) {
+pub fn reason(reason: Reason, len: u32) {
+    add(&REASONS, reason as u32, len);
+}
+
+/// Adds one packet of `len` bytes to the counter of service `id`.
+#[inline(always)]
+pub fn service(id: u32, len: u32) {
+    if id < MAX_SERVICES {
+        add(&SERVICE_COUNTERS, id, len);
+    }
+}
+
+#[inline(always)]
+fn add(map: &PerCpuArray<Counter>, index: u32, len: u32) {
+    if let Some(slot) = map.get_ptr_mut(index) {
         // SAFETY: the pointer comes from the map lookup and is valid for this CPU's slot; no other
         // CPU writes to it.
         unsafe {

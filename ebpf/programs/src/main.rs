@@ -1,19 +1,48 @@
-//! rudder's eBPF programs. Entry points are thin; each concern lives in its own module.
+//! rudder's eBPF programs. Entry points are thin; each concern lives in its own module:
+//!
+//! - [`pod`]: TC on pods' host-side veths (ClusterIP/NodePort DNAT, reply reverse NAT, hairpin);
+//! - [`sock`]: cgroup socket-LB for the node's own processes;
+//! - [`lb`] and [`maglev`]: backend choice; [`conntrack`]: flow state; [`nat`]: rewriting and
+//!   rejecting; [`counters`]; [`maps`]: every map, pinned by name.
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod counters;
+mod lb;
+mod maglev;
+mod maps;
+mod nat;
+mod pod;
+mod sock;
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use rudder_ebpf_common::Verdict;
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 /// TC ingress on a pod's host-side veth: traffic leaving the pod.
-///
-/// Today it accounts every packet; service translation is built on top of this hook.
 #[classifier]
 pub fn rudder_from_pod(ctx: TcContext) -> i32 {
-    counters::count(Verdict::Pass, ctx.len());
-    TC_ACT_OK
+    pod::from_pod(&ctx)
+}
+
+/// cgroup `connect4`: TCP (and connected UDP) sockets to a service connect to a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn rudder_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// cgroup `sendmsg4`: unconnected UDP datagrams to a service go to a backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn rudder_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// cgroup `recvmsg4`: UDP replies appear to come from the service.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn rudder_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::from_backend(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,48 +1,348 @@
-//! Loads rudder's eBPF programs into the kernel with aya.
+//! The eBPF dataplane's user side: loads rudder's programs with aya, attaches them, and writes
+//! the planner's operations into the maps.
 //!
 //! The object file is built from `ebpf/programs` by this crate's build script and embedded in the
 //! binary, so a node needs no files besides `rudder` itself.
+//!
+//! Everything the kernel keeps lives under one bpffs directory (default `/sys/fs/bpf/rudder`):
+//! the maps, pinned by name, and the attachments under `links/`. A restarted agent therefore
+//! finds the same services, backends and connection-tracking entries, and replaces its programs
+//! in place (TCX links are updated atomically), so established connections keep their backends
+//! while the agent is down and after it comes back. [`Datapath::remove`] takes it all away.
 
-use aya::{Ebpf, EbpfError};
+use std::{
+    fs, io,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+};
+use rudder_ebpf_common::{
+    Backend4, Config, Counter, CtEntry4, CtKey4, MaglevTable, Reason, Service, ServiceKey4,
+};
+
+use super::plan::{Op, Planner, Settings};
 
 /// The compiled eBPF object (ELF for `bpfel-unknown-none`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rudder-ebpf"));
 
-/// Errors from loading or attaching the datapath.
+/// Where a node keeps its pins unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/rudder";
+
+/// The TC program for pods' host-side veths.
+const TC_POD: &str = "rudder_from_pod";
+/// The socket-LB programs.
+const SOCK: [&str; 3] = ["rudder_sock_connect4", "rudder_sock_sendmsg4", "rudder_sock_recvmsg4"];
+
+/// Errors from loading, attaching or programming the datapath.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The object could not be parsed or its maps could not be created.
-    #[error("loading the eBPF object")]
-    Load(#[source] EbpfError),
-    /// A program named in the object is missing or of the wrong type.
-    #[error("program {0} is missing from the eBPF object or has the wrong type")]
-    Program(&'static str),
-    /// The kernel verifier or the load syscall refused a program.
-    #[error("the kernel refused program {name}")]
-    Verify {
+    /// bpffs is not mounted and could not be mounted, or a pin directory could not be made.
+    #[error("preparing {path}")]
+    Bpffs {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The object could not be parsed or its maps could not be created or reused.
+    #[error("loading the eBPF object (pinned maps from an incompatible version? remove {0})")]
+    Load(String, #[source] EbpfError),
+    /// A program or map named in the object is missing or of the wrong type.
+    #[error("{0} is missing from the eBPF object or has the wrong type")]
+    Missing(&'static str),
+    /// The kernel refused to load or attach a program.
+    #[error("program {name}: {what}")]
+    Program {
         /// Program name.
         name: &'static str,
+        /// What was being done.
+        what: String,
         /// What the kernel said.
         #[source]
-        source: aya::programs::ProgramError,
+        source: ProgramError,
+    },
+    /// Pinning or reading a pinned link failed.
+    #[error("link {path}")]
+    Link {
+        /// The pin.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A map read or write failed.
+    #[error("map {map}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// The cause.
+        #[source]
+        source: MapError,
     },
 }
 
-/// Parses the embedded object, creates its maps and loads every program through the verifier.
-///
-/// Needs `CAP_BPF` (root). Nothing is attached yet.
-pub fn load() -> Result<Ebpf, Error> {
-    let mut ebpf = Ebpf::load(OBJECT).map_err(Error::Load)?;
-    let name = "rudder_from_pod";
-    let program: &mut aya::programs::SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or(Error::Program(name))?
-        .try_into()
-        .map_err(|_| Error::Program(name))?;
-    program
-        .load()
-        .map_err(|source| Error::Verify { name, source })?;
-    Ok(ebpf)
+/// A loaded datapath: programs in the kernel, typed handles on its maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    services: HashMap<MapData, ServiceKey4, Service>,
+    backends: HashMap<MapData, u32, Backend4>,
+    maglev: HashMap<MapData, u32, MaglevTable>,
+    ct: HashMap<MapData, CtKey4, CtEntry4>,
+    reasons: PerCpuArray<MapData, Counter>,
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { map, source }
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error> {
+    let map = ebpf.take_map(name).ok_or(Error::Missing(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` if nothing is mounted there, and creates `dir`.
+fn prepare_bpffs(dir: &Path) -> Result<(), Error> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted = mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        f.nth(1) == Some("/sys/fs/bpf") && f.next() == Some("bpf")
+    });
+    if !mounted {
+        let target = c"/sys/fs/bpf";
+        // SAFETY: static NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        };
+        if rc != 0 {
+            return Err(Error::Bpffs { path: "/sys/fs/bpf".into(), source: io::Error::last_os_error() });
+        }
+    }
+    fs::create_dir_all(dir.join("links")).map_err(|source| Error::Bpffs { path: dir.into(), source })
+}
+
+/// Seconds on `CLOCK_MONOTONIC`, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_s() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0)
+}
+
+impl Datapath {
+    /// Loads the programs and opens (or creates) the pinned maps under `pin_dir`, then writes
+    /// `config`. Needs root. Nothing is attached yet.
+    pub fn open(pin_dir: &Path, config: Config) -> Result<Self, Error> {
+        prepare_bpffs(pin_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(pin_dir.display().to_string(), e))?;
+        let prog: &mut SchedClassifier = program(&mut ebpf, TC_POD)?;
+        prog.load().map_err(|source| Error::Program { name: TC_POD, what: "load".into(), source })?;
+        for name in SOCK {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| Error::Program { name, what: "load".into(), source })?;
+        }
+        let mut cfg: Array<MapData, Config> = take(&mut ebpf, "RUDDER_CONFIG")?;
+        cfg.set(0, config, 0).map_err(map_err("RUDDER_CONFIG"))?;
+        Ok(Self {
+            services: take(&mut ebpf, "RUDDER_SERVICES4")?,
+            backends: take(&mut ebpf, "RUDDER_BACKENDS4")?,
+            maglev: take(&mut ebpf, "RUDDER_MAGLEV")?,
+            ct: take(&mut ebpf, "RUDDER_CT4")?,
+            reasons: take(&mut ebpf, "RUDDER_REASONS")?,
+            ebpf,
+            pin_dir: pin_dir.into(),
+        })
+    }
+
+    /// A planner that knows what the (possibly pinned, pre-existing) maps hold.
+    pub fn planner(&self, settings: Settings) -> Planner {
+        let services: Vec<(ServiceKey4, Service)> = self.services.iter().filter_map(Result::ok).collect();
+        let backends: Vec<(u32, Backend4)> = self.backends.iter().filter_map(Result::ok).collect();
+        Planner::recover(settings, services, backends)
+    }
+
+    /// Attaches the pod program to TC ingress of `ifname` (a pod's host-side veth). If a previous
+    /// agent attached one there, it is replaced atomically.
+    pub fn attach_pod(&mut self, ifname: &str) -> Result<(), Error> {
+        let pin = self.pin_dir.join("links").join(format!("tc-{ifname}"));
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, TC_POD)?;
+        let attach_err = |what: String| move |source| Error::Program { name: TC_POD, what, source };
+        let replaced = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|e| Error::Link { path: pin.clone(), source: Box::new(e) });
+                match link.and_then(|l| prog.attach_to_link(l).map_err(attach_err(format!("replace on {ifname}")))) {
+                    Ok(id) => Some(id),
+                    Err(_) => {
+                        // The old link is defunct (its interface went away): start afresh.
+                        let _ = fs::remove_file(&pin);
+                        None
+                    }
+                }
+            }
+            Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::Link { path: pin, source: Box::new(e) }),
+        };
+        let was_replaced = replaced.is_some();
+        let id = match replaced {
+            Some(id) => id,
+            None => prog
+                .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(attach_err(format!("attach to {ifname}")))?,
+        };
+        let link = prog.take_link(id).map_err(attach_err("take link".into()))?;
+        let fd: FdLink = link.try_into().map_err(|e: LinkError| Error::Link { path: pin.clone(), source: Box::new(e) })?;
+        if !was_replaced {
+            fd.pin(&pin).map_err(|e| Error::Link { path: pin.clone(), source: Box::new(e) })?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the pod program from `ifname` (when the pod goes away).
+    pub fn detach_pod(&mut self, ifname: &str) -> Result<(), Error> {
+        let pin = self.pin_dir.join("links").join(format!("tc-{ifname}"));
+        unpin(&pin)
+    }
+
+    /// Attaches the socket-LB programs to the cgroup v2 directory `cgroup` (the cgroup2 root on a
+    /// node). Programs of a previous agent are replaced: the new ones are attached first, so no
+    /// connect() slips through untranslated.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
+        let dir = fs::File::open(cgroup).map_err(|source| Error::Bpffs { path: cgroup.into(), source })?;
+        let tag = format!("{:08x}", fnv(cgroup.as_os_str().as_encoded_bytes()));
+        for name in SOCK {
+            let pin = self.pin_dir.join("links").join(format!("cgroup-{tag}-{name}"));
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let err = |source| Error::Program { name, what: format!("attach to {}", cgroup.display()), source };
+            let id = prog.attach(dir.as_fd(), CgroupAttachMode::AllowMultiple).map_err(err)?;
+            let link = prog.take_link(id).map_err(|source| Error::Program { name, what: "take link".into(), source })?;
+            let fd: FdLink = link.try_into().map_err(|e: LinkError| Error::Link { path: pin.clone(), source: Box::new(e) })?;
+            let tmp = pin.with_extension("new");
+            let _ = fs::remove_file(&tmp);
+            fd.pin(&tmp).map_err(|e| Error::Link { path: tmp.clone(), source: Box::new(e) })?;
+            unpin(&pin)?;
+            fs::rename(&tmp, &pin).map_err(|e| Error::Link { path: pin.clone(), source: Box::new(e) })?;
+        }
+        Ok(())
+    }
+
+    /// Writes the planner's operations, in order.
+    pub fn apply(&mut self, ops: &[Op]) -> Result<(), Error> {
+        for op in ops {
+            match op {
+                Op::Backend(id, b) => self.backends.insert(id, b, 0).map_err(map_err("RUDDER_BACKENDS4"))?,
+                Op::Maglev(id, t) => self.maglev.insert(id, t.as_ref(), 0).map_err(map_err("RUDDER_MAGLEV"))?,
+                Op::Service(k, s) => self.services.insert(k, s, 0).map_err(map_err("RUDDER_SERVICES4"))?,
+                Op::RemoveService(k) => ignore_missing(self.services.remove(k)).map_err(map_err("RUDDER_SERVICES4"))?,
+                Op::RemoveMaglev(id) => ignore_missing(self.maglev.remove(id)).map_err(map_err("RUDDER_MAGLEV"))?,
+                Op::RemoveBackend(id) => ignore_missing(self.backends.remove(id)).map_err(map_err("RUDDER_BACKENDS4"))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes conntrack entries that expired or whose backend is gone. Returns how many.
+    pub fn gc(&mut self) -> usize {
+        let now = monotonic_s();
+        let stale: Vec<CtKey4> = self
+            .ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| {
+                e.expires < now
+                    || match self.backends.get(&e.backend_id, 0) {
+                        Ok(b) => b.service_id != e.service_id,
+                        Err(_) => true,
+                    }
+            })
+            .map(|(k, _)| k)
+            .collect();
+        stale.iter().filter(|k| self.ct.remove(k).is_ok()).count()
+    }
+
+    /// Number of conntrack entries (two per tracked flow).
+    pub fn ct_entries(&self) -> usize {
+        self.ct.keys().count()
+    }
+
+    /// Sums of the per-CPU reason counters, by reason name.
+    pub fn counters(&self) -> Vec<(&'static str, Counter)> {
+        rudder_ebpf_common::Reason::ALL
+            .iter()
+            .map(|(reason, name)| {
+                let sum = self
+                    .reasons
+                    .get(&(*reason as u32), 0)
+                    .map(|per_cpu| {
+                        per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+                            packets: a.packets + c.packets,
+                            bytes: a.bytes + c.bytes,
+                        })
+                    })
+                    .unwrap_or_default();
+                (*name, sum)
+            })
+            .collect()
+    }
+
+    /// The counter of one reason.
+    pub fn counter(&self, reason: Reason) -> Counter {
+        self.counters()
+            .into_iter()
+            .find(|(name, _)| Reason::ALL.iter().any(|(r, n)| r == &reason && n == name))
+            .map(|(_, c)| c)
+            .unwrap_or_default()
+    }
+
+    /// Detaches everything and deletes every pin under `pin_dir`: programs leave the kernel once
+    /// this process drops them, maps with them. Used by `rudder proxy --cleanup` and tests.
+    pub fn remove(pin_dir: &Path) -> io::Result<()> {
+        match fs::remove_dir_all(pin_dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name).ok_or(Error::Missing(name))?.try_into().map_err(|_| Error::Missing(name))
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes a link pin; the link goes away with its last reference.
+fn unpin(pin: &Path) -> Result<(), Error> {
+    match fs::remove_file(pin) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Link { path: pin.into(), source: Box::new(e) }),
+        _ => Ok(()),
+    }
+}
+
+/// FNV-1a, for short stable names derived from paths.
+fn fnv(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 #[cfg(test)]
@@ -61,7 +361,11 @@ mod tests {
     #[test]
     #[ignore = "needs root and BPF; run by cargo xtask ci"]
     fn programs_pass_the_verifier() {
-        let ebpf = load().expect("load the datapath");
-        assert!(ebpf.program("rudder_from_pod").is_some());
+        let dir = PathBuf::from(format!("/sys/fs/bpf/rudder-test-verifier-{}", std::process::id()));
+        let loaded = Datapath::open(&dir, Config::default());
+        let removed = Datapath::remove(&dir);
+        let datapath = loaded.expect("load the datapath");
+        removed.expect("remove pins");
+        assert!(datapath.counters().iter().all(|(_, c)| c.packets == 0));
     }
 }

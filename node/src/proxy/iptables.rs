@@ -243,6 +243,7 @@ mod tests {
             external_local: false,
             cluster_backends: Vec::new(),
             external_backends: Vec::new(),
+            serving: Vec::new(),
         };
         use crate::proxy::model::Protocol;
         assert_eq!(

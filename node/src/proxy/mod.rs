@@ -2,9 +2,12 @@
 //! backends) and the dataplanes that realise it.
 //!
 //! - [`model`]: the desired state, shared by both dataplanes;
-//! - [`iptables`]: kube-proxy-compatible rules (the comparison peer);
-//! - [`ebpf`]: the aya loader for the programs in `ebpf/programs`.
+//! - [`plan`] and [`maglev`]: the eBPF dataplane's map contents and minimal updates;
+//! - [`ebpf`]: the aya loader, attachment and map writes for the programs in `ebpf/programs`;
+//! - [`iptables`]: kube-proxy-compatible rules (the comparison peer).
 
 pub mod ebpf;
 pub mod iptables;
+pub mod maglev;
 pub mod model;
+pub mod plan;

@@ -109,6 +109,9 @@ pub struct Frontend {
     pub cluster_backends: Vec<Backend>,
     /// Backends for traffic to the NodePort, in a stable order.
     pub external_backends: Vec<Backend>,
+    /// Every serving endpoint, ready or terminating. A dataplane keeps these reachable for flows
+    /// it already tracks, so a terminating endpoint drains instead of cutting its connections.
+    pub serving: Vec<Backend>,
 }
 
 /// The whole desired state, ordered by service port name.
@@ -305,6 +308,7 @@ pub fn build(objects: &Objects, node: &str) -> DesiredState {
                     external_local,
                     cluster_backends: usable(internal_local),
                     external_backends: usable(external_local),
+                    serving: all.clone(),
                 },
             );
         }

@@ -1,0 +1,92 @@
+//! Connection tracking: which backend a flow uses and how to translate its replies.
+//!
+//! Each flow has two entries in the LRU map: the forward one, keyed by the client's original
+//! tuple, names the backend; the reply one, keyed by the tuple the backend answers with, names
+//! the frontend address to restore. Entries carry an expiry that every packet pushes forward
+//! (at most once a second, to spare cache lines); TCP flags shorten it when a connection closes.
+//! The agent sweeps expired entries and entries whose backend is gone.
+
+use rudder_ebpf_common::{
+    CT_FIN, CT_RST, CT_SEEN_REPLY, CT_SYN, CtEntry4, CtKey4, ct_lifetime, proto,
+};
+
+use crate::maps::CT4;
+
+/// TCP header flag bits.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP SYN.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP RST.
+pub const TCP_RST: u8 = 0x04;
+/// TCP ACK.
+pub const TCP_ACK: u8 = 0x10;
+
+/// Conntrack state bits for a packet with TCP flags `tcp` (zero for UDP).
+#[inline(always)]
+pub fn state_bits(tcp: u8, reply: bool) -> u8 {
+    let mut bits = 0;
+    if tcp & TCP_SYN != 0 && !reply {
+        bits |= CT_SYN;
+    }
+    if tcp & TCP_FIN != 0 {
+        bits |= CT_FIN;
+    }
+    if tcp & TCP_RST != 0 {
+        bits |= CT_RST;
+    }
+    if reply {
+        bits |= CT_SEEN_REPLY;
+    }
+    bits
+}
+
+/// How long an entry lives after a packet, given the flow's protocol and state.
+#[inline(always)]
+pub fn lifetime(l4: u8, flags: u8, tcp: u8) -> u64 {
+    if l4 != proto::TCP {
+        ct_lifetime::OTHER
+    } else if flags & (CT_FIN | CT_RST) != 0 {
+        ct_lifetime::TCP_CLOSING
+    } else if flags & CT_SEEN_REPLY != 0 || tcp & TCP_SYN == 0 {
+        ct_lifetime::TCP_ESTABLISHED
+    } else {
+        ct_lifetime::TCP_SYN
+    }
+}
+
+/// Whether a forward entry may carry this packet: it has not expired, and a fresh SYN does not
+/// reuse the tuple of a connection that already closed (port reuse picks a backend anew).
+#[inline(always)]
+pub fn usable(entry: &CtEntry4, tcp: u8, now: u64) -> bool {
+    let fresh_syn = tcp & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    entry.expires >= now && !(fresh_syn && entry.flags & (CT_FIN | CT_RST) != 0)
+}
+
+/// Records a packet on `entry`: merges state bits and pushes the expiry forward.
+#[inline(always)]
+pub fn touch(entry: *mut CtEntry4, l4: u8, tcp: u8, reply: bool, now: u64) {
+    // SAFETY: `entry` comes from a successful lookup in this program run. Concurrent updates
+    // from other CPUs can only lose a state bit or an expiry second, never corrupt the entry.
+    unsafe {
+        let flags = (*entry).flags | state_bits(tcp, reply);
+        let expires = now + lifetime(l4, flags, tcp);
+        if flags != (*entry).flags || expires > (*entry).expires {
+            (*entry).flags = flags;
+            (*entry).expires = expires;
+        }
+    }
+}
+
+/// Looks up `key`, returning a pointer the caller may update in place.
+#[inline(always)]
+pub fn get(key: &CtKey4) -> Option<*mut CtEntry4> {
+    CT4.get_ptr_mut(key)
+}
+
+/// Stores both entries of a new flow. Returns false when the kernel could not store them.
+#[inline(always)]
+pub fn create(forward: &CtKey4, fwd: &CtEntry4, reply: &CtKey4, rev: &CtEntry4) -> bool {
+    // Reply entry first: once the forward entry exists, packets take the fast path and their
+    // replies must already find the translation.
+    CT4.insert(reply, rev, 0).is_ok() && CT4.insert(forward, fwd, 0).is_ok()
+}
