@@ -185,8 +185,18 @@ pub struct Backend4 {
 
 /// A service's Maglev lookup table: slot → backend id.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MaglevTable(pub [u32; MAGLEV_TABLE_SIZE]);
+
+impl core::fmt::Debug for MaglevTable {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "MaglevTable([{}, {}, {}, ...])",
+            self.0[0], self.0[1], self.0[2]
+        )
+    }
+}
 
 /// `CtKey4::dir`: the key is the client's original tuple (client → frontend).
 pub const CT_FORWARD: u8 = 0;
@@ -381,9 +391,18 @@ mod tests {
         // 1000 consecutive source ports over 10 buckets: every bucket gets a fair share.
         let mut buckets = [0u32; 10];
         for port in 40_000u16..41_000 {
-            let h = flow_hash(0x0a00_0001, 0x0a60_0001, port.to_be(), 80u16.to_be(), proto::TCP);
+            let h = flow_hash(
+                0x0a00_0001,
+                0x0a60_0001,
+                port.to_be(),
+                80u16.to_be(),
+                proto::TCP,
+            );
             buckets[(h % 10) as usize] += 1;
         }
-        assert!(buckets.iter().all(|&n| (60..=140).contains(&n)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|&n| (60..=140).contains(&n)),
+            "{buckets:?}"
+        );
     }
 }

@@ -27,7 +27,10 @@ pub fn backend(id: u32, service_id: u32) -> Option<Backend4> {
 /// with flow hash `hash`, honouring and refreshing session affinity.
 #[inline(always)]
 pub fn select(svc: &Service, client: u32, hash: u32, now: u64) -> Option<(u32, Backend4)> {
-    let key = AffinityKey4 { client, service_id: svc.id };
+    let key = AffinityKey4 {
+        client,
+        service_id: svc.id,
+    };
     if svc.affinity_timeout != 0 {
         // SAFETY: the reference is only read within this program run.
         if let Some(entry) = unsafe { AFFINITY4.get(&key) } {
@@ -56,7 +59,11 @@ pub fn select(svc: &Service, client: u32, hash: u32, now: u64) -> Option<(u32, B
 
 #[inline(always)]
 fn remember(key: &AffinityKey4, backend_id: u32, now: u64) {
-    let entry = AffinityEntry { backend_id, pad: 0, last_used: now };
+    let entry = AffinityEntry {
+        backend_id,
+        pad: 0,
+        last_used: now,
+    };
     // A full LRU map evicts an old entry, so this only fails on kernel memory exhaustion;
     // affinity is best effort then.
     let _ = AFFINITY4.insert(key, &entry, 0);

@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use rudder_ebpf_common::{
-    AFFINITY_ENTRIES, AffinityEntry, AffinityKey4, Backend4, CT_ENTRIES, Config, Counter,
-    CtEntry4, CtKey4, MAX_BACKENDS, MAX_SERVICES, MaglevTable, Reason, Service, ServiceKey4,
-    SockRevEntry4, SockRevKey4,
+    AFFINITY_ENTRIES, AffinityEntry, AffinityKey4, Backend4, CT_ENTRIES, Config, Counter, CtEntry4,
+    CtKey4, MAX_BACKENDS, MAX_SERVICES, MaglevTable, Reason, Service, ServiceKey4, SockRevEntry4,
+    SockRevKey4,
 };
 
 /// Frontends: service address, port and protocol → service.
@@ -37,8 +37,7 @@ pub static AFFINITY4: LruHashMap<AffinityKey4, AffinityEntry> =
 
 /// Socket-LB reverse translation for unconnected UDP sockets.
 #[map(name = "RUDDER_SOCK_REVNAT4")]
-pub static SOCK_REVNAT4: LruHashMap<SockRevKey4, SockRevEntry4> =
-    LruHashMap::pinned(CT_ENTRIES, 0);
+pub static SOCK_REVNAT4: LruHashMap<SockRevKey4, SockRevEntry4> = LruHashMap::pinned(CT_ENTRIES, 0);
 
 /// Per-CPU counters by [`Reason`].
 #[map(name = "RUDDER_REASONS")]

@@ -33,12 +33,24 @@ fn l4_csum(l4: usize, l4proto: u8) -> (usize, u64) {
 
 /// Replaces the IPv4 address at `at` (`IP_SADDR` or `IP_DADDR`) and fixes both checksums.
 #[inline(always)]
-pub fn set_addr(ctx: &TcContext, at: usize, l4: usize, l4proto: u8, old: u32, new: u32) -> Result<(), i64> {
+pub fn set_addr(
+    ctx: &TcContext,
+    at: usize,
+    l4: usize,
+    l4proto: u8,
+    old: u32,
+    new: u32,
+) -> Result<(), i64> {
     if old == new {
         return Ok(());
     }
     let (csum, mangled) = l4_csum(l4, l4proto);
-    ctx.l4_csum_replace(csum, u64::from(old), u64::from(new), u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)?;
+    ctx.l4_csum_replace(
+        csum,
+        u64::from(old),
+        u64::from(new),
+        u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+    )?;
     ctx.l3_csum_replace(IP_CSUM, u64::from(old), u64::from(new), 4)?;
     ctx.store(at, &new, 0)
 }
@@ -46,7 +58,14 @@ pub fn set_addr(ctx: &TcContext, at: usize, l4: usize, l4proto: u8, old: u32, ne
 /// Replaces the L4 port at `at` (`l4` for the source, `l4 + 2` for the destination) and fixes
 /// the L4 checksum.
 #[inline(always)]
-pub fn set_port(ctx: &TcContext, at: usize, l4: usize, l4proto: u8, old: u16, new: u16) -> Result<(), i64> {
+pub fn set_port(
+    ctx: &TcContext,
+    at: usize,
+    l4: usize,
+    l4proto: u8,
+    old: u16,
+    new: u16,
+) -> Result<(), i64> {
     if old == new {
         return Ok(());
     }
@@ -68,7 +87,15 @@ fn fold(mut sum: u64) -> u16 {
 #[inline(always)]
 fn checksum<const N: usize>(words: &mut [u32; N]) -> u16 {
     // SAFETY: the buffer is valid stack memory of exactly N * 4 bytes.
-    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, words.as_mut_ptr(), (N * 4) as u32, 0) };
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            words.as_mut_ptr(),
+            (N * 4) as u32,
+            0,
+        )
+    };
     fold(sum as u64)
 }
 

@@ -95,7 +95,17 @@ fn parse(ctx: &TcContext) -> Result<Option<Flow>, ()> {
     } else {
         (0, 0, 0)
     };
-    Ok(Some(Flow { saddr, daddr, sport, dport, l4proto, tcp, l4, fragment, options: ihl != 20 }))
+    Ok(Some(Flow {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        l4proto,
+        tcp,
+        l4,
+        fragment,
+        options: ihl != 20,
+    }))
 }
 
 #[inline(always)]
@@ -131,7 +141,10 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
         }
 
         // A packet of a tracked flow?
-        let forward = CtKey4 { dir: CT_FORWARD, ..reply };
+        let forward = CtKey4 {
+            dir: CT_FORWARD,
+            ..reply
+        };
         if let Some(entry) = conntrack::get(&forward) {
             // SAFETY: pointer from a successful lookup in this run.
             let e = unsafe { *entry };
@@ -148,7 +161,12 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
     }
 
     // A new flow to a frontend?
-    let key = ServiceKey4 { addr: flow.daddr, port: flow.dport, proto: flow.l4proto, pad: 0 };
+    let key = ServiceKey4 {
+        addr: flow.daddr,
+        port: flow.dport,
+        proto: flow.l4proto,
+        pad: 0,
+    };
     // SAFETY: the reference is only read within this run.
     let Some(svc) = (unsafe { SERVICES4.get(&key) }) else {
         return (Reason::Pass, None, OK);
@@ -158,15 +176,26 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
         return (Reason::Fragment, Some(svc.id), SHOT);
     }
     let hash = flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.l4proto);
-    let Some((backend_id, backend)) = (if svc.count == 0 { None } else { lb::select(&svc, flow.saddr, hash, now) })
-    else {
+    let Some((backend_id, backend)) = (if svc.count == 0 {
+        None
+    } else {
+        lb::select(&svc, flow.saddr, hash, now)
+    }) else {
         let action = if flow.options { SHOT } else { nat::reject(ctx) };
         return (Reason::NoBackend, Some(svc.id), action);
     };
 
     // Hairpin: the client is its own backend.
-    let snat_addr = if backend.addr == flow.saddr { config().hairpin_addr } else { 0 };
-    let client_addr = if snat_addr != 0 { snat_addr } else { flow.saddr };
+    let snat_addr = if backend.addr == flow.saddr {
+        config().hairpin_addr
+    } else {
+        0
+    };
+    let client_addr = if snat_addr != 0 {
+        snat_addr
+    } else {
+        flow.saddr
+    };
     let bits = conntrack::state_bits(flow.tcp, false);
     let expires = now + conntrack::lifetime(flow.l4proto, bits, flow.tcp);
     let forward = CtKey4 {
@@ -205,7 +234,14 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
         ..CtEntry4::default()
     };
     let tracked = conntrack::create(&forward, &fwd, &reply, &rev);
-    counters::reason(if tracked { Reason::CtNew } else { Reason::CtFull }, 0);
+    counters::reason(
+        if tracked {
+            Reason::CtNew
+        } else {
+            Reason::CtFull
+        },
+        0,
+    );
     match translate(ctx, &flow, backend.addr, backend.port, snat_addr) {
         Ok(()) => (Reason::Forward, Some(svc.id), OK),
         Err(_) => (Reason::RewriteFailed, Some(svc.id), SHOT),
@@ -214,7 +250,13 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
 
 /// Client → backend: destination to the backend, and source to `snat_addr` when non-zero.
 #[inline(always)]
-fn translate(ctx: &TcContext, flow: &Flow, addr: u32, port: u16, snat_addr: u32) -> Result<(), i64> {
+fn translate(
+    ctx: &TcContext,
+    flow: &Flow,
+    addr: u32,
+    port: u16,
+    snat_addr: u32,
+) -> Result<(), i64> {
     nat::set_port(ctx, flow.l4 + 2, flow.l4, flow.l4proto, flow.dport, port)?;
     nat::set_addr(ctx, IP_DADDR, flow.l4, flow.l4proto, flow.daddr, addr)?;
     if snat_addr != 0 {
@@ -229,7 +271,14 @@ fn reverse(ctx: &TcContext, flow: &Flow, e: &CtEntry4) -> Result<(), i64> {
     nat::set_port(ctx, flow.l4, flow.l4, flow.l4proto, flow.sport, e.nat_port)?;
     nat::set_addr(ctx, IP_SADDR, flow.l4, flow.l4proto, flow.saddr, e.nat_addr)?;
     if e.nat_daddr != 0 {
-        nat::set_addr(ctx, IP_DADDR, flow.l4, flow.l4proto, flow.daddr, e.nat_daddr)?;
+        nat::set_addr(
+            ctx,
+            IP_DADDR,
+            flow.l4,
+            flow.l4proto,
+            flow.daddr,
+            e.nat_daddr,
+        )?;
     }
     Ok(())
 }

@@ -44,7 +44,12 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     if l4proto != proto::TCP && l4proto != proto::UDP {
         return ALLOW;
     }
-    let key = ServiceKey4 { addr, port, proto: l4proto, pad: 0 };
+    let key = ServiceKey4 {
+        addr,
+        port,
+        proto: l4proto,
+        pad: 0,
+    };
     // SAFETY: the reference is only read within this run.
     let Some(svc) = (unsafe { SERVICES4.get(&key) }) else {
         return ALLOW;
@@ -52,10 +57,17 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     let svc = *svc;
     // SAFETY: helpers on our own context.
     let (cookie, netns) = unsafe {
-        (bpf_get_socket_cookie(ctx.sock_addr.cast()), bpf_get_netns_cookie(ctx.sock_addr.cast()))
+        (
+            bpf_get_socket_cookie(ctx.sock_addr.cast()),
+            bpf_get_netns_cookie(ctx.sock_addr.cast()),
+        )
     };
     let hash = flow_hash(cookie as u32, addr, (cookie >> 32) as u16, port, l4proto);
-    let chosen = if svc.count == 0 { None } else { lb::select(&svc, netns as u32, hash, lb::now_s()) };
+    let chosen = if svc.count == 0 {
+        None
+    } else {
+        lb::select(&svc, netns as u32, hash, lb::now_s())
+    };
     let Some((_, backend)) = chosen else {
         counters::reason(Reason::NoBackend, 0);
         counters::service(svc.id, 0);
@@ -69,7 +81,12 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         (*ctx.sock_addr).user_port = u32::from(backend.port);
     }
     if l4proto == proto::UDP {
-        let key = SockRevKey4 { cookie, addr: backend.addr, port: backend.port, pad: 0 };
+        let key = SockRevKey4 {
+            cookie,
+            addr: backend.addr,
+            port: backend.port,
+            pad: 0,
+        };
         let value = SockRevEntry4 { addr, port, pad: 0 };
         // LRU: only fails on kernel memory exhaustion; replies then show the backend address.
         let _ = SOCK_REVNAT4.insert(&key, &value, 0);
@@ -89,7 +106,12 @@ pub fn from_backend(ctx: &SockAddrContext) -> i32 {
     };
     // SAFETY: helper on our own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let key = SockRevKey4 { cookie, addr, port, pad: 0 };
+    let key = SockRevKey4 {
+        cookie,
+        addr,
+        port,
+        pad: 0,
+    };
     // SAFETY: the reference is only read within this run.
     if let Some(front) = unsafe { SOCK_REVNAT4.get(&key) } {
         // SAFETY: `user_ip4` and `user_port` are writable in recvmsg4.

@@ -40,7 +40,11 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/rudder";
 /// The TC program for pods' host-side veths.
 const TC_POD: &str = "rudder_from_pod";
 /// The socket-LB programs.
-const SOCK: [&str; 3] = ["rudder_sock_connect4", "rudder_sock_sendmsg4", "rudder_sock_recvmsg4"];
+const SOCK: [&str; 3] = [
+    "rudder_sock_connect4",
+    "rudder_sock_sendmsg4",
+    "rudder_sock_recvmsg4",
+];
 
 /// Errors from loading, attaching or programming the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +60,7 @@ pub enum Error {
     },
     /// The object could not be parsed or its maps could not be created or reused.
     #[error("loading the eBPF object (pinned maps from an incompatible version? remove {0})")]
-    Load(String, #[source] EbpfError),
+    Load(String, #[source] Box<EbpfError>),
     /// A program or map named in the object is missing or of the wrong type.
     #[error("{0} is missing from the eBPF object or has the wrong type")]
     Missing(&'static str),
@@ -69,7 +73,7 @@ pub enum Error {
         what: String,
         /// What the kernel said.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// Pinning or reading a pinned link failed.
     #[error("link {path}")]
@@ -87,7 +91,7 @@ pub enum Error {
         map: &'static str,
         /// The cause.
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
 }
 
@@ -102,11 +106,26 @@ pub struct Datapath {
     reasons: PerCpuArray<MapData, Counter>,
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
-    move |source| Error::Map { map, source }
+fn prog_err(name: &'static str, what: impl Into<String>) -> impl FnOnce(ProgramError) -> Error {
+    let what = what.into();
+    move |source| Error::Program {
+        name,
+        what,
+        source: Box::new(source),
+    }
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error> {
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, Error> {
     let map = ebpf.take_map(name).ok_or(Error::Missing(name))?;
     T::try_from(map).map_err(map_err(name))
 }
@@ -122,18 +141,33 @@ fn prepare_bpffs(dir: &Path) -> Result<(), Error> {
         let target = c"/sys/fs/bpf";
         // SAFETY: static NUL-terminated strings; no data argument.
         let rc = unsafe {
-            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
-            return Err(Error::Bpffs { path: "/sys/fs/bpf".into(), source: io::Error::last_os_error() });
+            return Err(Error::Bpffs {
+                path: "/sys/fs/bpf".into(),
+                source: io::Error::last_os_error(),
+            });
         }
     }
-    fs::create_dir_all(dir.join("links")).map_err(|source| Error::Bpffs { path: dir.into(), source })
+    fs::create_dir_all(dir.join("links")).map_err(|source| Error::Bpffs {
+        path: dir.into(),
+        source,
+    })
 }
 
 /// Seconds on `CLOCK_MONOTONIC`, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_s() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0)
@@ -147,12 +181,12 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
-            .map_err(|e| Error::Load(pin_dir.display().to_string(), e))?;
+            .map_err(|e| Error::Load(pin_dir.display().to_string(), Box::new(e)))?;
         let prog: &mut SchedClassifier = program(&mut ebpf, TC_POD)?;
-        prog.load().map_err(|source| Error::Program { name: TC_POD, what: "load".into(), source })?;
+        prog.load().map_err(prog_err(TC_POD, "load"))?;
         for name in SOCK {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| Error::Program { name, what: "load".into(), source })?;
+            prog.load().map_err(prog_err(name, "load"))?;
         }
         let mut cfg: Array<MapData, Config> = take(&mut ebpf, "RUDDER_CONFIG")?;
         cfg.set(0, config, 0).map_err(map_err("RUDDER_CONFIG"))?;
@@ -169,7 +203,8 @@ impl Datapath {
 
     /// A planner that knows what the (possibly pinned, pre-existing) maps hold.
     pub fn planner(&self, settings: Settings) -> Planner {
-        let services: Vec<(ServiceKey4, Service)> = self.services.iter().filter_map(Result::ok).collect();
+        let services: Vec<(ServiceKey4, Service)> =
+            self.services.iter().filter_map(Result::ok).collect();
         let backends: Vec<(u32, Backend4)> = self.backends.iter().filter_map(Result::ok).collect();
         Planner::recover(settings, services, backends)
     }
@@ -179,12 +214,18 @@ impl Datapath {
     pub fn attach_pod(&mut self, ifname: &str) -> Result<(), Error> {
         let pin = self.pin_dir.join("links").join(format!("tc-{ifname}"));
         let prog: &mut SchedClassifier = program(&mut self.ebpf, TC_POD)?;
-        let attach_err = |what: String| move |source| Error::Program { name: TC_POD, what, source };
+        let attach_err = |what: String| prog_err(TC_POD, what);
         let replaced = match PinnedLink::from_pin(&pin) {
             Ok(old) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(old))
-                    .map_err(|e| Error::Link { path: pin.clone(), source: Box::new(e) });
-                match link.and_then(|l| prog.attach_to_link(l).map_err(attach_err(format!("replace on {ifname}")))) {
+                let link =
+                    SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| Error::Link {
+                        path: pin.clone(),
+                        source: Box::new(e),
+                    });
+                match link.and_then(|l| {
+                    prog.attach_to_link(l)
+                        .map_err(attach_err(format!("replace on {ifname}")))
+                }) {
                     Ok(id) => Some(id),
                     Err(_) => {
                         // The old link is defunct (its interface went away): start afresh.
@@ -194,19 +235,34 @@ impl Datapath {
                 }
             }
             Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::Link { path: pin, source: Box::new(e) }),
+            Err(e) => {
+                return Err(Error::Link {
+                    path: pin,
+                    source: Box::new(e),
+                });
+            }
         };
         let was_replaced = replaced.is_some();
         let id = match replaced {
             Some(id) => id,
             None => prog
-                .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
                 .map_err(attach_err(format!("attach to {ifname}")))?,
         };
         let link = prog.take_link(id).map_err(attach_err("take link".into()))?;
-        let fd: FdLink = link.try_into().map_err(|e: LinkError| Error::Link { path: pin.clone(), source: Box::new(e) })?;
+        let fd: FdLink = link.try_into().map_err(|e: LinkError| Error::Link {
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
         if !was_replaced {
-            fd.pin(&pin).map_err(|e| Error::Link { path: pin.clone(), source: Box::new(e) })?;
+            fd.pin(&pin).map_err(|e| Error::Link {
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
         }
         Ok(())
     }
@@ -218,23 +274,41 @@ impl Datapath {
     }
 
     /// Attaches the socket-LB programs to the cgroup v2 directory `cgroup` (the cgroup2 root on a
-    /// node). Programs of a previous agent are replaced: the new ones are attached first, so no
-    /// connect() slips through untranslated.
+    /// node). Programs of a previous agent are replaced: the new ones are attached first (cgroup
+    /// BPF links always allow several programs), so no connect() slips through untranslated.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
-        let dir = fs::File::open(cgroup).map_err(|source| Error::Bpffs { path: cgroup.into(), source })?;
+        let dir = fs::File::open(cgroup).map_err(|source| Error::Bpffs {
+            path: cgroup.into(),
+            source,
+        })?;
         let tag = format!("{:08x}", fnv(cgroup.as_os_str().as_encoded_bytes()));
         for name in SOCK {
-            let pin = self.pin_dir.join("links").join(format!("cgroup-{tag}-{name}"));
+            let pin = self
+                .pin_dir
+                .join("links")
+                .join(format!("cgroup-{tag}-{name}"));
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let err = |source| Error::Program { name, what: format!("attach to {}", cgroup.display()), source };
-            let id = prog.attach(dir.as_fd(), CgroupAttachMode::AllowMultiple).map_err(err)?;
-            let link = prog.take_link(id).map_err(|source| Error::Program { name, what: "take link".into(), source })?;
-            let fd: FdLink = link.try_into().map_err(|e: LinkError| Error::Link { path: pin.clone(), source: Box::new(e) })?;
-            let tmp = pin.with_extension("new");
+            let err = prog_err(name, format!("attach to {}", cgroup.display()));
+            let id = prog
+                .attach(dir.as_fd(), CgroupAttachMode::Single)
+                .map_err(err)?;
+            let link = prog.take_link(id).map_err(prog_err(name, "take link"))?;
+            let fd: FdLink = link.try_into().map_err(|e: LinkError| Error::Link {
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+            // bpffs names may not contain dots.
+            let tmp = pin.with_file_name(format!("cgroup-{tag}-{name}-new"));
             let _ = fs::remove_file(&tmp);
-            fd.pin(&tmp).map_err(|e| Error::Link { path: tmp.clone(), source: Box::new(e) })?;
+            fd.pin(&tmp).map_err(|e| Error::Link {
+                path: tmp.clone(),
+                source: Box::new(e),
+            })?;
             unpin(&pin)?;
-            fs::rename(&tmp, &pin).map_err(|e| Error::Link { path: pin.clone(), source: Box::new(e) })?;
+            fs::rename(&tmp, &pin).map_err(|e| Error::Link {
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
         }
         Ok(())
     }
@@ -243,12 +317,27 @@ impl Datapath {
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), Error> {
         for op in ops {
             match op {
-                Op::Backend(id, b) => self.backends.insert(id, b, 0).map_err(map_err("RUDDER_BACKENDS4"))?,
-                Op::Maglev(id, t) => self.maglev.insert(id, t.as_ref(), 0).map_err(map_err("RUDDER_MAGLEV"))?,
-                Op::Service(k, s) => self.services.insert(k, s, 0).map_err(map_err("RUDDER_SERVICES4"))?,
-                Op::RemoveService(k) => ignore_missing(self.services.remove(k)).map_err(map_err("RUDDER_SERVICES4"))?,
-                Op::RemoveMaglev(id) => ignore_missing(self.maglev.remove(id)).map_err(map_err("RUDDER_MAGLEV"))?,
-                Op::RemoveBackend(id) => ignore_missing(self.backends.remove(id)).map_err(map_err("RUDDER_BACKENDS4"))?,
+                Op::Backend(id, b) => self
+                    .backends
+                    .insert(id, b, 0)
+                    .map_err(map_err("RUDDER_BACKENDS4"))?,
+                Op::Maglev(id, t) => self
+                    .maglev
+                    .insert(id, t.as_ref(), 0)
+                    .map_err(map_err("RUDDER_MAGLEV"))?,
+                Op::Service(k, s) => self
+                    .services
+                    .insert(k, s, 0)
+                    .map_err(map_err("RUDDER_SERVICES4"))?,
+                Op::RemoveService(k) => {
+                    ignore_missing(self.services.remove(k)).map_err(map_err("RUDDER_SERVICES4"))?
+                }
+                Op::RemoveMaglev(id) => {
+                    ignore_missing(self.maglev.remove(id)).map_err(map_err("RUDDER_MAGLEV"))?
+                }
+                Op::RemoveBackend(id) => {
+                    ignore_missing(self.backends.remove(id)).map_err(map_err("RUDDER_BACKENDS4"))?
+                }
             }
         }
         Ok(())
@@ -321,7 +410,10 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, E
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program>,
 {
-    ebpf.program_mut(name).ok_or(Error::Missing(name))?.try_into().map_err(|_| Error::Missing(name))
+    ebpf.program_mut(name)
+        .ok_or(Error::Missing(name))?
+        .try_into()
+        .map_err(|_| Error::Missing(name))
 }
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
@@ -335,14 +427,19 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 /// Removes a link pin; the link goes away with its last reference.
 fn unpin(pin: &Path) -> Result<(), Error> {
     match fs::remove_file(pin) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Link { path: pin.into(), source: Box::new(e) }),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Link {
+            path: pin.into(),
+            source: Box::new(e),
+        }),
         _ => Ok(()),
     }
 }
 
 /// FNV-1a, for short stable names derived from paths.
 fn fnv(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 #[cfg(test)]
@@ -361,7 +458,10 @@ mod tests {
     #[test]
     #[ignore = "needs root and BPF; run by cargo xtask ci"]
     fn programs_pass_the_verifier() {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/rudder-test-verifier-{}", std::process::id()));
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/rudder-test-verifier-{}",
+            std::process::id()
+        ));
         let loaded = Datapath::open(&dir, Config::default());
         let removed = Datapath::remove(&dir);
         let datapath = loaded.expect("load the datapath");

@@ -57,7 +57,9 @@ mod tests {
     use std::collections::HashMap;
 
     fn backends(n: u32) -> Vec<(u32, String)> {
-        (0..n).map(|i| (i + 1, format!("10.244.0.{}:8080", i + 10))).collect()
+        (0..n)
+            .map(|i| (i + 1, format!("10.244.0.{}:8080", i + 10)))
+            .collect()
     }
 
     fn shares(table: &[u32]) -> HashMap<u32, usize> {
@@ -92,7 +94,10 @@ mod tests {
             .filter(|(b, a)| **b != removed && b != a)
             .count();
         // Only slots of the removed backend must move; Maglev disturbs a small fraction of the rest.
-        assert!(moved < 16381 / 50, "{moved} slots of surviving backends moved");
+        assert!(
+            moved < 16381 / 50,
+            "{moved} slots of surviving backends moved"
+        );
         assert!(!after.contains(&removed));
     }
 

@@ -73,6 +73,7 @@ pub enum Error {
 }
 
 /// What one frontend key should balance over.
+#[derive(Default)]
 struct Wanted {
     flags: u32,
     affinity: u32,
@@ -138,18 +139,29 @@ impl Planner {
             planner.next_service = planner.next_service.max(service.id + 1);
             planner.programmed.insert(
                 key,
-                Programmed { service, backends: BTreeMap::new(), selectable: None },
+                Programmed {
+                    service,
+                    backends: BTreeMap::new(),
+                    // A frontend without backends has no table; others are rewritten once.
+                    selectable: (service.count == 0).then(Vec::new),
+                },
             );
         }
         for (id, b) in backends {
             planner.next_backend = planner.next_backend.max(id.wrapping_add(1)).max(1);
-            if let Some(p) = by_id.get(&b.service_id).and_then(|k| planner.programmed.get_mut(k)) {
+            if let Some(p) = by_id
+                .get(&b.service_id)
+                .and_then(|k| planner.programmed.get_mut(k))
+            {
                 p.backends.insert((b.addr, b.port), (id, b.flags));
             }
         }
         // Ids below the high-water mark that nobody holds are free again.
         let used: std::collections::HashSet<u32> = by_id.keys().copied().collect();
-        planner.free_services = (1..planner.next_service).filter(|id| !used.contains(id)).rev().collect();
+        planner.free_services = (1..planner.next_service)
+            .filter(|id| !used.contains(id))
+            .rev()
+            .collect();
         planner
     }
 
@@ -180,10 +192,17 @@ impl Planner {
         for (name, frontend) in &desired.frontends {
             self.update_into(name, Some(frontend), &mut puts, &mut removes)?;
         }
-        let claimed: std::collections::HashSet<ServiceKey4> =
-            self.models.values().flat_map(|(_, keys)| keys.iter().copied()).collect();
-        let orphans: Vec<ServiceKey4> =
-            self.programmed.keys().filter(|k| !claimed.contains(k)).copied().collect();
+        let claimed: std::collections::HashSet<ServiceKey4> = self
+            .models
+            .values()
+            .flat_map(|(_, keys)| keys.iter().copied())
+            .collect();
+        let orphans: Vec<ServiceKey4> = self
+            .programmed
+            .keys()
+            .filter(|k| !claimed.contains(k))
+            .copied()
+            .collect();
         for key in orphans {
             self.remove_key(key, &mut removes);
         }
@@ -193,7 +212,11 @@ impl Planner {
 
     /// Plans one service port's change (`None`: it is gone). This is the agent's path for a
     /// single watch event; its cost does not depend on how many other services exist.
-    pub fn update(&mut self, name: &ServicePortName, frontend: Option<&Frontend>) -> Result<Vec<Op>, Error> {
+    pub fn update(
+        &mut self,
+        name: &ServicePortName,
+        frontend: Option<&Frontend>,
+    ) -> Result<Vec<Op>, Error> {
         let mut puts = Vec::new();
         let mut removes = Vec::new();
         self.update_into(name, frontend, &mut puts, &mut removes)?;
@@ -225,7 +248,10 @@ impl Planner {
         }
         match frontend {
             Some(f) => {
-                self.models.insert(name.clone(), (f.clone(), wanted.iter().map(|(k, _)| *k).collect()));
+                self.models.insert(
+                    name.clone(),
+                    (f.clone(), wanted.iter().map(|(k, _)| *k).collect()),
+                );
             }
             None => {
                 self.models.remove(name);
@@ -238,10 +264,19 @@ impl Planner {
     /// address.
     fn wanted(&self, f: &Frontend) -> Vec<(ServiceKey4, Wanted)> {
         let proto = f.name.protocol.number();
-        let random = if self.settings.algorithm == Algorithm::Random { SVC_RANDOM } else { 0 };
+        let random = if self.settings.algorithm == Algorithm::Random {
+            SVC_RANDOM
+        } else {
+            0
+        };
         let affinity = f.affinity_timeout.unwrap_or(0);
         let mut keys = vec![(
-            ServiceKey4 { addr: addr(f.cluster_ip), port: port(f.port), proto, pad: 0 },
+            ServiceKey4 {
+                addr: addr(f.cluster_ip),
+                port: port(f.port),
+                proto,
+                pad: 0,
+            },
             Wanted {
                 flags: random,
                 affinity,
@@ -252,7 +287,12 @@ impl Planner {
         if let Some(node_port) = f.node_port {
             for ip in &self.settings.node_ips {
                 keys.push((
-                    ServiceKey4 { addr: addr(*ip), port: port(node_port), proto, pad: 0 },
+                    ServiceKey4 {
+                        addr: addr(*ip),
+                        port: port(node_port),
+                        proto,
+                        pad: 0,
+                    },
                     Wanted {
                         flags: random | SVC_EXTERNAL,
                         affinity,
@@ -291,7 +331,13 @@ impl Planner {
             Some(p) => p,
             None => {
                 let id = self.allocate_service()?;
-                Programmed { service: Service { id, ..Service::default() }, ..Programmed::default() }
+                Programmed {
+                    service: Service {
+                        id,
+                        ..Service::default()
+                    },
+                    ..Programmed::default()
+                }
             }
         };
         let service_id = current.service.id;
@@ -379,20 +425,24 @@ impl Planner {
     }
 }
 
-impl Default for Wanted {
-    fn default() -> Self {
-        Self { flags: 0, affinity: 0, selectable: Vec::new(), serving: Vec::new() }
-    }
-}
-
 /// Serving endpoints that traffic of this kind may drain to (local ones only under a Local
 /// policy).
 fn serving(f: &Frontend, local_only: bool) -> Vec<Backend> {
-    f.serving.iter().filter(|b| !local_only || b.local).cloned().collect()
+    f.serving
+        .iter()
+        .filter(|b| !local_only || b.local)
+        .cloned()
+        .collect()
 }
 
 fn backend4((addr, port): (u32, u16), flags: u8, service_id: u32) -> Backend4 {
-    Backend4 { addr, port, flags, pad: 0, service_id }
+    Backend4 {
+        addr,
+        port,
+        flags,
+        pad: 0,
+        service_id,
+    }
 }
 
 #[cfg(test)]
@@ -432,7 +482,10 @@ endpoints:
     }
 
     fn settings() -> Settings {
-        Settings { node_ips: vec![Ipv4Addr::new(172, 30, 0, 2)], algorithm: Algorithm::Maglev }
+        Settings {
+            node_ips: vec![Ipv4Addr::new(172, 30, 0, 2)],
+            algorithm: Algorithm::Maglev,
+        }
     }
 
     fn kinds(ops: &[Op]) -> Vec<String> {
@@ -440,7 +493,13 @@ endpoints:
             .map(|op| match op {
                 Op::Backend(id, _) => format!("backend {id}"),
                 Op::Maglev(id, _) => format!("maglev {id}"),
-                Op::Service(k, s) => format!("service {:x}:{} -> {} x{}", k.addr, u16::from_be(k.port), s.id, s.count),
+                Op::Service(k, s) => format!(
+                    "service {:x}:{} -> {} x{}",
+                    k.addr,
+                    u16::from_be(k.port),
+                    s.id,
+                    s.count
+                ),
                 Op::RemoveService(k) => format!("-service {:x}:{}", k.addr, u16::from_be(k.port)),
                 Op::RemoveMaglev(id) => format!("-maglev {id}"),
                 Op::RemoveBackend(id) => format!("-backend {id}"),
@@ -466,7 +525,11 @@ endpoints:
             ]
         );
         // Nothing changed: nothing to write.
-        assert!(p.sync(&state(&["10.244.0.5", "10.244.0.6"], &[])).unwrap().is_empty());
+        assert!(
+            p.sync(&state(&["10.244.0.5", "10.244.0.6"], &[]))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -495,7 +558,12 @@ endpoints:
         let ops = p.sync(&state(&["10.244.0.5"], &["10.244.0.6"])).unwrap();
         assert_eq!(
             kinds(&ops),
-            ["maglev 1", "service 1400600a:80 -> 1 x1", "maglev 2", "service 2001eac:30080 -> 2 x1"]
+            [
+                "maglev 1",
+                "service 1400600a:80 -> 1 x1",
+                "maglev 2",
+                "service 2001eac:30080 -> 2 x1"
+            ]
         );
         // Gone entirely: now the backend goes.
         let ops = p.sync(&state(&["10.244.0.5"], &[])).unwrap();
@@ -521,7 +589,12 @@ endpoints:
         let ops = p.sync(&DesiredState::default()).unwrap();
         assert_eq!(
             kinds(&ops),
-            ["-service 1400600a:80", "-maglev 1", "-service 2001eac:30080", "-maglev 2"]
+            [
+                "-service 1400600a:80",
+                "-maglev 1",
+                "-service 2001eac:30080",
+                "-maglev 2"
+            ]
         );
         assert!(p.is_empty());
     }
@@ -533,18 +606,36 @@ endpoints:
         let ops = p.sync(&desired).unwrap();
         let services: Vec<(ServiceKey4, Service)> = ops
             .iter()
-            .filter_map(|op| if let Op::Service(k, s) = op { Some((*k, *s)) } else { None })
+            .filter_map(|op| {
+                if let Op::Service(k, s) = op {
+                    Some((*k, *s))
+                } else {
+                    None
+                }
+            })
             .collect();
         let backends: Vec<(u32, Backend4)> = ops
             .iter()
-            .filter_map(|op| if let Op::Backend(id, b) = op { Some((*id, *b)) } else { None })
+            .filter_map(|op| {
+                if let Op::Backend(id, b) = op {
+                    Some((*id, *b))
+                } else {
+                    None
+                }
+            })
             .collect();
         let mut recovered = Planner::recover(settings(), services, backends);
         let ops = recovered.sync(&desired).unwrap();
         // Only the Maglev tables are rewritten (their content is not read back); same ids.
         assert_eq!(kinds(&ops), ["maglev 1", "maglev 2"]);
         // A new backend gets an id never used before.
-        let ops = recovered.sync(&state(&["10.244.0.5", "10.244.0.6", "10.244.0.9"], &[])).unwrap();
-        assert!(kinds(&ops).contains(&"backend 5".to_string()), "{:?}", kinds(&ops));
+        let ops = recovered
+            .sync(&state(&["10.244.0.5", "10.244.0.6", "10.244.0.9"], &[]))
+            .unwrap();
+        assert!(
+            kinds(&ops).contains(&"backend 5".to_string()),
+            "{:?}",
+            kinds(&ops)
+        );
     }
 }

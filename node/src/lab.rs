@@ -1,0 +1,424 @@
+//! A throw-away network of namespaces for tests and benchmarks: one "node" namespace that routes
+//! between "pod" namespaces, wired the way rudder wires real pods.
+//!
+//! ```text
+//!   pod ns rdr-<lab>-p0          node ns rdr-<lab>-node              pod ns rdr-<lab>-p1
+//!   eth0 10.244.0.10/32  ── veth ──  p0   (route 10.244.0.10/32)  p1 ── veth ── eth0 10.244.0.11/32
+//!   default via 169.254.1.1          169.254.1.1 on p0, p1; ip_forward, no rp_filter
+//!                                    blackhole 10.96.0.0/12 and 10.244.0.0/16
+//! ```
+//!
+//! Each pod has a /32 address and a default route through a link-local gateway address that
+//! every host-side veth carries (the Calico/Cilium layout), so the node namespace routes every pod
+//! packet and the TC hook on the host-side veth sees it. The node namespace has no route out:
+//! nothing sent in a lab can leave the machine, and the blackhole routes drop any packet for an
+//! unknown service or pod address.
+//!
+//! Everything is named `rdr-t<pid>x<seq>-…` (namespaces), `/sys/fs/bpf/rudder-t<pid>x<seq>` (pins)
+//! and `/sys/fs/cgroup/unified/rudder-t<pid>x<seq>` (cgroup), removed on drop, and swept at the
+//! next [`Lab::new`] if the process that made them died. Needs root and `ip` (iproute2).
+
+use std::{
+    fs,
+    io::{self, BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Command, Output},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+/// Service CIDR blackholed in the node namespace.
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// Cluster (pod) CIDR blackholed in the node namespace.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Where cgroup v2 is mounted on these machines (hybrid hierarchy), else `/sys/fs/cgroup`.
+fn cgroup2_root() -> PathBuf {
+    let unified = PathBuf::from("/sys/fs/cgroup/unified");
+    if unified.join("cgroup.procs").exists() {
+        unified
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A pod: its namespace, address and host-side interface in the node namespace.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Network namespace name.
+    pub ns: String,
+    /// Pod address.
+    pub ip: Ipv4Addr,
+    /// Host-side veth name (in the node namespace).
+    pub host_if: String,
+}
+
+/// The lab. Dropping it removes everything it made.
+#[derive(Debug)]
+pub struct Lab {
+    /// Unique name part, `t<pid>x<seq>`.
+    pub id: String,
+    /// Node namespace name.
+    pub node: String,
+    /// Pods, in creation order.
+    pub pods: Vec<Pod>,
+    /// bpffs directory for this lab's datapath.
+    pub pin_dir: PathBuf,
+    /// cgroup v2 directory for processes that should go through socket-LB.
+    pub cgroup: PathBuf,
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+/// Runs `ip` with `args`, failing with its stderr.
+pub fn ip(args: &[&str]) -> io::Result<()> {
+    check(
+        Command::new("ip").args(args).output()?,
+        &format!("ip {}", args.join(" ")),
+    )
+}
+
+fn check(out: Output, what: &str) -> io::Result<()> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Runs `cmd args` inside namespace `ns` (via `ip netns exec`), failing with its stderr.
+pub fn exec(ns: &str, cmd: &str, args: &[&str], stdin: Option<&str>) -> io::Result<String> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, cmd])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input.write_all(text.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    check(out, &format!("{cmd} {} (in {ns})", args.join(" ")))?;
+    Ok(stdout)
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`. Sockets made there stay in `ns`
+/// wherever they are used later.
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let file = fs::File::open(format!("/run/netns/{ns}"))?;
+    thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?
+    })
+}
+
+/// Removes what crashed labs left behind (their process is gone).
+fn sweep() {
+    let alive = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix('t') else {
+            return true;
+        };
+        let pid = rest.split('x').next().unwrap_or("");
+        pid.parse::<u32>()
+            .map(|p| PathBuf::from(format!("/proc/{p}")).exists())
+            .unwrap_or(true)
+    };
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if let Some(id) = name.strip_prefix("rdr-").and_then(|r| r.split('-').next())
+                && !alive(id)
+            {
+                let _ = ip(&["netns", "del", name]);
+            }
+        }
+    }
+    for (dir, prefix) in [
+        (PathBuf::from("/sys/fs/bpf"), "rudder-"),
+        (cgroup2_root(), "rudder-"),
+    ] {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_prefix(prefix)
+                && id.starts_with('t')
+                && !alive(id)
+            {
+                let _ = fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_dir(entry.path()));
+            }
+        }
+    }
+}
+
+impl Lab {
+    /// Creates the node namespace. Needs root.
+    pub fn new() -> io::Result<Self> {
+        sweep();
+        let id = format!(
+            "t{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let node = format!("rdr-{id}-node");
+        let lab = Self {
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/rudder-{id}")),
+            cgroup: cgroup2_root().join(format!("rudder-{id}")),
+            node: node.clone(),
+            id,
+            pods: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+        };
+        ip(&["netns", "add", &node])?;
+        ip(&["-n", &node, "link", "set", "lo", "up"])?;
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            exec(&node, "sysctl", &["-qw", &format!("{key}={value}")], None)?;
+        }
+        for cidr in [SERVICE_CIDR, CLUSTER_CIDR] {
+            ip(&["-n", &node, "route", "add", "blackhole", cidr])?;
+        }
+        Ok(lab)
+    }
+
+    /// Adds a pod namespace wired to the node; its address is `10.244.0.(10 + index)`.
+    pub fn add_pod(&mut self) -> io::Result<Pod> {
+        let index = self.pods.len();
+        let octet = u8::try_from(10 + index).map_err(|_| io::Error::other("too many pods"))?;
+        let ip_addr = Ipv4Addr::new(10, 244, 0, octet);
+        let pod = Pod {
+            ns: format!("rdr-{}-p{index}", self.id),
+            ip: ip_addr,
+            host_if: format!("p{index}"),
+        };
+        let (node, ns, host) = (&self.node, &pod.ns, &pod.host_if);
+        ip(&["netns", "add", ns])?;
+        ip(&[
+            "-n", node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip_addr}/32"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ])?;
+        // The pod's gateway address lives on every host-side veth, so ARP just works both ways.
+        ip(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            "169.254.1.1/32",
+            "dev",
+            host,
+            "scope",
+            "link",
+        ])?;
+        ip(&["-n", node, "link", "set", host, "up"])?;
+        exec(
+            node,
+            "sysctl",
+            &["-qw", &format!("net.ipv4.conf.{host}.rp_filter=0")],
+            None,
+        )?;
+        ip(&[
+            "-n",
+            node,
+            "route",
+            "add",
+            &format!("{ip_addr}/32"),
+            "dev",
+            host,
+        ])?;
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// Creates this lab's cgroup (v2) and returns its path.
+    pub fn make_cgroup(&self) -> io::Result<PathBuf> {
+        fs::create_dir_all(&self.cgroup)?;
+        Ok(self.cgroup.clone())
+    }
+
+    /// Starts a TCP server in `pod` on `port`: each connection first gets `name\n`, then every
+    /// line it sends is answered with `name\n` again (so one connection can ask many times).
+    pub fn serve_tcp(&mut self, pod: &Pod, port: u16, name: &str) -> io::Result<()> {
+        let listener = in_ns(&pod.ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))??;
+        listener.set_nonblocking(true)?;
+        let stop = self.stop.clone();
+        let name = format!("{name}\n");
+        self.servers.push(thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let name = name.clone();
+                        let stop = stop.clone();
+                        thread::spawn(move || answer(conn, &name, &stop));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    /// Starts a UDP server in `pod` on `port` answering every datagram with `name`.
+    pub fn serve_udp(&mut self, pod: &Pod, port: u16, name: &str) -> io::Result<()> {
+        let socket = in_ns(&pod.ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))??;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = self.stop.clone();
+        let name = name.to_owned();
+        self.servers.push(thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(name.as_bytes(), peer);
+                }
+            }
+        }));
+        Ok(())
+    }
+}
+
+fn answer(conn: TcpStream, name: &str, stop: &AtomicBool) {
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut writer = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    if writer.write_all(name.as_bytes()).is_err() {
+        return;
+    }
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if writer.write_all(name.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A client connection made from inside a namespace that can ask its server for its name.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    /// Connects from namespace `ns` to `to` and reads the greeting. Returns the client and the
+    /// server's name.
+    pub fn connect(ns: &str, to: SocketAddr) -> io::Result<(Self, String)> {
+        let stream = in_ns(ns, || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        })??;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut client = Self {
+            reader: BufReader::new(stream),
+        };
+        let name = client.read_name()?;
+        Ok((client, name))
+    }
+
+    /// Asks again on the same connection.
+    pub fn ask(&mut self) -> io::Result<String> {
+        self.reader.get_mut().write_all(b"?\n")?;
+        self.read_name()
+    }
+
+    fn read_name(&mut self) -> io::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        Ok(line.trim_end().to_owned())
+    }
+}
+
+/// Sends one UDP datagram from namespace `ns` to `to` and returns the reply's text and source.
+pub fn udp_ask(ns: &str, to: SocketAddr) -> io::Result<(String, SocketAddr)> {
+    let socket = in_ns(ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
+    socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+    socket.send_to(b"?", to)?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for server in self.servers.drain(..) {
+            let _ = server.join();
+        }
+        for pod in &self.pods {
+            let _ = ip(&["netns", "del", &pod.ns]);
+        }
+        let _ = ip(&["netns", "del", &self.node]);
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_dir(&self.cgroup);
+    }
+}
