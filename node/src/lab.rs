@@ -252,17 +252,7 @@ impl Lab {
             "eth0",
         ])?;
         // The pod's gateway address lives on every host-side veth, so ARP just works both ways.
-        ip(&[
-            "-n",
-            node,
-            "addr",
-            "add",
-            "169.254.1.1/32",
-            "dev",
-            host,
-            "scope",
-            "link",
-        ])?;
+        ip(&["-n", node, "addr", "add", "169.254.1.1/32", "dev", host])?;
         ip(&["-n", node, "link", "set", host, "up"])?;
         exec(
             node,
@@ -281,6 +271,37 @@ impl Lab {
         ])?;
         self.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// Replaces the node's blackhole route for the service CIDR with a route into a veth whose
+    /// peer is down (which discards everything sent to it; `dummy` is not in every kernel). kube-proxy's `REJECT` for services
+    /// without endpoints sits in the filter table's FORWARD chain, after routing, so a blackhole
+    /// route would swallow those packets before the rule could answer; the iptables peer needs a
+    /// route that reaches FORWARD. Nothing can leave either way. rudder's eBPF datapath refuses
+    /// before routing and keeps the blackhole.
+    pub fn route_services_to_sink(&self) -> io::Result<()> {
+        ip(&[
+            "-n",
+            &self.node,
+            "link",
+            "add",
+            "sink",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "sink-peer",
+        ])?;
+        ip(&["-n", &self.node, "link", "set", "sink", "up"])?;
+        ip(&[
+            "-n",
+            &self.node,
+            "route",
+            "replace",
+            SERVICE_CIDR,
+            "dev",
+            "sink",
+        ])
     }
 
     /// Creates this lab's cgroup (v2) and returns its path.

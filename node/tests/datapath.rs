@@ -18,60 +18,13 @@ use rudder_node::{
     lab::{self, Client, Lab, in_ns, udp_ask},
     proxy::{
         ebpf::Datapath,
-        model::{DesiredState, Objects, build},
         plan::{Planner, Settings},
     },
 };
 
-const NODE: &str = "n1";
+mod common;
 
-/// Services: `web` (TCP 80 → 8080 and UDP 53 → 5353 on backends), `sticky` (ClientIP affinity),
-/// `empty` (no endpoints), `own` (only backend 1, for hairpin).
-fn services(backends: &[Ipv4Addr]) -> DesiredState {
-    let eps = |ips: &[Ipv4Addr]| -> String {
-        let list: Vec<String> = ips
-            .iter()
-            .map(|ip| format!("{{addresses: [\"{ip}\"], nodeName: {NODE}}}"))
-            .collect();
-        format!("[{}]", list.join(", "))
-    };
-    let mut docs = Vec::new();
-    for (name, ip, extra, ips) in [
-        ("web", "10.96.0.20", "", backends),
-        (
-            "sticky",
-            "10.96.0.21",
-            "sessionAffinity: ClientIP",
-            backends,
-        ),
-        ("empty", "10.96.0.22", "", &[][..]),
-        ("own", "10.96.0.23", "", &backends[..1]),
-    ] {
-        docs.push(format!(
-            r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: default}}
-spec:
-  clusterIP: {ip}
-  {extra}
-  ports:
-  - {{name: http, port: 80, targetPort: 8080}}
-  - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]
-endpoints: {}
-"#,
-            eps(ips)
-        ));
-    }
-    let objects = Objects::from_yaml(&docs.join("---\n")).unwrap();
-    build(&objects, NODE)
-}
+use common::{services, vip};
 
 struct Setup {
     lab: Lab,
@@ -121,10 +74,6 @@ fn open(lab: &Lab) -> Datapath {
     })
     .unwrap();
     datapath
-}
-
-fn vip(last: u8, port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::new(10, 96, 0, last), port))
 }
 
 #[test]

@@ -214,6 +214,189 @@ fn balance(
     }
 }
 
+/// Jump rules that hook kube-proxy's chains into the built-in ones, as kube-proxy installs them:
+/// (table, built-in chain, rule).
+const JUMPS: [(&str, &str, &str); 7] = [
+    (
+        "nat",
+        "PREROUTING",
+        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "nat",
+        "OUTPUT",
+        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "nat",
+        "POSTROUTING",
+        "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "filter",
+        "INPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+    ),
+];
+
+/// Applies rendered rules with the real `iptables-restore`, optionally inside a network
+/// namespace (`ip netns exec`), which is how the lab and the benchmark run it.
+#[derive(Debug, Clone)]
+pub struct Iptables {
+    netns: Option<String>,
+}
+
+impl Iptables {
+    /// Rules in the current network namespace (`None`) or in the named one.
+    pub fn new(netns: Option<&str>) -> Self {
+        Self {
+            netns: netns.map(str::to_owned),
+        }
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => std::process::Command::new(program),
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<String> {
+        use std::io::Write;
+        let mut child = self
+            .command(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+            input.write_all(text.as_bytes())?;
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The per-service chains that exist now in the nat table.
+    pub fn existing_chains(&self) -> std::io::Result<BTreeSet<String>> {
+        let saved = self.run("iptables-save", &["-t", "nat"], None)?;
+        Ok(saved
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| {
+                ["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-"]
+                    .iter()
+                    .any(|p| c.starts_with(p))
+            })
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Writes the rules for `state` in one `iptables-restore --noflush` transaction, deleting the
+    /// chains of services that are gone, then makes sure the jump rules exist.
+    pub fn sync(&self, state: &DesiredState) -> std::io::Result<()> {
+        let stale = self.existing_chains()?;
+        self.run(
+            "iptables-restore",
+            &["--noflush"],
+            Some(&render(state, &stale)),
+        )?;
+        for (table, chain, rule) in JUMPS {
+            let args = split_rule(rule);
+            let mut check = vec!["-w", "-t", table, "-C", chain];
+            check.extend(args.iter().map(String::as_str));
+            if self.run("iptables", &check, None).is_err() {
+                let mut insert = vec!["-w", "-t", table, "-I", chain];
+                insert.extend(args.iter().map(String::as_str));
+                self.run("iptables", &insert, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every rule and chain [`Iptables::sync`] made.
+    pub fn cleanup(&self) -> std::io::Result<()> {
+        for (table, chain, rule) in JUMPS {
+            let args = split_rule(rule);
+            let mut delete = vec!["-w", "-t", table, "-D", chain];
+            delete.extend(args.iter().map(String::as_str));
+            while self.run("iptables", &delete, None).is_ok() {}
+        }
+        let mut restore = String::from(
+            "*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n-X KUBE-SERVICES\n-X KUBE-EXTERNAL-SERVICES\nCOMMIT\n*nat\n",
+        );
+        let mut chains: Vec<String> = self.existing_chains()?.into_iter().collect();
+        chains.extend(
+            [
+                "KUBE-SERVICES",
+                "KUBE-NODEPORTS",
+                "KUBE-POSTROUTING",
+                "KUBE-MARK-MASQ",
+            ]
+            .map(String::from),
+        );
+        for c in &chains {
+            restore.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for c in &chains {
+            restore.push_str(&format!("-X {c}\n"));
+        }
+        restore.push_str("COMMIT\n");
+        self.run("iptables-restore", &["--noflush"], Some(&restore))
+            .map(drop)
+    }
+}
+
+/// Splits a rule into arguments, honouring double quotes (comments contain spaces).
+fn split_rule(rule: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for ch in rule.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !current.is_empty() {
+                    args.push(std::mem::take(&mut current));
+                }
+            }
+            _ => current.push(ch),
+        }
+    }
+    if !current.is_empty() {
+        args.push(current);
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
