@@ -21,8 +21,52 @@ enum Command {
     ///
     /// Writes an admin kubeconfig to DATA_DIR/kubeconfig and a node join token to DATA_DIR/token.
     Server(ServerArgs),
+    /// Run the Service proxy alone, from a YAML file of Services and EndpointSlices.
+    ///
+    /// Programs the eBPF datapath (or kube-proxy-style iptables rules) and keeps it in step with
+    /// the file, re-reading it when it changes. Stopping leaves the dataplane in place so
+    /// connections survive a restart; --cleanup removes it.
+    Proxy(ProxyArgs),
     /// Print the version and exit.
     Version,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// YAML with Services and EndpointSlices (multi-document, as `kubectl get -o yaml` lists or
+    /// manifests write them).
+    #[arg(long, required_unless_present = "cleanup")]
+    services: Option<PathBuf>,
+    /// Which dataplane programs the services.
+    #[arg(long, default_value = "ebpf")]
+    dataplane: rudder_node::proxy::standalone::Dataplane,
+    /// This node's name (decides which endpoints are local).
+    #[arg(long, default_value = "localhost")]
+    node_name: String,
+    /// This node's addresses, on which NodePorts are served.
+    #[arg(long, value_delimiter = ',')]
+    node_ip: Vec<std::net::Ipv4Addr>,
+    /// Pod host-side interfaces to attach the eBPF pod program to.
+    #[arg(long, value_delimiter = ',')]
+    interfaces: Vec<String>,
+    /// cgroup v2 directory whose processes get socket-LB (e.g. /sys/fs/cgroup/unified).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// bpffs directory for the datapath's pins.
+    #[arg(long, default_value = rudder_node::proxy::ebpf::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Backend choice for new flows.
+    #[arg(long, default_value = "maglev", value_parser = ["maglev", "random"])]
+    lb_algorithm: String,
+    /// Service CIDR, blackholed so unmatched service addresses never leave the node.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+    /// Program once and exit.
+    #[arg(long)]
+    once: bool,
+    /// Remove the dataplane (pins and links, or iptables chains) and exit.
+    #[arg(long)]
+    cleanup: bool,
 }
 
 #[derive(clap::Args)]
@@ -57,6 +101,80 @@ struct ServerArgs {
     disable: Vec<String>,
 }
 
+/// `rudder proxy`: program the file's services and follow the file.
+async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    use rudder_node::proxy::{
+        model::{Objects, build},
+        plan::Algorithm,
+        standalone::{Proxy, ProxyConfig},
+    };
+    let config = ProxyConfig {
+        dataplane: args.dataplane,
+        node_ips: args.node_ip,
+        interfaces: args.interfaces,
+        cgroup: args.cgroup,
+        pin_dir: args.pin_dir,
+        algorithm: if args.lb_algorithm == "random" {
+            Algorithm::Random
+        } else {
+            Algorithm::Maglev
+        },
+        service_cidr: Some(args.service_cidr),
+    };
+    if args.cleanup {
+        Proxy::cleanup(&config).context("cleaning up")?;
+        tracing::info!("dataplane removed");
+        return Ok(());
+    }
+    let Some(path) = args.services else {
+        anyhow::bail!("--services FILE is required");
+    };
+    let mut proxy = Proxy::start(&config).context("starting the dataplane")?;
+    let mut last_modified = None;
+    let mut ticks = 0u64;
+    loop {
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if modified != last_modified || last_modified.is_none() {
+            last_modified = modified;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()));
+            match text.and_then(|t| Objects::from_yaml(&t).map_err(anyhow::Error::from)) {
+                Ok(objects) => {
+                    let state = build(&objects, &args.node_name);
+                    let report = proxy.sync(&state).context("programming the dataplane")?;
+                    tracing::info!(
+                        frontends = state.frontends.len(),
+                        writes = report.writes,
+                        micros = report.elapsed.as_micros() as u64,
+                        "synced"
+                    );
+                }
+                // Keep the last good state: a half-written file must not empty the dataplane.
+                Err(e) => {
+                    tracing::error!(file = %path.display(), "{e:#}; keeping the last good state")
+                }
+            }
+        }
+        if args.once {
+            return Ok(());
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(10) {
+            let swept = proxy.gc();
+            if swept > 0 {
+                tracing::debug!(swept, "conntrack sweep");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("stopping; the dataplane stays in place (rudder proxy --cleanup removes it)");
+                return Ok(());
+            }
+        }
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -71,6 +189,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Version => println!("rudder {}", env!("CARGO_PKG_VERSION")),
+        Command::Proxy(args) => {
+            init_logging();
+            proxy(args).await?;
+        }
         Command::Server(args) => {
             init_logging();
             let missing: Vec<&str> = ["agent", "dns", "ingress"]

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::ErrorKind,
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, TcpStream},
     process::Command,
     time::Duration,
 };

@@ -4,10 +4,12 @@
 //! - [`model`]: the desired state, shared by both dataplanes;
 //! - [`plan`] and [`maglev`]: the eBPF dataplane's map contents and minimal updates;
 //! - [`ebpf`]: the aya loader, attachment and map writes for the programs in `ebpf/programs`;
-//! - [`iptables`]: kube-proxy-compatible rules (the comparison peer).
+//! - [`iptables`]: kube-proxy-compatible rules (the comparison peer);
+//! - [`standalone`]: either dataplane behind one `Proxy` (what `rudder proxy` runs).
 
 pub mod ebpf;
 pub mod iptables;
 pub mod maglev;
 pub mod model;
 pub mod plan;
+pub mod standalone;
