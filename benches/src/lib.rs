@@ -4,8 +4,10 @@
 //!   (`target/bench/<name>/results.json`) and its markdown report.
 //! - [`control`]: the control-plane benchmark (embedded store vs etcd, through the real apiserver
 //!   and the kube-rs client).
+//! - [`forwarding`]: Service forwarding through each dataplane in network namespaces.
 //! - [`stats`] computes percentiles.
 
 pub mod control;
+pub mod forwarding;
 pub mod results;
 pub mod stats;

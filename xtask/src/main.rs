@@ -50,11 +50,17 @@ enum Cmd {
     },
     /// Run a benchmark; results go to target/bench/<name>/ (results.json, report.md).
     Bench {
-        /// Which benchmark: control.
+        /// Which benchmark: control, forwarding.
         name: String,
         /// Smaller sizes for a quick look.
         #[arg(long)]
         quick: bool,
+        /// forwarding: service counts, e.g. 1,1000,10000.
+        #[arg(long)]
+        services: Option<String>,
+        /// forwarding: subjects, e.g. none,iptables,ebpf-tc,socket-lb.
+        #[arg(long)]
+        dataplanes: Option<String>,
     },
 }
 
@@ -69,7 +75,12 @@ fn main() -> Result<()> {
             port,
         } => cluster::up(nodes, &data_dir, port),
         Cmd::Down { data_dir, purge } => cluster::down(&data_dir, purge),
-        Cmd::Bench { name, quick } => bench(&name, quick),
+        Cmd::Bench {
+            name,
+            quick,
+            services,
+            dataplanes,
+        } => bench(&name, quick, services.as_deref(), dataplanes.as_deref()),
     }
 }
 
@@ -79,7 +90,7 @@ fn target_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-fn bench(name: &str, quick: bool) -> Result<()> {
+fn bench(name: &str, quick: bool, services: Option<&str>, dataplanes: Option<&str>) -> Result<()> {
     prereqs::ensure()?;
     match name {
         "control" => {
@@ -107,7 +118,26 @@ fn bench(name: &str, quick: bool) -> Result<()> {
             }
             step("rudder-bench control", &mut cmd)
         }
-        other => bail!("unknown benchmark {other:?}; available: control"),
+        "forwarding" => {
+            step(
+                "cargo build --release",
+                cargo().args(["build", "--release", "-p", "rudder-benches"]),
+            )?;
+            let out = workspace_root().join("target/bench/forwarding");
+            let mut cmd = Command::new(target_dir().join("release/rudder-bench"));
+            cmd.arg("forwarding").arg("--out").arg(&out);
+            if quick {
+                cmd.arg("--quick");
+            }
+            if let Some(services) = services {
+                cmd.arg("--services").arg(services);
+            }
+            if let Some(dataplanes) = dataplanes {
+                cmd.arg("--dataplanes").arg(dataplanes);
+            }
+            step("rudder-bench forwarding", &mut cmd)
+        }
+        other => bail!("unknown benchmark {other:?}; available: control, forwarding"),
     }
 }
 

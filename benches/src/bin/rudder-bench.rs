@@ -25,6 +25,22 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// Service forwarding through none / iptables / eBPF (TC, socket-LB) at several service
+    /// counts, in network namespaces. Needs root.
+    Forwarding {
+        /// Output directory.
+        #[arg(long, default_value = "target/bench/forwarding")]
+        out: PathBuf,
+        /// Service counts (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<usize>,
+        /// Subjects (comma-separated): none, iptables, ipvs, nftables, ebpf-tc, ebpf-xdp, socket-lb.
+        #[arg(long, value_delimiter = ',')]
+        dataplanes: Vec<String>,
+        /// Shorter runs and fewer service counts (minutes, not tens of minutes).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[tokio::main]
@@ -39,6 +55,30 @@ async fn main() -> anyhow::Result<()> {
             let results = rudder_benches::control::run(&rudder, &out, sizes).await?;
             println!("{}", results.markdown("etcd"));
             println!("written to {}", out.display());
+        }
+        Bench::Forwarding {
+            out,
+            services,
+            dataplanes,
+            quick,
+        } => {
+            let mut options = if quick {
+                rudder_benches::forwarding::Options::quick()
+            } else {
+                rudder_benches::forwarding::Options::full()
+            };
+            if !services.is_empty() {
+                options.services = services;
+            }
+            if !dataplanes.is_empty() {
+                options.dataplanes = dataplanes;
+            }
+            let results = tokio::task::spawn_blocking(move || {
+                rudder_benches::forwarding::run(&out, &options).map(|r| (r, out))
+            })
+            .await??;
+            println!("{}", std::fs::read_to_string(results.1.join("report.md"))?);
+            println!("written to {}", results.1.display());
         }
     }
     Ok(())

@@ -13,13 +13,15 @@ use rudder_ebpf_common::{
     SockRevKey4,
 };
 
-/// Frontends: service address, port and protocol → service.
+/// Frontends: service address, port and protocol → service. Not preallocated: memory follows
+/// the number of services, not the capacity.
 #[map(name = "RUDDER_SERVICES4")]
-pub static SERVICES4: HashMap<ServiceKey4, Service> = HashMap::pinned(MAX_SERVICES, 0);
+pub static SERVICES4: HashMap<ServiceKey4, Service> =
+    HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
-/// Backends by id.
+/// Backends by id. Not preallocated either.
 #[map(name = "RUDDER_BACKENDS4")]
-pub static BACKENDS4: HashMap<u32, Backend4> = HashMap::pinned(MAX_BACKENDS, 0);
+pub static BACKENDS4: HashMap<u32, Backend4> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
 /// Maglev tables by service id. Not preallocated: a table is 64 KiB and only services with
 /// backends have one.
