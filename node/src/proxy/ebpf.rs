@@ -396,6 +396,45 @@ impl Datapath {
             .unwrap_or_default()
     }
 
+    /// Runs the pod program once on `packet` (an Ethernet frame) with `BPF_PROG_TEST_RUN`,
+    /// against the live maps, and returns the TC verdict and the packet as the program left it.
+    /// Nothing is sent anywhere: this is how the datapath's unit tests feed crafted packets.
+    pub fn test_run(&self, packet: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let prog = self
+            .ebpf
+            .program(TC_POD)
+            .ok_or_else(|| io::Error::other("pod program missing"))?;
+        let fd = prog.fd().map_err(io::Error::other)?;
+        let raw = fd.as_fd().as_raw_fd();
+        // Room for programs that grow the packet (the ICMP refusal).
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut attr = TestRunAttr {
+            prog_fd: u32::try_from(raw).map_err(io::Error::other)?,
+            data_size_in: u32::try_from(packet.len()).map_err(io::Error::other)?,
+            data_size_out: u32::try_from(out.len()).map_err(io::Error::other)?,
+            data_in: packet.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ..TestRunAttr::default()
+        };
+        // SAFETY: `attr` is a valid BPF_PROG_TEST_RUN attribute block whose pointers reference
+        // `packet` and `out`, both alive and sized as declared for the duration of the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestRunAttr,
+                std::mem::size_of::<TestRunAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        out.truncate(usize::try_from(attr.data_size_out).unwrap_or(0));
+        Ok((attr.retval, out))
+    }
+
     /// Detaches everything and deletes every pin under `pin_dir`: programs leave the kernel once
     /// this process drops them, maps with them. Used by `rudder proxy --cleanup` and tests.
     pub fn remove(pin_dir: &Path) -> io::Result<()> {
@@ -404,6 +443,31 @@ impl Datapath {
             _ => Ok(()),
         }
     }
+}
+
+/// `bpf(2)` command number of `BPF_PROG_TEST_RUN`.
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// The `test` member of `union bpf_attr` (linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    pad: u32,
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
