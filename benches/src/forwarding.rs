@@ -147,7 +147,7 @@ fn backend(ip: Ipv4Addr, port: u16) -> Backend {
 }
 
 /// The service under test (three ports) plus `n - 1` filler services.
-fn state(n: usize, backends: &[Ipv4Addr], generation: u32) -> DesiredState {
+pub fn state(n: usize, backends: &[Ipv4Addr], generation: u32) -> DesiredState {
     let mut state = DesiredState::default();
     for (port, target, proto) in [
         (80, RR_PORT, Protocol::Tcp),
@@ -173,7 +173,7 @@ fn state(n: usize, backends: &[Ipv4Addr], generation: u32) -> DesiredState {
 
 /// Filler service `i`: 10.97.x.y:80 with two made-up backends in 10.244.128.0/17 (never
 /// contacted). `generation` changes one backend of filler 1, for the update measurement.
-fn filler(i: usize, generation: u32) -> Frontend {
+pub fn filler(i: usize, generation: u32) -> Frontend {
     let n = u32::try_from(i).unwrap_or(u32::MAX);
     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + n);
     let b = u32::from(Ipv4Addr::new(10, 244, 128, 0)) + (n * 2) % 32000;

@@ -6,6 +6,8 @@
 //!   and the kube-rs client).
 //! - [`forwarding`]: Service forwarding through each dataplane in network namespaces.
 //! - [`stats`] computes percentiles.
+//!
+//! Criterion micro-benchmarks of the datapath's user-side hot paths live in `benches/datapath.rs`.
 
 pub mod control;
 pub mod forwarding;
