@@ -24,7 +24,6 @@ use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
-    process::{Command, Output},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -32,6 +31,8 @@ use std::{
     thread::{self, JoinHandle},
     time::Duration,
 };
+
+use crate::command::run;
 
 /// Service CIDR blackholed in the node namespace.
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
@@ -79,40 +80,12 @@ pub struct Lab {
 
 /// Runs `ip` with `args`, failing with its stderr.
 pub fn ip(args: &[&str]) -> io::Result<()> {
-    check(
-        Command::new("ip").args(args).output()?,
-        &format!("ip {}", args.join(" ")),
-    )
-}
-
-fn check(out: Output, what: &str) -> io::Result<()> {
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "{what}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    run(None, "ip", args, None).map(drop)
 }
 
 /// Runs `cmd args` inside namespace `ns` (via `ip netns exec`), failing with its stderr.
 pub fn exec(ns: &str, cmd: &str, args: &[&str], stdin: Option<&str>) -> io::Result<String> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, cmd])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input.write_all(text.as_bytes())?;
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    check(out, &format!("{cmd} {} (in {ns})", args.join(" ")))?;
-    Ok(stdout)
+    run(Some(ns), cmd, args, stdin)
 }
 
 /// Runs `f` on a thread that has entered namespace `ns`. Sockets made there stay in `ns`
@@ -143,8 +116,8 @@ fn sweep() {
             .map(|p| PathBuf::from(format!("/proc/{p}")).exists())
             .unwrap_or(true)
     };
-    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+    if let Ok(list) = run(None, "ip", &["netns", "list"], None) {
+        for line in list.lines() {
             let name = line.split_whitespace().next().unwrap_or("");
             if let Some(id) = name.strip_prefix("rdr-").and_then(|r| r.split('-').next())
                 && !alive(id)

@@ -24,7 +24,7 @@ use rudder_node::{
 
 mod common;
 
-use common::{services, vip};
+use common::{lab_with_backends, services, vip};
 
 struct Setup {
     lab: Lab,
@@ -35,15 +35,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let mut lab = Lab::new().unwrap();
-    let client = lab.add_pod().unwrap();
-    let mut backends = Vec::new();
-    for i in 1..=3 {
-        let pod = lab.add_pod().unwrap();
-        lab.serve_tcp(&pod, 8080, &format!("b{i}")).unwrap();
-        lab.serve_udp(&pod, 5353, &format!("b{i}")).unwrap();
-        backends.push(pod);
-    }
+    let (lab, client, backends) = lab_with_backends();
     let mut datapath = open(&lab);
     let mut planner = datapath.planner(Settings::default());
     let ips: Vec<Ipv4Addr> = backends.iter().map(|p| p.ip).collect();

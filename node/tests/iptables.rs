@@ -12,24 +12,16 @@ use std::{
     time::Duration,
 };
 
-use common::{services, vip};
+use common::{lab_with_backends, services, vip};
 use rudder_node::{
-    lab::{Client, Lab, in_ns, udp_ask},
+    lab::{Client, in_ns, udp_ask},
     proxy::iptables::Iptables,
 };
 
 #[test]
 #[ignore = "needs root and iptables; run by cargo xtask ci"]
 fn kube_proxy_rules_balance_refuse_and_hairpin() {
-    let mut lab = Lab::new().unwrap();
-    let client = lab.add_pod().unwrap();
-    let mut backends = Vec::new();
-    for i in 1..=3 {
-        let pod = lab.add_pod().unwrap();
-        lab.serve_tcp(&pod, 8080, &format!("b{i}")).unwrap();
-        lab.serve_udp(&pod, 5353, &format!("b{i}")).unwrap();
-        backends.push(pod);
-    }
+    let (lab, client, backends) = lab_with_backends();
     let ips: Vec<Ipv4Addr> = backends.iter().map(|p| p.ip).collect();
     lab.route_services_to_sink().unwrap();
     let iptables = Iptables::new(Some(&lab.node));

@@ -362,37 +362,24 @@ impl Datapath {
         stale.iter().filter(|k| self.ct.remove(k).is_ok()).count()
     }
 
-    /// Number of conntrack entries (two per tracked flow).
-    pub fn ct_entries(&self) -> usize {
-        self.ct.keys().count()
-    }
-
     /// Sums of the per-CPU reason counters, by reason name.
     pub fn counters(&self) -> Vec<(&'static str, Counter)> {
-        rudder_ebpf_common::Reason::ALL
+        Reason::ALL
             .iter()
-            .map(|(reason, name)| {
-                let sum = self
-                    .reasons
-                    .get(&(*reason as u32), 0)
-                    .map(|per_cpu| {
-                        per_cpu.iter().fold(Counter::default(), |a, c| Counter {
-                            packets: a.packets + c.packets,
-                            bytes: a.bytes + c.bytes,
-                        })
-                    })
-                    .unwrap_or_default();
-                (*name, sum)
-            })
+            .map(|(reason, name)| (*name, self.counter(*reason)))
             .collect()
     }
 
-    /// The counter of one reason.
+    /// The counter of one reason, summed over CPUs.
     pub fn counter(&self, reason: Reason) -> Counter {
-        self.counters()
-            .into_iter()
-            .find(|(name, _)| Reason::ALL.iter().any(|(r, n)| r == &reason && n == name))
-            .map(|(_, c)| c)
+        self.reasons
+            .get(&(reason as u32), 0)
+            .map(|per_cpu| {
+                per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+                    packets: a.packets + c.packets,
+                    bytes: a.bytes + c.bytes,
+                })
+            })
             .unwrap_or_default()
     }
 

@@ -269,39 +269,8 @@ impl Iptables {
         }
     }
 
-    fn command(&self, program: &str) -> std::process::Command {
-        match &self.netns {
-            Some(ns) => {
-                let mut c = std::process::Command::new("ip");
-                c.args(["netns", "exec", ns, program]);
-                c
-            }
-            None => std::process::Command::new(program),
-        }
-    }
-
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> std::io::Result<String> {
-        use std::io::Write;
-        let mut child = self
-            .command(program)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-            input.write_all(text.as_bytes())?;
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            return Err(std::io::Error::other(format!(
-                "{program} {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::command::run(self.netns.as_deref(), program, args, stdin)
     }
 
     /// The per-service chains that exist now in the nat table.

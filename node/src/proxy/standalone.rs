@@ -18,11 +18,10 @@ use std::{
     io,
     net::Ipv4Addr,
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use rudder_ebpf_common::{Config, Counter, HAIRPIN_ADDR};
+use rudder_ebpf_common::{Config, HAIRPIN_ADDR};
 
 use super::{
     ebpf::{self, Datapath},
@@ -125,15 +124,7 @@ impl Proxy {
     /// Sets up the dataplane (needs root).
     pub fn start(config: &ProxyConfig) -> io::Result<Self> {
         if let Some(cidr) = &config.service_cidr {
-            let out = Command::new("ip")
-                .args(["route", "replace", "blackhole", cidr])
-                .output()?;
-            if !out.status.success() {
-                return Err(io::Error::other(format!(
-                    "installing the blackhole route for {cidr}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
+            crate::command::run(None, "ip", &["route", "replace", "blackhole", cidr], None)?;
         }
         let engine = match config.dataplane {
             Dataplane::Iptables => Engine::Iptables(Iptables::new(None)),
@@ -195,14 +186,6 @@ impl Proxy {
         }
     }
 
-    /// Datapath counters by reason (eBPF; empty for iptables).
-    pub fn counters(&self) -> Vec<(&'static str, Counter)> {
-        match &self.engine {
-            Engine::Ebpf { datapath, .. } => datapath.counters(),
-            Engine::Iptables(_) => Vec::new(),
-        }
-    }
-
     /// Removes what [`Proxy::start`] and syncs installed for `config`'s dataplane.
     pub fn cleanup(config: &ProxyConfig) -> io::Result<()> {
         match config.dataplane {
@@ -211,9 +194,7 @@ impl Proxy {
         }?;
         if let Some(cidr) = &config.service_cidr {
             // Absent already is fine.
-            let _ = Command::new("ip")
-                .args(["route", "del", "blackhole", cidr])
-                .output();
+            let _ = crate::command::run(None, "ip", &["route", "del", "blackhole", cidr], None);
         }
         Ok(())
     }

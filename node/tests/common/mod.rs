@@ -1,9 +1,16 @@
 //! Shared fixtures for the dataplane tests: the services every test programs, and addresses.
 #![allow(dead_code, reason = "each test binary uses a subset")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test fixtures fail loudly on setup errors"
+)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use rudder_node::proxy::model::{DesiredState, Objects, build};
+use rudder_node::{
+    lab::{Lab, Pod},
+    proxy::model::{DesiredState, Objects, build},
+};
 
 pub const NODE: &str = "n1";
 
@@ -58,4 +65,19 @@ endpoints: {}
 /// `10.96.0.<last>:<port>`.
 pub fn vip(last: u8, port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(10, 96, 0, last), port))
+}
+
+/// A lab with a client pod and three backend pods `b1`..`b3`, each serving TCP 8080 and UDP 5353
+/// (answering with its name).
+pub fn lab_with_backends() -> (Lab, Pod, Vec<Pod>) {
+    let mut lab = Lab::new().unwrap();
+    let client = lab.add_pod().unwrap();
+    let mut backends = Vec::new();
+    for i in 1..=3 {
+        let pod = lab.add_pod().unwrap();
+        lab.serve_tcp(&pod, 8080, &format!("b{i}")).unwrap();
+        lab.serve_udp(&pod, 5353, &format!("b{i}")).unwrap();
+        backends.push(pod);
+    }
+    (lab, client, backends)
 }
