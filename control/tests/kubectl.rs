@@ -255,6 +255,147 @@ fn user_journey(server: &mut Rudder) {
     );
 }
 
+/// kubectl's imperative commands: client-go's typed clients send protobuf bodies.
+fn imperative_commands(server: &Rudder) {
+    server.ok(&["create", "namespace", "imp"]);
+    let n = ["-n", "imp"];
+    let run = |args: &[&str]| server.ok(&[args, &n[..]].concat());
+    run(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=a=b",
+        "--from-literal=c=d",
+    ]);
+    run(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=hunter2",
+    ]);
+    run(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=0",
+        "--port=80",
+    ]);
+    run(&["create", "service", "nodeport", "np", "--tcp=80:8080"]);
+    run(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=8080",
+        "--target-port=80",
+        "--name=web2",
+    ]);
+    run(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    run(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/5 * * * *",
+    ]);
+    run(&[
+        "create",
+        "ingress",
+        "ing",
+        "--rule=shop.example/api*=web2:8080",
+    ]);
+    run(&[
+        "run",
+        "solo",
+        "--image=nginx",
+        "--labels=app=solo",
+        "--env=A=1",
+        "--port=80",
+    ]);
+
+    assert_eq!(
+        run(&["get", "cm", "cfg", "-o", "jsonpath={.data.a}{.data.c}"]),
+        "bd"
+    );
+    assert_eq!(
+        run(&["get", "secret", "pw", "-o", "jsonpath={.data.password}"]),
+        "aHVudGVyMg=="
+    );
+    // An explicit zero survives (replicas is a pointer in Go); the defaults are Kubernetes'.
+    let deploy = run(&["get", "deploy", "web", "-o", "json"]);
+    let deploy: serde_json::Value = serde_json::from_str(&deploy).unwrap();
+    assert_eq!(deploy["spec"]["replicas"], 0);
+    assert_eq!(
+        deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+        "25%"
+    );
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "nginx:1.27");
+    assert_eq!(container["ports"][0]["containerPort"], 80);
+    assert_eq!(container["ports"][0]["protocol"], "TCP");
+    assert!(container.get("stdin").is_none() && container["ports"][0].get("hostPort").is_none());
+    assert_eq!(deploy["metadata"]["generation"], 1);
+    // The Service targets the container port (an IntOrString) and got a NodePort.
+    assert_eq!(
+        run(&[
+            "get",
+            "svc",
+            "web2",
+            "-o",
+            "jsonpath={.spec.ports[0].targetPort}"
+        ]),
+        "80"
+    );
+    let node_port = run(&[
+        "get",
+        "svc",
+        "np",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    assert!(
+        (30000..=32767).contains(&node_port.parse::<u16>().unwrap()),
+        "{node_port}"
+    );
+    assert_eq!(
+        run(&[
+            "get",
+            "ingress",
+            "ing",
+            "-o",
+            "jsonpath={.spec.rules[0].http.paths[0].pathType}"
+        ]),
+        "Prefix"
+    );
+    assert_eq!(
+        run(&[
+            "get",
+            "pod",
+            "solo",
+            "-o",
+            "jsonpath={.spec.containers[0].env[0].value}"
+        ]),
+        "1"
+    );
+    assert_eq!(
+        run(&["get", "cronjob", "tick", "-o", "jsonpath={.spec.schedule}"]),
+        "*/5 * * * *"
+    );
+    // Validation still names the field for a protobuf body.
+    let err = server.fails(&["create", "deployment", "Bad_Name", "--image=x", "-n", "imp"]);
+    assert!(err.contains("metadata.name"), "{err}");
+    server.ok(&["delete", "namespace", "imp"]);
+}
+
 fn bad_input(server: &Rudder) {
     let out = server.kubectl_stdin(
         &["apply", "-f", "-"],
@@ -326,21 +467,8 @@ fn bad_input(server: &Rudder) {
 }
 
 fn restart_keeps_objects_and_watches_resume(server: &mut Rudder) {
-    // `kubectl create namespace` sends protobuf, which rudder answers with 415 and a hint.
-    let err = server.fails(&["create", "namespace", "keep"]);
-    assert!(
-        err.contains("UnsupportedMediaType") && err.contains("apply -f"),
-        "{err}"
-    );
-    let out = server.kubectl_stdin(
-        &["apply", "-f", "-"],
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: keep\n",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `kubectl create namespace` sends a protobuf body.
+    server.ok(&["create", "namespace", "keep"]);
     let out = server.kubectl_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: before\n  namespace: keep\ndata:\n  k: v\n");
     assert!(
         out.status.success(),
@@ -459,6 +587,7 @@ fn kubectl_against_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Rudder::start(&dir.path().join("data"), &[]);
     user_journey(&mut server);
+    imperative_commands(&server);
     custom_resources(&server);
     restart_keeps_objects_and_watches_resume(&mut server);
 }

@@ -7,6 +7,7 @@
 //! - `cargo xtask bench <name>` runs a benchmark and writes `target/bench/<name>/`.
 
 mod cluster;
+mod codegen;
 mod prereqs;
 
 use std::process::Command;
@@ -48,6 +49,12 @@ enum Cmd {
         #[arg(long)]
         purge: bool,
     },
+    /// Regenerate control/src/api/protobuf/schema.rs from the k8s-pb and k8s-openapi crates.
+    Codegen {
+        /// Only check that the committed file is up to date.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run a benchmark; results go to target/bench/<name>/ (results.json, report.md).
     Bench {
         /// Which benchmark: control, forwarding.
@@ -75,6 +82,7 @@ fn main() -> Result<()> {
             port,
         } => cluster::up(nodes, &data_dir, port),
         Cmd::Down { data_dir, purge } => cluster::down(&data_dir, purge),
+        Cmd::Codegen { check } => codegen::run(check),
         Cmd::Bench {
             name,
             quick,
@@ -144,6 +152,7 @@ fn bench(name: &str, quick: bool, services: Option<&str>, dataplanes: Option<&st
 fn ci() -> Result<()> {
     let tools = prereqs::ensure()?;
     step("cargo fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    codegen::run(true)?;
     step(
         "cargo clippy",
         cargo().args([

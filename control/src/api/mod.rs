@@ -16,6 +16,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod object;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod request;
 pub mod rest;

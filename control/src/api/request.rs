@@ -176,11 +176,15 @@ impl Request {
 
 /// Decodes a JSON or YAML body into an object.
 pub fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
-    if content_type.contains("protobuf") || content_type.contains("cbor") {
-        // client-go's typed clients (e.g. `kubectl create namespace x`) send protobuf bodies.
+    if content_type.contains("protobuf") {
+        // client-go's typed clients (e.g. `kubectl create deployment x`) send protobuf bodies.
+        return super::protobuf::decode(bytes);
+    }
+    if content_type.contains("cbor") {
+        // client-go falls back to JSON when a CBOR request is answered with 415.
         return Err(ApiError::unsupported_media_type_hint(
             content_type,
-            "rudder accepts JSON and YAML bodies; for example `kubectl create namespace x --dry-run=client -o yaml | kubectl apply -f -`",
+            "rudder accepts JSON, YAML and Kubernetes protobuf bodies",
         ));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
