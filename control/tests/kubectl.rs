@@ -390,6 +390,12 @@ fn imperative_commands(server: &Rudder) {
         run(&["get", "cronjob", "tick", "-o", "jsonpath={.spec.schedule}"]),
         "*/5 * * * *"
     );
+    // kubectl explain reads the OpenAPI v3 component schemas.
+    let explain = server.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(
+        explain.contains("KIND:       Deployment") && explain.contains("rollingUpdate"),
+        "{explain}"
+    );
     // Validation still names the field for a protobuf body.
     let err = server.fails(&["create", "deployment", "Bad_Name", "--image=x", "-n", "imp"]);
     assert!(err.contains("metadata.name"), "{err}");

@@ -5,9 +5,10 @@
 //! operation carries `x-kubernetes-group-version-kind` and a `fieldValidation` query parameter,
 //! which is how kubectl (default `--validate=strict`) learns that this server validates fields
 //! itself and sends `fieldValidation=Strict` instead of validating on the client. Component
-//! schemas are not published, so kubectl builds strategic merge patches from its compiled-in
-//! types for built-in kinds and JSON merge patches for custom resources, as it does against any
-//! server without schemas. `/openapi/v2` answers a minimal protobuf document (Swagger 2.0 header
+//! schemas (from k8s-openapi's schemars impls, and CRDs' own schemas) serve `kubectl explain`.
+//! PATCH operations declare no request body, so kubectl builds strategic merge patches for
+//! `apply` from its compiled-in types for built-in kinds and JSON merge patches for custom
+//! resources, as it does against a server without patch schemas. `/openapi/v2` answers a minimal protobuf document (Swagger 2.0 header
 //! only) for clients that still ask for it.
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use super::{
     registry::{Registry, ResourceType},
     request::Request,
     status::ApiError,
+    validation,
 };
 
 /// The Kubernetes version rudder reports (the API level it implements).
@@ -239,8 +241,52 @@ pub fn openapi_v3_group_version(registry: &Registry, group: &str, version: &str)
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": KUBE_VERSION},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas(&types)},
     }))
+}
+
+/// The component schemas of a group-version: every built-in kind's schema from k8s-openapi (and
+/// every type it refers to, under Kubernetes' names such as `io.k8s.api.apps.v1.Deployment`),
+/// and each custom resource's `openAPIV3Schema`; each kind's schema is marked with
+/// `x-kubernetes-group-version-kind`, which is how `kubectl explain` finds it.
+///
+/// Patch operations list no request body, so kubectl still builds strategic merge patches for
+/// `apply` from its compiled-in types, as it does without schemas (see the module docs).
+fn schemas(types: &[Arc<ResourceType>]) -> serde_json::Map<String, Value> {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut kinds = Vec::new();
+    for t in types {
+        if t.custom.is_none()
+            && let Some(name) = validation::builtin_schema(&t.group, &t.kind, &mut generator)
+        {
+            kinds.push((name, t.as_ref()));
+        }
+    }
+    let mut out = generator.take_definitions(true);
+    for t in types {
+        if let Some(custom) = &t.custom {
+            let reversed: Vec<&str> = t.group.split('.').rev().collect();
+            let name = format!("{}.{}.{}", reversed.join("."), t.version, t.kind);
+            let schema = custom.schema.clone().unwrap_or_else(
+                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            );
+            out.insert(name.clone(), schema);
+            kinds.push((name, t.as_ref()));
+        }
+    }
+    for (name, t) in kinds {
+        if let Some(Value::Object(schema)) = out.get_mut(&name) {
+            // k8s-openapi's Rust types make `metadata` required; Kubernetes' schemas do not.
+            if let Some(Value::Array(required)) = schema.get_mut("required") {
+                required.retain(|r| r != "metadata");
+            }
+            schema.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": t.group, "version": t.version, "kind": t.kind}]),
+            );
+        }
+    }
+    out
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -340,6 +386,25 @@ pub fn openapi(state: &Arc<State>, path: &str, req: &Request) -> Result<Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn component_schemas_carry_group_version_kind() {
+        let registry = Registry::new();
+        let doc = openapi_v3_group_version(&registry, "apps", "v1").unwrap();
+        let deployment = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        assert!(
+            doc["components"]["schemas"]
+                .get("io.k8s.api.core.v1.PodSpec")
+                .is_some()
+        );
+        // Patch operations declare no request body (kubectl keeps its compiled-in SMP).
+        let path = "/apis/apps/v1/namespaces/{namespace}/deployments/{name}";
+        assert!(doc["paths"][path]["patch"].get("requestBody").is_none());
+    }
 
     #[test]
     fn patch_operations_advertise_field_validation() {

@@ -42,6 +42,24 @@ macro_rules! typed_kinds {
                 _ => None,
             }
         }
+
+        /// Adds the OpenAPI schema of a built-in kind (and of every type it uses) to
+        /// `generator`'s definitions; returns the kind's definition name, or `None` if
+        /// `group`/`kind` is not a built-in kind.
+        pub fn builtin_schema(
+            group: &str,
+            kind: &str,
+            generator: &mut schemars::SchemaGenerator,
+        ) -> Option<String> {
+            use schemars::JsonSchema as _;
+            match (group, kind) {
+                $(($group, $kind) => {
+                    generator.subschema_for::<$ty>();
+                    Some(<$ty>::schema_name().into_owned())
+                })*
+                _ => None,
+            }
+        }
     };
 }
 
