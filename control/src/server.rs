@@ -197,7 +197,17 @@ async fn ensure(
     if state.store.get(&rt.key(ns, name)).await?.is_some() {
         return Ok(());
     }
-    match rest::create_object(state, &rt, ns, obj, rest::FieldValidation::Strict, false).await {
+    match rest::create_object(
+        state,
+        &rt,
+        ns,
+        obj,
+        rest::FieldValidation::Strict,
+        false,
+        Some("rudder"),
+    )
+    .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.code == 409 => Ok(()),
         Err(e) => Err(Error::Bootstrap(plural.into(), e.message)),

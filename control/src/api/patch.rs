@@ -12,8 +12,9 @@
 //! (FieldsV1 sets). Re-applying removes the fields a manager applied before and no longer
 //! applies (unless another manager also owns them); applying a different value to a field owned
 //! by another applier is a 409 conflict listing the fields and their owners, unless `force=true`
-//! moves ownership. Simplification: ownership is recorded for appliers only, not for PUT/PATCH
-//! writers.
+//! moves ownership. Creates, PUTs and non-apply PATCHes are recorded as `operation: Update`
+//! entries of their manager (`?fieldManager=` or the User-Agent's program name), so an apply that
+//! changes a field another client wrote (`kubectl label`, `kubectl scale`) conflicts with it.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -374,7 +375,8 @@ fn collect_fields(
     }
 }
 
-/// FieldsV1 JSON for a field set.
+/// FieldsV1 JSON for a field set: a leaf is `{}`; a field that is owned itself and also has
+/// owned children (a list item with its fields) carries `".": {}`.
 pub fn fields_v1(set: &BTreeSet<Vec<String>>) -> Value {
     let mut root = json!({});
     for path in set {
@@ -386,8 +388,16 @@ pub fn fields_v1(set: &BTreeSet<Vec<String>>) -> Value {
             let Value::Object(map) = cur else { break };
             cur = map.entry(part.clone()).or_insert_with(|| json!({}));
         }
-        if let Value::Object(map) = cur {
-            map.entry(".".to_owned()).or_insert_with(|| json!({}));
+    }
+    for path in set {
+        let pointer: String = path
+            .iter()
+            .map(|p| format!("/{}", p.replace('~', "~0").replace('/', "~1")))
+            .collect();
+        if let Some(Value::Object(map)) = root.pointer_mut(&pointer)
+            && map.keys().any(|k| k != ".")
+        {
+            map.insert(".".to_owned(), json!({}));
         }
     }
     root
@@ -555,7 +565,14 @@ pub fn apply_config(
         .filter(|e| !(e.manager == manager && e.operation == "Apply"))
     {
         for path in &new_set {
-            if e.fields.iter().any(|f| f == path) && value_at(live, path) != value_at(config, path)
+            // A list item's own entry (`k:{"name":"c"}`, `v:"x"`) stands for its existence, not
+            // its value: only its fields can conflict.
+            let item = path
+                .last()
+                .is_some_and(|p| p.starts_with("k:") || p.starts_with("v:"));
+            if !item
+                && e.fields.iter().any(|f| f == path)
+                && value_at(live, path) != value_at(config, path)
             {
                 conflicts.push((e.manager.clone(), path.clone()));
             }
@@ -668,6 +685,79 @@ fn managed_entry(
         entry["subresource"] = json!(sub);
     }
     entry
+}
+
+/// Records a non-apply write (create, PUT, PATCH) by `manager` in `new`'s managedFields, as
+/// Kubernetes does with `operation: Update` entries: the manager takes ownership of every field
+/// the write set or changed (from whichever manager owned it, appliers included, so a later
+/// apply of a different value conflicts with it), and removed fields leave every manager.
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    subresource: Option<&str>,
+) {
+    let before = old.map(field_set).unwrap_or_default();
+    let after = field_set(new);
+    let changed: BTreeSet<Vec<String>> = after
+        .iter()
+        .filter(|p| old.is_none_or(|o| value_at(o, p) != value_at(new, p) || !before.contains(*p)))
+        .cloned()
+        .collect();
+    let removed: BTreeSet<Vec<String>> = before.difference(&after).cloned().collect();
+    let sub = subresource.unwrap_or("");
+    let entries = old.map(managed_entries).unwrap_or_default();
+    let mut managed: Vec<Value> = Vec::new();
+    let mut mine: BTreeSet<Vec<String>> = BTreeSet::new();
+    for e in entries {
+        let keep = |f: &Vec<String>| !changed.contains(f) && !removed.contains(f);
+        if e.manager == manager && e.operation == "Update" && e.subresource == sub {
+            mine = e
+                .fields
+                .into_iter()
+                .filter(|f| !removed.contains(f))
+                .collect();
+            continue;
+        }
+        let remaining: BTreeSet<Vec<String>> =
+            e.fields.iter().filter(|f| keep(f)).cloned().collect();
+        if remaining.is_empty() {
+            continue;
+        }
+        let mut raw = e.raw.clone();
+        raw["fieldsV1"] = fields_v1(&remaining);
+        managed.push(raw);
+    }
+    mine.extend(changed);
+    if !mine.is_empty() {
+        let mut entry = managed_entry(manager, api_version, subresource, &mine);
+        entry["operation"] = json!("Update");
+        managed.push(entry);
+    }
+    let meta = object::meta_mut(new);
+    if managed.is_empty() {
+        meta.remove("managedFields");
+    } else {
+        meta.insert("managedFields".into(), json!(managed));
+    }
+}
+
+/// The field manager of a non-apply write: `?fieldManager=`, else the client's User-Agent up to
+/// its first `/` (`kubectl-edit`, `kube-controller-manager`), as Kubernetes derives it.
+pub fn update_manager(req: &Request) -> String {
+    if let Some(m) = req.param("fieldManager").filter(|m| !m.is_empty()) {
+        return m.to_owned();
+    }
+    req.headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("unknown")
+        .chars()
+        .take(128)
+        .collect()
 }
 
 /// PATCH with `application/apply-patch+yaml`.

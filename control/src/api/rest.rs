@@ -548,7 +548,9 @@ pub async fn create(
 ) -> ApiResult<Response<Body>> {
     let mode = FieldValidation::from_request(req)?;
     let obj = req.object(state.max_body_bytes).await?;
-    let (created, warnings) = create_object(state, rt, ns, obj, mode, req.dry_run()).await?;
+    let manager = patch::update_manager(req);
+    let (created, warnings) =
+        create_object(state, rt, ns, obj, mode, req.dry_run(), Some(&manager)).await?;
     Ok(respond(StatusCode::CREATED, &created, &warnings))
 }
 
@@ -560,6 +562,7 @@ pub async fn create_object(
     mut obj: Value,
     mode: FieldValidation,
     dry_run: bool,
+    manager: Option<&str>,
 ) -> ApiResult<(Value, Vec<String>)> {
     check_type_meta(rt, &mut obj)?;
     if rt.namespaced {
@@ -609,6 +612,9 @@ pub async fn create_object(
         prepare_create(rt, &mut candidate);
         defaults::apply(&rt.group, &rt.kind, &mut candidate);
         validate(rt, &candidate, None)?;
+        if let Some(manager) = manager {
+            patch::record_update(None, &mut candidate, manager, &rt.api_version(), None);
+        }
         let held = before_write(state, rt, &mut candidate, None, dry_run).await?;
         if dry_run {
             return Ok((candidate, warnings));
@@ -794,6 +800,7 @@ async fn guaranteed_update<F>(
     sub: Option<&str>,
     dry_run: bool,
     mode: FieldValidation,
+    manager: Option<&str>,
     mut change: F,
 ) -> ApiResult<(Value, Vec<String>)>
 where
@@ -855,6 +862,9 @@ where
         };
         object::meta_mut(&mut new).insert("generation".into(), json!(generation));
         validate(rt, &new, Some(&old))?;
+        if let Some(manager) = manager {
+            patch::record_update(Some(&old), &mut new, manager, &rt.api_version(), sub);
+        }
         let held = before_write(state, rt, &mut new, Some(&old), dry_run).await?;
         if dry_run {
             return Ok((new, warnings));
@@ -902,25 +912,21 @@ pub async fn update(
     let mode = FieldValidation::from_request(req)?;
     let body = req.object(state.max_body_bytes).await?;
     let dry_run = req.dry_run();
+    let manager = patch::update_manager(req);
+    let manager = Some(manager.as_str());
     if sub == Some("scale") {
-        let (stored, _) = guaranteed_update(state, rt, ns, name, None, dry_run, mode, |old| {
-            apply_scale(rt, old, &body)
-        })
-        .await?;
+        let (stored, _) =
+            guaranteed_update(state, rt, ns, name, None, dry_run, mode, manager, |old| {
+                apply_scale(rt, old, &body)
+            })
+            .await?;
         return Ok(json_response(StatusCode::OK, &scale_of(rt, &stored)));
     }
     let sub = if sub == Some("finalize") { None } else { sub };
     let (stored, warnings) =
-        guaranteed_update(
-            state,
-            rt,
-            ns,
-            name,
-            sub,
-            dry_run,
-            mode,
-            |_| Ok(body.clone()),
-        )
+        guaranteed_update(state, rt, ns, name, sub, dry_run, mode, manager, |_| {
+            Ok(body.clone())
+        })
         .await?;
     Ok(respond(StatusCode::OK, &stored, &warnings))
 }
@@ -946,24 +952,29 @@ pub async fn patch(
     if kind == PatchType::Strategic && rt.custom.is_some() {
         return Err(ApiError::unsupported_media_type(&content_type));
     }
+    let manager = patch::update_manager(req);
+    let manager = Some(manager.as_str());
     if sub == Some("scale") {
-        let (stored, _) = guaranteed_update(state, rt, ns, name, None, dry_run, mode, |old| {
-            let scale = patch::apply_patch(kind, &scale_of(rt, old), &body, rt)?;
-            apply_scale(rt, old, &scale)
-        })
-        .await?;
+        let (stored, _) =
+            guaranteed_update(state, rt, ns, name, None, dry_run, mode, manager, |old| {
+                let scale = patch::apply_patch(kind, &scale_of(rt, old), &body, rt)?;
+                apply_scale(rt, old, &scale)
+            })
+            .await?;
         return Ok(json_response(StatusCode::OK, &scale_of(rt, &stored)));
     }
-    let (stored, warnings) = guaranteed_update(state, rt, ns, name, sub, dry_run, mode, |old| {
-        let mut patched = patch::apply_patch(kind, old, &body, rt)?;
-        // A patch that does not mention resourceVersion applies to the latest object.
-        if object::meta_str(&patched, "resourceVersion") == object::meta_str(old, "resourceVersion")
-        {
-            object::meta_mut(&mut patched).remove("resourceVersion");
-        }
-        Ok(patched)
-    })
-    .await?;
+    let (stored, warnings) =
+        guaranteed_update(state, rt, ns, name, sub, dry_run, mode, manager, |old| {
+            let mut patched = patch::apply_patch(kind, old, &body, rt)?;
+            // A patch that does not mention resourceVersion applies to the latest object.
+            if object::meta_str(&patched, "resourceVersion")
+                == object::meta_str(old, "resourceVersion")
+            {
+                object::meta_mut(&mut patched).remove("resourceVersion");
+            }
+            Ok(patched)
+        })
+        .await?;
     Ok(respond(StatusCode::OK, &stored, &warnings))
 }
 
@@ -990,6 +1001,7 @@ where
                 sub,
                 dry_run,
                 FieldValidation::Strict,
+                None,
                 |old| change(Some(old)),
             )
             .await?;
@@ -1407,6 +1419,7 @@ pub async fn bind(
         None,
         req.dry_run(),
         FieldValidation::Ignore,
+        Some(&patch::update_manager(req)),
         |old| {
             let current = object::get_path(old, "spec.nodeName")
                 .and_then(Value::as_str)
@@ -1435,7 +1448,7 @@ pub async fn bind(
     )
     .await?;
     // PodScheduled=True goes into status through the status path.
-    let _ = guaranteed_update(state, rt, ns, name, Some("status"), false, FieldValidation::Ignore, |old| {
+    let _ = guaranteed_update(state, rt, ns, name, Some("status"), false, FieldValidation::Ignore, None, |old| {
         let mut new = old.clone();
         let mut conditions: Vec<Value> = object::get_path(old, "status.conditions")
             .and_then(Value::as_array)
