@@ -49,6 +49,9 @@ struct ProxyArgs {
     /// Pod host-side interfaces to attach the eBPF pod program to.
     #[arg(long, value_delimiter = ',')]
     interfaces: Vec<String>,
+    /// The node's uplinks: XDP NodePort for clients outside the node (needs --node-ip).
+    #[arg(long, value_delimiter = ',')]
+    uplinks: Vec<String>,
     /// cgroup v2 directory whose processes get socket-LB (e.g. /sys/fs/cgroup/unified).
     #[arg(long)]
     cgroup: Option<PathBuf>,
@@ -112,6 +115,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         dataplane: args.dataplane,
         node_ips: args.node_ip,
         interfaces: args.interfaces,
+        uplinks: args.uplinks,
         cgroup: args.cgroup,
         pin_dir: args.pin_dir,
         algorithm: if args.lb_algorithm == "random" {

@@ -38,6 +38,10 @@ use crate::command::run;
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// Cluster (pod) CIDR blackholed in the node namespace.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The node's address on its uplink ([`Lab::add_uplink`]).
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+/// The outside client's address on the uplink.
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 /// Where cgroup v2 is mounted on these machines (hybrid hierarchy), else `/sys/fs/cgroup`.
 fn cgroup2_root() -> PathBuf {
     let unified = PathBuf::from("/sys/fs/cgroup/unified");
@@ -74,6 +78,8 @@ pub struct Lab {
     pub pin_dir: PathBuf,
     /// cgroup v2 directory for processes that should go through socket-LB.
     pub cgroup: PathBuf,
+    /// The outside client's namespace, once [`Lab::add_uplink`] made it.
+    pub external: Option<Pod>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -158,6 +164,7 @@ impl Lab {
             node: node.clone(),
             id,
             pods: Vec::new(),
+            external: None,
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
         };
@@ -244,6 +251,49 @@ impl Lab {
         ])?;
         self.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// Adds the node's uplink: a veth `up0` in the node namespace with the node address
+    /// [`NODE_IP`]/24, whose peer sits in a namespace standing for the world outside the node
+    /// ([`EXTERNAL_IP`], no other routes). The returned [`Pod`] describes that outside client
+    /// (`host_if` is the uplink). NodePort traffic comes in this way.
+    pub fn add_uplink(&mut self) -> io::Result<Pod> {
+        let ext = Pod {
+            ns: format!("rdr-{}-ext", self.id),
+            ip: EXTERNAL_IP,
+            host_if: "up0".into(),
+        };
+        ip(&["netns", "add", &ext.ns])?;
+        self.external = Some(ext.clone());
+        ip(&[
+            "-n", &self.node, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
+            "netns", &ext.ns,
+        ])?;
+        ip(&["-n", &ext.ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &ext.ns,
+            "addr",
+            "add",
+            &format!("{EXTERNAL_IP}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ext.ns, "link", "set", "eth0", "up"])?;
+        // Frames from a wire carry complete checksums; a local veth sender would leave them to
+        // "hardware" (CHECKSUM_PARTIAL), which is not what an uplink sees.
+        exec(&ext.ns, "ethtool", &["-K", "eth0", "tx", "off"], None)?;
+        ip(&[
+            "-n",
+            &self.node,
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "up0",
+        ])?;
+        ip(&["-n", &self.node, "link", "set", "up0", "up"])?;
+        Ok(ext)
     }
 
     /// Replaces the node's blackhole route for the service CIDR with a route into a veth whose
@@ -408,7 +458,7 @@ impl Drop for Lab {
         for server in self.servers.drain(..) {
             let _ = server.join();
         }
-        for pod in &self.pods {
+        for pod in self.pods.iter().chain(&self.external) {
             let _ = ip(&["netns", "del", &pod.ns]);
         }
         let _ = ip(&["netns", "del", &self.node]);

@@ -261,3 +261,61 @@ fn socket_lb_translates_at_connect_time() {
         "{out:?}"
     );
 }
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask ci"]
+fn nodeport_from_outside_goes_through_xdp_on_the_uplink() {
+    let (mut lab, _client, backends) = lab_with_backends();
+    let outside = lab.add_uplink().unwrap();
+    let mut datapath = open(&lab);
+    let node = lab.node.clone();
+    in_ns(&node, || datapath.attach_uplink("up0"))
+        .unwrap()
+        .unwrap();
+    let settings = Settings {
+        node_ips: vec![lab::NODE_IP],
+        ..Settings::default()
+    };
+    let mut planner = datapath.planner(settings);
+    let ips: Vec<Ipv4Addr> = backends.iter().map(|p| p.ip).collect();
+    datapath
+        .apply(&planner.sync(&common::nodeport_services(&ips)).unwrap())
+        .unwrap();
+    let node_port = |port: u16| std::net::SocketAddr::from((lab::NODE_IP, port));
+
+    // New TCP connections from outside spread over the backends; each conversation works.
+    let mut seen = BTreeMap::new();
+    for _ in 0..45 {
+        let (mut conn, name) = Client::connect(&outside.ns, node_port(30080)).unwrap();
+        assert_eq!(conn.ask().unwrap(), name);
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // UDP answers come back from the node address and the NodePort.
+    for _ in 0..10 {
+        let (_, from) = udp_ask(&outside.ns, node_port(30053)).unwrap();
+        assert_eq!(from, node_port(30053));
+    }
+    assert!(
+        datapath.counter(Reason::Forward).packets >= 45 + 10,
+        "{:?}",
+        datapath.counters()
+    );
+    // No endpoints: refused at once (the node has no socket on a NodePort).
+    let refused = |port: u16| {
+        let err = in_ns(&outside.ns, || {
+            TcpStream::connect_timeout(&node_port(port), Duration::from_secs(5))
+        })
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    };
+    refused(30081);
+    assert!(datapath.counter(Reason::NoBackend).packets >= 1);
+    // A backend on another node needs SNAT, not built yet: refused and counted, never sent on.
+    refused(30082);
+    assert!(datapath.counter(Reason::RemoteBackend).packets >= 1);
+    in_ns(&node, || datapath.detach_uplink("up0"))
+        .unwrap()
+        .unwrap();
+}

@@ -319,3 +319,106 @@ fn a_service_without_endpoints_answers_icmp_port_unreachable() {
     }
     assert!(b.datapath.counter(Reason::NoBackend).packets >= 2);
 }
+
+const XDP_PASS: u32 = 2;
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+
+/// A datapath with `common::nodeport_services` (NodePorts 30080/30053 → one backend) on
+/// `NODE_IP`.
+fn nodeport_bed(tag: &str) -> Bed {
+    let dir = PathBuf::from(format!("/sys/fs/bpf/rudder-t{}x{tag}", std::process::id()));
+    let mut datapath = Datapath::open(&dir, Config::default()).unwrap();
+    let settings = Settings {
+        node_ips: vec![NODE_IP],
+        ..Settings::default()
+    };
+    let mut planner = datapath.planner(settings);
+    datapath
+        .apply(
+            &planner
+                .sync(&common::nodeport_services(&[BACKEND]))
+                .unwrap(),
+        )
+        .unwrap();
+    Bed { datapath, dir }
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask ci"]
+fn xdp_translates_nodeport_packets_with_valid_checksums() {
+    let b = nodeport_bed("xdp");
+    for flags in 0u8..64 {
+        let sport = 40000 + u16::from(flags);
+        let packet = Packet::tcp((OUTSIDE, sport), (NODE_IP, 30080), flags).bytes();
+        let (action, out) = b.datapath.test_run_uplink(&packet).unwrap();
+        assert_eq!(action, XDP_PASS, "flags {flags:#x}");
+        assert_eq!(
+            check(&out),
+            ((OUTSIDE, sport), (BACKEND, 8080)),
+            "flags {flags:#x}"
+        );
+    }
+    let (_, out) = b
+        .datapath
+        .test_run_uplink(&Packet::udp((OUTSIDE, 5000), (NODE_IP, 30053)).bytes())
+        .unwrap();
+    assert_eq!(check(&out), ((OUTSIDE, 5000), (BACKEND, 5353)));
+    let zero = Packet {
+        udp_zero_checksum: true,
+        ..Packet::udp((OUTSIDE, 5001), (NODE_IP, 30053))
+    };
+    let (_, out) = b.datapath.test_run_uplink(&zero.bytes()).unwrap();
+    assert_eq!(&out[34 + 6..34 + 8], &[0, 0]);
+    assert_eq!(check(&out).1, (BACKEND, 5353));
+    let with_options = Packet {
+        options: 12,
+        ..Packet::tcp((OUTSIDE, 41000), (NODE_IP, 30080), 0x02)
+    };
+    let (_, out) = b.datapath.test_run_uplink(&with_options.bytes()).unwrap();
+    assert_eq!(check(&out), ((OUTSIDE, 41000), (BACKEND, 8080)));
+    // The backend's reply, at the pod program, leaves as the node's NodePort.
+    let reply = Packet::tcp((BACKEND, 8080), (OUTSIDE, 41000), 0x12);
+    let (verdict, out) = b.datapath.test_run(&reply.bytes()).unwrap();
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(check(&out), ((NODE_IP, 30080), (OUTSIDE, 41000)));
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask ci"]
+fn xdp_leaves_everything_else_alone() {
+    let b = nodeport_bed("xdp-other");
+    let untouched = |packet: Vec<u8>| {
+        let (action, out) = b.datapath.test_run_uplink(&packet).unwrap();
+        assert_eq!((action, &out), (XDP_PASS, &packet));
+    };
+    // Another port of the node, a ClusterIP, a first and a later fragment, ARP, ICMP.
+    untouched(Packet::tcp((OUTSIDE, 1), (NODE_IP, 22), 0x02).bytes());
+    untouched(Packet::tcp((OUTSIDE, 1), (Ipv4Addr::new(10, 96, 0, 30), 80), 0x02).bytes());
+    for frag in [0x2000, 0x0004] {
+        untouched(
+            Packet {
+                frag,
+                ..Packet::udp((OUTSIDE, 2), (NODE_IP, 30053))
+            }
+            .bytes(),
+        );
+    }
+    let mut arp = Packet::udp((OUTSIDE, 3), (NODE_IP, 30053)).bytes();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    untouched(arp);
+    let mut icmp = Packet::udp((OUTSIDE, 4), (NODE_IP, 30053)).bytes();
+    icmp[14 + 9] = 1;
+    untouched(icmp);
+    // Cut short anywhere: passed on unchanged for the kernel to judge.
+    let full = Packet::tcp((OUTSIDE, 5), (NODE_IP, 30080), 0x02).bytes();
+    // (The kernel does not test-run frames shorter than an Ethernet header.)
+    for len in [14, 20, 33, 36, 40, 50] {
+        untouched(full[..len].to_vec());
+    }
+    // No endpoints: untranslated, so the node itself refuses; a remote backend: the same.
+    untouched(Packet::tcp((OUTSIDE, 6), (NODE_IP, 30081), 0x02).bytes());
+    assert!(b.datapath.counter(Reason::NoBackend).packets >= 1);
+    untouched(Packet::tcp((OUTSIDE, 7), (NODE_IP, 30082), 0x02).bytes());
+    assert!(b.datapath.counter(Reason::RemoteBackend).packets >= 1);
+}

@@ -23,6 +23,7 @@ const DEBIAN: &[(&str, &str)] = &[
     ("dig", "dnsutils"),
     ("ip", "iproute2"),
     ("iperf3", "iperf3"),
+    ("ethtool", "ethtool"),
     ("wrk", "wrk"),
     // etcd-client compiles etcd's protobuf definitions at build time.
     ("protoc", "protobuf-compiler"),

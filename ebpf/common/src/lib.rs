@@ -73,11 +73,14 @@ pub enum Reason {
     CtNew = 8,
     /// Conntrack could not store a new flow (the flow is still forwarded, statelessly).
     CtFull = 9,
+    /// XDP NodePort picked a backend on another node; SNAT for those is not built yet, so the
+    /// packet went on untranslated (and is refused by the node).
+    RemoteBackend = 10,
 }
 
 impl Reason {
     /// Number of reasons, the size of the counters array.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// Every reason with its stable lower-case name, in index order.
     pub const ALL: [(Reason, &'static str); Self::COUNT as usize] = [
@@ -91,6 +94,7 @@ impl Reason {
         (Reason::SocketLb, "socket_lb"),
         (Reason::CtNew, "ct_new"),
         (Reason::CtFull, "ct_full"),
+        (Reason::RemoteBackend, "remote_backend"),
     ];
 }
 

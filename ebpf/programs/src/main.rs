@@ -2,6 +2,7 @@
 //!
 //! - [`pod`]: TC on pods' host-side veths (ClusterIP/NodePort DNAT, reply reverse NAT, hairpin);
 //! - [`sock`]: cgroup socket-LB for the node's own processes;
+//! - [`nodeport`]: XDP on the node's uplink for NodePort traffic from outside the node;
 //! - [`lb`] and [`maglev`]: backend choice; [`conntrack`]: flow state; [`nat`]: rewriting and
 //!   rejecting; [`counters`]; [`maps`]: every map, pinned by name.
 #![no_std]
@@ -13,18 +14,25 @@ mod lb;
 mod maglev;
 mod maps;
 mod nat;
+mod nodeport;
 mod pod;
 mod sock;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 /// TC ingress on a pod's host-side veth: traffic leaving the pod.
 #[classifier]
 pub fn rudder_from_pod(ctx: TcContext) -> i32 {
     pod::from_pod(&ctx)
+}
+
+/// XDP on the node's uplink: NodePort DNAT for clients outside the node.
+#[xdp]
+pub fn rudder_xdp_nodeport(ctx: XdpContext) -> u32 {
+    nodeport::nodeport(&ctx)
 }
 
 /// cgroup `connect4`: TCP (and connected UDP) sockets to a service connect to a backend.

@@ -7,7 +7,7 @@
 //! Everything the kernel keeps lives under one bpffs directory (default `/sys/fs/bpf/rudder`):
 //! the maps, pinned by name, and the attachments under `links/`. A restarted agent therefore
 //! finds the same services, backends and connection-tracking entries, and replaces its programs
-//! in place (TCX links are updated atomically), so established connections keep their backends
+//! in place (TCX and XDP links are updated atomically), so established connections keep their backends
 //! while the agent is down and after it comes back. [`Datapath::remove`] takes it all away.
 
 use std::{
@@ -21,8 +21,10 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::{XdpLink, XdpMode},
     },
 };
 use rudder_ebpf_common::{
@@ -39,6 +41,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/rudder";
 
 /// The TC program for pods' host-side veths.
 const TC_POD: &str = "rudder_from_pod";
+const XDP_NODEPORT: &str = "rudder_xdp_nodeport";
 /// The socket-LB programs.
 const SOCK: [&str; 3] = [
     "rudder_sock_connect4",
@@ -53,6 +56,15 @@ pub enum Error {
     #[error("preparing {path}")]
     Bpffs {
         /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An interface setting could not be written.
+    #[error("setting {path}")]
+    Sysctl {
+        /// The `/proc/sys` file.
         path: PathBuf,
         /// The cause.
         #[source]
@@ -184,6 +196,8 @@ impl Datapath {
             .map_err(|e| Error::Load(pin_dir.display().to_string(), Box::new(e)))?;
         let prog: &mut SchedClassifier = program(&mut ebpf, TC_POD)?;
         prog.load().map_err(prog_err(TC_POD, "load"))?;
+        let prog: &mut Xdp = program(&mut ebpf, XDP_NODEPORT)?;
+        prog.load().map_err(prog_err(XDP_NODEPORT, "load"))?;
         for name in SOCK {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(prog_err(name, "load"))?;
@@ -211,7 +225,16 @@ impl Datapath {
 
     /// Attaches the pod program to TC ingress of `ifname` (a pod's host-side veth). If a previous
     /// agent attached one there, it is replaced atomically.
+    ///
+    /// Also sets `accept_local` on the interface: replies of NodePort flows leave the pod
+    /// program with the node's own address as their source, which the kernel would otherwise
+    /// drop as martians before routing them out of the uplink.
     pub fn attach_pod(&mut self, ifname: &str) -> Result<(), Error> {
+        let sysctl = format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local");
+        fs::write(&sysctl, "1").map_err(|source| Error::Sysctl {
+            path: sysctl.into(),
+            source,
+        })?;
         let pin = self.pin_dir.join("links").join(format!("tc-{ifname}"));
         let prog: &mut SchedClassifier = program(&mut self.ebpf, TC_POD)?;
         let attach_err = |what: String| prog_err(TC_POD, what);
@@ -265,6 +288,52 @@ impl Datapath {
             })?;
         }
         Ok(())
+    }
+
+    /// Attaches the NodePort program to XDP of `ifname` (the node's uplink), in native (driver)
+    /// mode when the driver has it, else generic. A program a previous agent attached there is
+    /// replaced atomically through its pinned link.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), Error> {
+        let pin = self.pin_dir.join("links").join(format!("xdp-{ifname}"));
+        let prog: &mut Xdp = program(&mut self.ebpf, XDP_NODEPORT)?;
+        let attach_err = |what: String| prog_err(XDP_NODEPORT, what);
+        let replaced = match PinnedLink::from_pin(&pin) {
+            Ok(old) => XdpLink::try_from(FdLink::from(old))
+                .ok()
+                .and_then(|l| prog.attach_to_link(l).ok()),
+            Err(_) => None,
+        };
+        if replaced.is_none() {
+            let _ = fs::remove_file(&pin);
+        }
+        let was_replaced = replaced.is_some();
+        let id = match replaced {
+            Some(id) => id,
+            None => match prog.attach(ifname, XdpMode::Driver) {
+                Ok(id) => id,
+                Err(_) => prog
+                    .attach(ifname, XdpMode::Skb)
+                    .map_err(attach_err(format!("attach to {ifname}")))?,
+            },
+        };
+        let link = prog.take_link(id).map_err(attach_err("take link".into()))?;
+        let fd: FdLink = link.try_into().map_err(|e: LinkError| Error::Link {
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
+        if !was_replaced {
+            fd.pin(&pin).map_err(|e| Error::Link {
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the NodePort program from `ifname`.
+    pub fn detach_uplink(&mut self, ifname: &str) -> Result<(), Error> {
+        let pin = self.pin_dir.join("links").join(format!("xdp-{ifname}"));
+        unpin(&pin)
     }
 
     /// Detaches the pod program from `ifname` (when the pod goes away).
@@ -387,11 +456,21 @@ impl Datapath {
     /// against the live maps, and returns the TC verdict and the packet as the program left it.
     /// Nothing is sent anywhere: this is how the datapath's unit tests feed crafted packets.
     pub fn test_run(&self, packet: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        self.test_run_program(TC_POD, packet)
+    }
+
+    /// Runs the uplink (XDP NodePort) program once on `packet`, as [`Datapath::test_run`] does;
+    /// returns the XDP action and the packet.
+    pub fn test_run_uplink(&self, packet: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        self.test_run_program(XDP_NODEPORT, packet)
+    }
+
+    fn test_run_program(&self, name: &str, packet: &[u8]) -> io::Result<(u32, Vec<u8>)> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let prog = self
             .ebpf
-            .program(TC_POD)
-            .ok_or_else(|| io::Error::other("pod program missing"))?;
+            .program(name)
+            .ok_or_else(|| io::Error::other(format!("program {name} missing")))?;
         let fd = prog.fd().map_err(io::Error::other)?;
         let raw = fd.as_fd().as_raw_fd();
         // Room for programs that grow the packet (the ICMP refusal).

@@ -2,8 +2,8 @@
 //! from a YAML file) and the node agent (fed by apiserver watches) drive.
 //!
 //! - eBPF: loads the programs (pins under `pin_dir`), attaches the pod program to the listed
-//!   host-side interfaces and, if asked, socket-LB to a cgroup; each sync writes the planner's
-//!   minimal map diff.
+//!   host-side interfaces, XDP NodePort to the listed uplinks and, if asked, socket-LB to a
+//!   cgroup; each sync writes the planner's minimal map diff.
 //! - iptables: each sync is one `iptables-restore --noflush` of kube-proxy's chains.
 //!
 //! Both install a blackhole route for the service CIDR first, so a service address that no rule
@@ -62,6 +62,8 @@ pub struct ProxyConfig {
     pub node_ips: Vec<Ipv4Addr>,
     /// Pod host-side interfaces to attach the eBPF pod program to.
     pub interfaces: Vec<String>,
+    /// Uplink interfaces to attach the XDP NodePort program to (eBPF only).
+    pub uplinks: Vec<String>,
     /// cgroup v2 directory for socket-LB (eBPF only).
     pub cgroup: Option<PathBuf>,
     /// bpffs directory for pins (eBPF only).
@@ -78,6 +80,7 @@ impl Default for ProxyConfig {
             dataplane: Dataplane::Ebpf,
             node_ips: Vec::new(),
             interfaces: Vec::new(),
+            uplinks: Vec::new(),
             cgroup: None,
             pin_dir: PathBuf::from(ebpf::DEFAULT_PIN_DIR),
             algorithm: Algorithm::Maglev,
@@ -139,6 +142,11 @@ impl Proxy {
                     datapath
                         .attach_pod(ifname)
                         .map_err(err("attaching to an interface"))?;
+                }
+                for ifname in &config.uplinks {
+                    datapath
+                        .attach_uplink(ifname)
+                        .map_err(err("attaching XDP to an uplink"))?;
                 }
                 if let Some(cgroup) = &config.cgroup {
                     datapath

@@ -62,6 +62,51 @@ endpoints: {}
     build(&objects, NODE)
 }
 
+/// NodePort services for the uplink test: `web` (TCP 30080, UDP 30053 → the three backends),
+/// `empty` (30081, no endpoints), `far` (30082, its one endpoint on another node).
+pub fn nodeport_services(backends: &[Ipv4Addr]) -> DesiredState {
+    let eps: Vec<String> = backends
+        .iter()
+        .map(|ip| format!("{{addresses: [\"{ip}\"], nodeName: {}}}", NODE))
+        .collect();
+    let far = "{addresses: [\"10.244.9.9\"], nodeName: elsewhere}".to_owned();
+    let mut docs = Vec::new();
+    for (name, ip, http, dns, endpoints) in [
+        (
+            "web",
+            "10.96.0.30",
+            30080,
+            30053,
+            format!("[{}]", eps.join(", ")),
+        ),
+        ("empty", "10.96.0.31", 30081, 30054, "[]".to_owned()),
+        ("far", "10.96.0.32", 30082, 30055, format!("[{far}]")),
+    ] {
+        docs.push(format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: {ip}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, nodePort: {http}}}
+  - {{name: dns, port: 53, targetPort: 5353, protocol: UDP, nodePort: {dns}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]
+endpoints: {endpoints}
+"#
+        ));
+    }
+    let objects = Objects::from_yaml(&docs.join("---\n")).unwrap();
+    build(&objects, NODE)
+}
+
 /// `10.96.0.<last>:<port>`.
 pub fn vip(last: u8, port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(10, 96, 0, last), port))
