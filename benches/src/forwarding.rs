@@ -6,6 +6,11 @@
 //!   limit of this machine.
 //! - `iptables`: kube-proxy's chains written with `iptables-restore` (the peer).
 //! - `ebpf-tc`: rudder's TC program on the pods' host-side veths.
+//! - `ebpf-xdp`: rudder's XDP program on the node's uplink; the client is outside the node (the
+//!   lab's uplink namespace) and talks to the node address and the service's NodePorts; replies
+//!   are restored by the TC program on the backends' veths. Its ratios are taken against the
+//!   iptables subject's ClusterIP path, which does less work than kube-proxy's NodePort path
+//!   (that adds the KUBE-NODEPORTS chain and masquerading), so they understate the difference.
 //! - `socket-lb`: rudder's cgroup programs; the client process's sockets connect straight to a
 //!   backend (the benchmark moves itself into the lab's cgroup for these runs).
 //!
@@ -39,7 +44,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use rudder_ebpf_common::{Config, HAIRPIN_ADDR};
 use rudder_node::{
-    lab::{Lab, Pod, exec, in_ns},
+    lab::{Lab, NODE_IP, Pod, exec, in_ns},
     proxy::{
         ebpf::Datapath,
         iptables::Iptables,
@@ -83,7 +88,7 @@ impl Options {
     pub fn full() -> Self {
         Self {
             services: vec![1, 1000, 10000],
-            dataplanes: ["none", "iptables", "ebpf-tc", "socket-lb"]
+            dataplanes: ["none", "iptables", "ebpf-tc", "ebpf-xdp", "socket-lb"]
                 .map(String::from)
                 .to_vec(),
             seconds: 3.0,
@@ -110,6 +115,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const RR_PORT: u16 = 8080;
 const SINK_PORT: u16 = 8081;
 const UDP_PORT: u16 = 5353;
+/// NodePorts of the service under test (rr, sink, udp).
+const NODE_PORTS: (u16, u16, u16) = (30080, 30081, 30053);
 
 fn frontend(
     name: &str,
@@ -149,18 +156,19 @@ fn backend(ip: Ipv4Addr, port: u16) -> Backend {
 /// The service under test (three ports) plus `n - 1` filler services.
 pub fn state(n: usize, backends: &[Ipv4Addr], generation: u32) -> DesiredState {
     let mut state = DesiredState::default();
-    for (port, target, proto) in [
-        (80, RR_PORT, Protocol::Tcp),
-        (81, SINK_PORT, Protocol::Tcp),
-        (53, UDP_PORT, Protocol::Udp),
+    for (port, target, proto, node_port) in [
+        (80, RR_PORT, Protocol::Tcp, NODE_PORTS.0),
+        (81, SINK_PORT, Protocol::Tcp, NODE_PORTS.1),
+        (53, UDP_PORT, Protocol::Udp, NODE_PORTS.2),
     ] {
-        let f = frontend(
+        let mut f = frontend(
             "target",
             VIP,
             port,
             proto,
             backends.iter().map(|ip| backend(*ip, target)).collect(),
         );
+        f.node_port = Some(node_port);
         state.frontends.insert(f.name.clone(), f);
     }
     for i in 1..n {
@@ -299,7 +307,12 @@ struct Bed {
 
 fn build_bed(subject: &str, n: usize) -> Result<Bed> {
     let mut lab = Lab::new().context("creating the lab (needs root)")?;
-    let client = lab.add_pod()?;
+    let pod_client = lab.add_pod()?;
+    let client = if subject == "ebpf-xdp" {
+        lab.add_uplink()?
+    } else {
+        pod_client
+    };
     for key in [
         "net.ipv4.tcp_tw_reuse=1",
         "net.ipv4.ip_local_port_range=1024 65535",
@@ -322,7 +335,7 @@ fn build_bed(subject: &str, n: usize) -> Result<Bed> {
             iptables.sync(&desired)?;
             (Dataplane::Iptables(iptables), VIP, (80, 81, 53))
         }
-        "ebpf-tc" | "socket-lb" => {
+        "ebpf-tc" | "socket-lb" | "ebpf-xdp" => {
             let config = Config {
                 hairpin_addr: u32::from_ne_bytes(HAIRPIN_ADDR),
                 ..Config::default()
@@ -336,15 +349,23 @@ fn build_bed(subject: &str, n: usize) -> Result<Bed> {
                 let cgroup = lab.make_cgroup()?;
                 datapath.attach_cgroup(&cgroup)?;
             }
-            let mut planner = datapath.planner(Settings::default());
+            let mut settings = Settings::default();
+            let (target, ports) = if subject == "ebpf-xdp" {
+                in_ns(&lab.node, || datapath.attach_uplink("up0"))??;
+                settings.node_ips = vec![NODE_IP];
+                (NODE_IP, NODE_PORTS)
+            } else {
+                (VIP, (80, 81, 53))
+            };
+            let mut planner = datapath.planner(settings);
             datapath.apply(&planner.sync(&desired)?)?;
             (
                 Dataplane::Ebpf {
                     datapath: Box::new(datapath),
                     planner,
                 },
-                VIP,
-                (80, 81, 53),
+                target,
+                ports,
             )
         }
         other => bail!("subject {other} is not built yet"),
@@ -641,7 +662,8 @@ pub fn run(out: &Path, o: &Options) -> Result<Results> {
     }
     for &n in &o.services {
         for subject in &o.dataplanes {
-            if !["none", "iptables", "ebpf-tc", "socket-lb"].contains(&subject.as_str()) {
+            if !["none", "iptables", "ebpf-tc", "ebpf-xdp", "socket-lb"].contains(&subject.as_str())
+            {
                 eprintln!("  {subject:9} skipped: not built yet");
                 continue;
             }
@@ -696,6 +718,10 @@ pub fn goals(results: &Results) -> BTreeMap<String, Option<f64>> {
     g.insert(
         "1 service: ebpf-tc / iptables udp_pps (goal ≥ 1.7)".into(),
         ratio("ebpf-tc", "iptables", 1, "udp_pps"),
+    );
+    g.insert(
+        "1 service: ebpf-xdp (NodePort) / iptables udp_pps (goal ≥ 3)".into(),
+        ratio("ebpf-xdp", "iptables", 1, "udp_pps"),
     );
     g.insert(
         "1 service: ebpf-tc / none throughput (goal ≥ 0.9)".into(),

@@ -30,7 +30,7 @@ pub fn rudder_from_pod(ctx: TcContext) -> i32 {
 }
 
 /// XDP on the node's uplink: NodePort DNAT for clients outside the node.
-#[xdp]
+#[xdp(frags)]
 pub fn rudder_xdp_nodeport(ctx: XdpContext) -> u32 {
     nodeport::nodeport(&ctx)
 }
