@@ -213,6 +213,12 @@ fn service(obj: &mut Value) {
         for p in ports {
             set_default(p, "protocol", json!("TCP"));
             let port = p.get("port").cloned().unwrap_or(Value::Null);
+            // 0 and "" are Go's zero IntOrString (client-go sends them): unset, as upstream.
+            if matches!(p.get("targetPort"), Some(t) if *t == json!(0) || *t == json!(""))
+                && let Some(map) = p.as_object_mut()
+            {
+                map.remove("targetPort");
+            }
             set_default(p, "targetPort", port);
         }
     }
@@ -249,5 +255,15 @@ mod tests {
         assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
         assert!(secret.get("stringData").is_none());
         assert_eq!(secret["type"], "Opaque");
+    }
+
+    #[test]
+    fn a_zero_target_port_defaults_to_the_port() {
+        let mut svc = json!({"spec": {"ports": [{"port": 80, "targetPort": 0}, {"port": 81, "targetPort": ""}, {"port": 82, "targetPort": "http"}]}});
+        apply("", "Service", &mut svc);
+        let targets: Vec<&Value> = (0..3)
+            .map(|i| &svc["spec"]["ports"][i]["targetPort"])
+            .collect();
+        assert_eq!(targets, [&json!(80), &json!(81), &json!("http")]);
     }
 }

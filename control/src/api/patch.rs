@@ -527,12 +527,6 @@ fn managed_entries(obj: &Value) -> Vec<Managed> {
         .collect()
 }
 
-/// Whether `a` is `b` or inside it (or the other way round): overlapping ownership.
-fn overlaps(a: &[String], b: &[String]) -> bool {
-    let n = a.len().min(b.len());
-    a[..n] == b[..n]
-}
-
 /// Computes the result of an apply of `config` by `manager` over `live` (None: create).
 pub fn apply_config(
     live: Option<&Value>,
@@ -615,7 +609,7 @@ pub fn apply_config(
         let owned_elsewhere = entries
             .iter()
             .filter(|e| !(e.manager == manager && e.operation == "Apply"))
-            .any(|e| e.fields.iter().any(|f| overlaps(f, path)));
+            .any(|e| e.fields.iter().any(|f| f.starts_with(path)));
         if !owned_elsewhere {
             remove_at(&mut result, path);
         }
@@ -702,7 +696,15 @@ pub fn record_update(
     let after = field_set(new);
     let changed: BTreeSet<Vec<String>> = after
         .iter()
-        .filter(|p| old.is_none_or(|o| value_at(o, p) != value_at(new, p) || !before.contains(*p)))
+        .filter(|p| {
+            // A list item's own entry changes hands only when the item appears; edits inside
+            // it move the edited fields, not the item.
+            let item = p
+                .last()
+                .is_some_and(|l| l.starts_with("k:") || l.starts_with("v:"));
+            !before.contains(*p)
+                || (!item && old.is_some_and(|o| value_at(o, p) != value_at(new, p)))
+        })
         .cloned()
         .collect();
     let removed: BTreeSet<Vec<String>> = before.difference(&after).cloned().collect();
@@ -780,8 +782,16 @@ pub async fn server_side_apply(
         })?
         .to_owned();
     let force = req.flag("force");
-    let config: Value = serde_yaml::from_slice(body)
+    let mut config: Value = serde_yaml::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if sub.is_none()
+        && rt.status
+        && let Some(map) = config.as_object_mut()
+    {
+        // The main resource ignores status when it has a status subresource: the applier
+        // neither writes nor owns it, and cannot conflict with the controllers that do.
+        map.remove("status");
+    }
     if !config.is_object() {
         return Err(ApiError::bad_request(
             "the applied configuration must be an object",
@@ -928,5 +938,54 @@ mod tests {
         // Same value: shared ownership, no conflict.
         let same = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "1"}});
         assert!(apply_config(Some(&live), &same, "carol", false, "v1", None).is_ok());
+    }
+
+    fn pod(env: bool, image: &str) -> Value {
+        let mut c = json!({"name": "c", "image": image});
+        if env {
+            c["env"] = json!([{"name": "A", "value": "1"}]);
+        }
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [c]}})
+    }
+
+    fn owners(obj: &Value) -> Vec<(String, BTreeSet<Vec<String>>)> {
+        managed_entries(obj)
+            .into_iter()
+            .map(|e| (e.manager, e.fields))
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_list_item_still_loses_the_fields_its_applier_drops() {
+        let live = apply_config(None, &pod(true, "x"), "alice", false, "v1", None).unwrap();
+        let live = apply_config(Some(&live), &pod(false, "x"), "bob", false, "v1", None).unwrap();
+        let live = apply_config(Some(&live), &pod(false, "x"), "alice", false, "v1", None).unwrap();
+        let container = &live["spec"]["containers"][0];
+        let env = container.get("env").and_then(Value::as_array);
+        assert!(env.is_none_or(Vec::is_empty), "{container}");
+        assert_eq!(container["name"], "c");
+    }
+
+    #[test]
+    fn an_update_inside_a_list_item_moves_only_the_edited_field() {
+        let live = apply_config(None, &pod(false, "x"), "alice", false, "v1", None).unwrap();
+        let mut new = live.clone();
+        new["spec"]["containers"][0]["image"] = json!("y");
+        record_update(Some(&live), &mut new, "kubectl-set", "v1", None);
+        let item = vec![
+            "f:spec".to_string(),
+            "f:containers".into(),
+            "k:{\"name\":\"c\"}".into(),
+        ];
+        let mut image = item.clone();
+        image.push("f:image".into());
+        let owners = owners(&new);
+        let alice = &owners.iter().find(|(m, _)| m == "alice").unwrap().1;
+        let setter = &owners.iter().find(|(m, _)| m == "kubectl-set").unwrap().1;
+        assert!(
+            alice.contains(&item) && !alice.contains(&image),
+            "{alice:?}"
+        );
+        assert_eq!(setter, &BTreeSet::from([image]));
     }
 }

@@ -95,13 +95,21 @@ const ZERO_IS_UNSET: &[&str] = &[
     "api.apps.v1.StatefulSetSpec.minReadySeconds",
 ];
 
-fn zero_is_unset(message: &str, field: &str) -> bool {
-    ZERO_IS_UNSET.iter().any(|entry| {
+/// Go pointer strings whose empty value means something: `storageClassName: ""` asks for no
+/// storage class (unset asks for the default one). Other empty strings are dropped (see below).
+const EMPTY_IS_SET: &[&str] = &["api.core.v1.PersistentVolumeClaimSpec.storageClassName"];
+
+fn listed(list: &[&str], message: &str, field: &str) -> bool {
+    list.iter().any(|entry| {
         entry
             .strip_prefix(message)
             .and_then(|rest| rest.strip_prefix('.'))
             == Some(field)
     })
+}
+
+fn zero_is_unset(message: &str, field: &str) -> bool {
+    listed(ZERO_IS_UNSET, message, field)
 }
 
 const META: &str = "apimachinery.pkg.apis.meta.v1";
@@ -321,7 +329,10 @@ fn decode_message(bytes: &[u8], message: &Message, depth: usize) -> Result<Value
                     Some(other) => other.to_string(),
                     None => String::new(),
                 };
-                let value = value.unwrap_or_else(|| default_of(value_kind));
+                let value = match value {
+                    Some(v) => v,
+                    None => default_of(value_kind, depth)?,
+                };
                 let slot = out
                     .entry(field.json)
                     .or_insert_with(|| Value::Object(Map::new()));
@@ -361,7 +372,8 @@ fn decode_message(bytes: &[u8], message: &Message, depth: usize) -> Result<Value
                     // (`omitempty`) leaves empty strings and zero times out, so do we, letting
                     // defaulting fill them as it would for a JSON body.
                     Value::Null => {}
-                    Value::String(s) if s.is_empty() => {}
+                    Value::String(s)
+                        if s.is_empty() && !listed(EMPTY_IS_SET, message.name, field.json) => {}
                     Value::Bool(false) if zero_is_unset(message.name, field.json) => {}
                     Value::Number(n)
                         if n.as_i64() == Some(0) && zero_is_unset(message.name, field.json) => {}
@@ -376,15 +388,20 @@ fn decode_message(bytes: &[u8], message: &Message, depth: usize) -> Result<Value
     Ok(Value::Object(out))
 }
 
-/// The JSON of a map value that was left out on the wire (protobuf's default).
-fn default_of(kind: &Kind) -> Value {
-    match kind {
+/// The JSON of a map value that was left out on the wire: protobuf's default, i.e. an empty
+/// message decoded with its special form (`""` for a Quantity, `0` for an IntOrString).
+fn default_of(kind: &Kind, depth: usize) -> Result<Value, ApiError> {
+    Ok(match kind {
         Kind::String | Kind::Bytes => Value::String(String::new()),
         Kind::Bool => Value::Bool(false),
         Kind::Int32 | Kind::Int64 => Value::from(0),
         Kind::Double => Value::from(0.0),
-        Kind::Message(_) | Kind::Map(..) => Value::Object(Map::new()),
-    }
+        Kind::Message(name) => match lookup(name) {
+            Some(message) => decode_message(&[], message, depth + 1)?,
+            None => Value::Object(Map::new()),
+        },
+        Kind::Map(..) => Value::Object(Map::new()),
+    })
 }
 
 fn scalar_or_message(
@@ -541,8 +558,11 @@ fn special(bytes: &[u8], message: &Message, depth: usize) -> Result<Option<Value
                 Value::Array(list)
             } else if let Some(schema) = schema {
                 schema
-            } else {
+            } else if short == "JsonSchemaPropsOrBool" {
                 Value::Bool(allows.unwrap_or(false))
+            } else {
+                // Nothing set: Go writes null, and the field is left out.
+                Value::Null
             }
         }
         _ => return Ok(None),
