@@ -253,16 +253,10 @@ pub fn openapi_v3_group_version(registry: &Registry, group: &str, version: &str)
 /// Patch operations list no request body, so kubectl still builds strategic merge patches for
 /// `apply` from its compiled-in types, as it does without schemas (see the module docs).
 fn schemas(types: &[Arc<ResourceType>]) -> serde_json::Map<String, Value> {
-    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
-    let mut kinds = Vec::new();
-    for t in types {
-        if t.custom.is_none()
-            && let Some(name) = validation::builtin_schema(&t.group, &t.kind, &mut generator)
-        {
-            kinds.push((name, t.as_ref()));
-        }
-    }
-    let mut out = generator.take_definitions(true);
+    let mut out = types
+        .first()
+        .map(|t| builtin_schemas(&t.group, &t.version, types))
+        .unwrap_or_default();
     for t in types {
         if let Some(custom) = &t.custom {
             let reversed: Vec<&str> = t.group.split('.').rev().collect();
@@ -271,22 +265,60 @@ fn schemas(types: &[Arc<ResourceType>]) -> serde_json::Map<String, Value> {
                 || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
             );
             out.insert(name.clone(), schema);
-            kinds.push((name, t.as_ref()));
+            mark_kind(&mut out, &name, t);
         }
     }
+    out
+}
+
+/// The built-in kinds' schemas of one group-version. They never change while the server runs,
+/// and generating them is the costly part of every OpenAPI request (the `/openapi/v3` index
+/// hashes each document), so each group-version's set is generated once.
+fn builtin_schemas(
+    group: &str,
+    version: &str,
+    types: &[Arc<ResourceType>],
+) -> serde_json::Map<String, Value> {
+    static CACHE: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, serde_json::Map<String, Value>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let key = format!("{group}/{version}");
+    if let Ok(cache) = CACHE.lock()
+        && let Some(cached) = cache.get(&key)
+    {
+        return cached.clone();
+    }
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut kinds = Vec::new();
+    for t in types.iter().filter(|t| t.custom.is_none()) {
+        if let Some(name) = validation::builtin_schema(&t.group, &t.kind, &mut generator) {
+            kinds.push((name, t));
+        }
+    }
+    let mut out = generator.take_definitions(true);
     for (name, t) in kinds {
         if let Some(Value::Object(schema)) = out.get_mut(&name) {
             // k8s-openapi's Rust types make `metadata` required; Kubernetes' schemas do not.
             if let Some(Value::Array(required)) = schema.get_mut("required") {
                 required.retain(|r| r != "metadata");
             }
-            schema.insert(
-                "x-kubernetes-group-version-kind".into(),
-                json!([{"group": t.group, "version": t.version, "kind": t.kind}]),
-            );
         }
+        mark_kind(&mut out, &name, t);
+    }
+    if let Ok(mut cache) = CACHE.lock() {
+        cache.insert(key, out.clone());
     }
     out
+}
+
+/// Marks schema `name` as the schema of `t`'s kind (what `kubectl explain` looks for).
+fn mark_kind(schemas: &mut serde_json::Map<String, Value>, name: &str, t: &ResourceType) {
+    if let Some(Value::Object(schema)) = schemas.get_mut(name) {
+        schema.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([{"group": t.group, "version": t.version, "kind": t.kind}]),
+        );
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -7,10 +7,11 @@
 //! The agent sweeps expired entries and entries whose backend is gone.
 
 use rudder_ebpf_common::{
-    CT_FIN, CT_RST, CT_SEEN_REPLY, CT_SYN, CtEntry4, CtKey4, ct_lifetime, proto,
+    Backend4, CT_FIN, CT_REPLY, CT_RST, CT_SEEN_REPLY, CT_SYN, CtEntry4, CtKey4, Reason,
+    ct_lifetime, proto,
 };
 
-use crate::maps::CT4;
+use crate::{counters, lb, maps::CT4};
 
 /// TCP header flag bits.
 pub const TCP_FIN: u8 = 0x01;
@@ -83,10 +84,74 @@ pub fn get(key: &CtKey4) -> Option<*mut CtEntry4> {
     CT4.get_ptr_mut(key)
 }
 
-/// Stores both entries of a new flow. Returns false when the kernel could not store them.
+/// The entry and backend of the tracked flow `forward` (the client's tuple as it arrived), if
+/// it may carry this packet; the entry's expiry and state are updated for the packet.
 #[inline(always)]
-pub fn create(forward: &CtKey4, fwd: &CtEntry4, reply: &CtKey4, rev: &CtEntry4) -> bool {
+pub fn tracked(forward: &CtKey4, tcp: u8, now: u64) -> Option<(CtEntry4, Backend4)> {
+    let entry = get(forward)?;
+    // SAFETY: pointer from a successful lookup in this run.
+    let e = unsafe { *entry };
+    if !usable(&e, tcp, now) {
+        return None;
+    }
+    let backend = lb::backend(e.backend_id, e.service_id)?;
+    touch(entry, forward.proto, tcp, false, now);
+    Some((e, backend))
+}
+
+/// Tracks a new flow `forward` (the client's tuple as it arrived) to `backend`: the forward
+/// entry names the backend (and the hairpin source `snat_addr`, or 0), the reply entry, keyed
+/// by the tuple the backend answers with, restores the frontend address and port (and the
+/// client's address after hairpin). Counts `ct_new`, or `ct_full` when the kernel could not
+/// store the entries (the flow is then forwarded statelessly).
+#[inline(always)]
+pub fn open(
+    forward: &CtKey4,
+    backend_id: u32,
+    service_id: u32,
+    backend: &Backend4,
+    snat_addr: u32,
+    tcp: u8,
+    now: u64,
+) {
+    let bits = state_bits(tcp, false);
+    let expires = now + lifetime(forward.proto, bits, tcp);
+    let fwd = CtEntry4 {
+        backend_id,
+        service_id,
+        flags: bits,
+        snat_addr,
+        expires,
+        ..CtEntry4::default()
+    };
+    let hairpin = snat_addr != 0;
+    let reply = CtKey4 {
+        saddr: backend.addr,
+        daddr: if hairpin { snat_addr } else { forward.saddr },
+        sport: backend.port,
+        dport: forward.sport,
+        proto: forward.proto,
+        dir: CT_REPLY,
+        pad: 0,
+    };
+    let rev = CtEntry4 {
+        backend_id,
+        service_id,
+        nat_addr: forward.daddr,
+        nat_daddr: if hairpin { forward.saddr } else { 0 },
+        nat_port: forward.dport,
+        expires,
+        ..CtEntry4::default()
+    };
     // Reply entry first: once the forward entry exists, packets take the fast path and their
     // replies must already find the translation.
-    CT4.insert(reply, rev, 0).is_ok() && CT4.insert(forward, fwd, 0).is_ok()
+    let stored = CT4.insert(&reply, &rev, 0).is_ok() && CT4.insert(forward, &fwd, 0).is_ok();
+    counters::reason(
+        if stored {
+            Reason::CtNew
+        } else {
+            Reason::CtFull
+        },
+        0,
+    );
 }

@@ -20,8 +20,8 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use rudder_ebpf_common::{
-    BACKEND_LOCAL, CT_FORWARD, CT_REPLY, CtEntry4, CtKey4, Reason, SVC_EXTERNAL, ServiceKey4,
-    flow_hash, proto,
+    BACKEND_LOCAL, Backend4, CT_FORWARD, CtKey4, Reason, SVC_EXTERNAL, ServiceKey4, flow_hash,
+    proto,
 };
 
 use crate::{conntrack, counters, lb, maps::SERVICES4};
@@ -126,88 +126,13 @@ fn handle(ctx: &XdpContext) -> Result<(Reason, u32), ()> {
         dir: CT_FORWARD,
         pad: 0,
     };
-    if let Some(entry) = conntrack::get(&forward) {
-        // SAFETY: pointer from a successful lookup in this run.
-        let e = unsafe { *entry };
-        if conntrack::usable(&e, tcp, now)
-            && let Some(backend) = lb::backend(e.backend_id, e.service_id)
-        {
-            conntrack::touch(entry, l4proto, tcp, false, now);
-            dnat(
-                ctx,
-                l4,
-                csum_at,
-                l4proto,
-                daddr,
-                dport,
-                backend.addr,
-                backend.port,
-            )?;
-            return Ok((Reason::Forward, e.service_id));
-        }
-    }
-
-    let key = ServiceKey4 {
-        addr: daddr,
-        port: dport,
-        proto: l4proto,
-        pad: 0,
-    };
-    // SAFETY: the reference is only read within this run.
-    let Some(svc) = (unsafe { SERVICES4.get(&key) }) else {
-        return Ok((Reason::Pass, NO_SERVICE));
-    };
-    let svc = *svc;
-    if svc.flags & SVC_EXTERNAL == 0 {
-        return Ok((Reason::Pass, NO_SERVICE));
-    }
-    let hash = flow_hash(saddr, daddr, sport, dport, l4proto);
-    let chosen = if svc.count == 0 {
-        None
-    } else {
-        lb::select(&svc, saddr, hash, now)
-    };
-    let Some((backend_id, backend)) = chosen else {
-        return Ok((Reason::NoBackend, svc.id));
-    };
-    if backend.flags & BACKEND_LOCAL == 0 {
-        return Ok((Reason::RemoteBackend, svc.id));
-    }
-    let bits = conntrack::state_bits(tcp, false);
-    let expires = now + conntrack::lifetime(l4proto, bits, tcp);
-    let fwd = CtEntry4 {
-        backend_id,
-        service_id: svc.id,
-        flags: bits,
-        expires,
-        ..CtEntry4::default()
-    };
-    let reply = CtKey4 {
-        saddr: backend.addr,
-        daddr: saddr,
-        sport: backend.port,
-        dport: sport,
-        proto: l4proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
-    let rev = CtEntry4 {
-        backend_id,
-        service_id: svc.id,
-        nat_addr: daddr,
-        nat_port: dport,
-        expires,
-        ..CtEntry4::default()
-    };
-    let tracked = conntrack::create(&forward, &fwd, &reply, &rev);
-    counters::reason(
-        if tracked {
-            Reason::CtNew
-        } else {
-            Reason::CtFull
+    let (service_id, backend) = match conntrack::tracked(&forward, tcp, now) {
+        Some((e, backend)) => (e.service_id, backend),
+        None => match new_flow(&forward, tcp, now) {
+            Ok(chosen) => chosen,
+            Err(refusal) => return Ok(refusal),
         },
-        0,
-    );
+    };
     dnat(
         ctx,
         l4,
@@ -218,7 +143,47 @@ fn handle(ctx: &XdpContext) -> Result<(Reason, u32), ()> {
         backend.addr,
         backend.port,
     )?;
-    Ok((Reason::Forward, svc.id))
+    Ok((Reason::Forward, service_id))
+}
+
+/// Picks and tracks the backend of a new flow to an external frontend; `Err` holds why the
+/// packet goes on untranslated.
+#[inline(always)]
+fn new_flow(forward: &CtKey4, tcp: u8, now: u64) -> Result<(u32, Backend4), (Reason, u32)> {
+    let key = ServiceKey4 {
+        addr: forward.daddr,
+        port: forward.dport,
+        proto: forward.proto,
+        pad: 0,
+    };
+    // SAFETY: the reference is only read within this run.
+    let Some(svc) = (unsafe { SERVICES4.get(&key) }) else {
+        return Err((Reason::Pass, NO_SERVICE));
+    };
+    let svc = *svc;
+    if svc.flags & SVC_EXTERNAL == 0 {
+        return Err((Reason::Pass, NO_SERVICE));
+    }
+    let hash = flow_hash(
+        forward.saddr,
+        forward.daddr,
+        forward.sport,
+        forward.dport,
+        forward.proto,
+    );
+    let chosen = if svc.count == 0 {
+        None
+    } else {
+        lb::select(&svc, forward.saddr, hash, now)
+    };
+    let Some((backend_id, backend)) = chosen else {
+        return Err((Reason::NoBackend, svc.id));
+    };
+    if backend.flags & BACKEND_LOCAL == 0 {
+        return Err((Reason::RemoteBackend, svc.id));
+    }
+    conntrack::open(forward, backend_id, svc.id, &backend, 0, tcp, now);
+    Ok((svc.id, backend))
 }
 
 /// Rewrites the destination to `addr:port`, updating the IPv4 and L4 checksums (the L4 one

@@ -145,18 +145,11 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
             dir: CT_FORWARD,
             ..reply
         };
-        if let Some(entry) = conntrack::get(&forward) {
-            // SAFETY: pointer from a successful lookup in this run.
-            let e = unsafe { *entry };
-            if conntrack::usable(&e, flow.tcp, now) {
-                if let Some(backend) = lb::backend(e.backend_id, e.service_id) {
-                    conntrack::touch(entry, flow.l4proto, flow.tcp, false, now);
-                    return match translate(ctx, &flow, backend.addr, backend.port, e.snat_addr) {
-                        Ok(()) => (Reason::Forward, Some(e.service_id), OK),
-                        Err(_) => (Reason::RewriteFailed, Some(e.service_id), SHOT),
-                    };
-                }
-            }
+        if let Some((e, backend)) = conntrack::tracked(&forward, flow.tcp, now) {
+            return match translate(ctx, &flow, backend.addr, backend.port, e.snat_addr) {
+                Ok(()) => (Reason::Forward, Some(e.service_id), OK),
+                Err(_) => (Reason::RewriteFailed, Some(e.service_id), SHOT),
+            };
         }
     }
 
@@ -191,13 +184,6 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
     } else {
         0
     };
-    let client_addr = if snat_addr != 0 {
-        snat_addr
-    } else {
-        flow.saddr
-    };
-    let bits = conntrack::state_bits(flow.tcp, false);
-    let expires = now + conntrack::lifetime(flow.l4proto, bits, flow.tcp);
     let forward = CtKey4 {
         saddr: flow.saddr,
         daddr: flow.daddr,
@@ -207,40 +193,8 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
         dir: CT_FORWARD,
         pad: 0,
     };
-    let fwd = CtEntry4 {
-        backend_id,
-        service_id: svc.id,
-        flags: bits,
-        snat_addr,
-        expires,
-        ..CtEntry4::default()
-    };
-    let reply = CtKey4 {
-        saddr: backend.addr,
-        daddr: client_addr,
-        sport: backend.port,
-        dport: flow.sport,
-        proto: flow.l4proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
-    let rev = CtEntry4 {
-        backend_id,
-        service_id: svc.id,
-        nat_addr: flow.daddr,
-        nat_daddr: if snat_addr != 0 { flow.saddr } else { 0 },
-        nat_port: flow.dport,
-        expires,
-        ..CtEntry4::default()
-    };
-    let tracked = conntrack::create(&forward, &fwd, &reply, &rev);
-    counters::reason(
-        if tracked {
-            Reason::CtNew
-        } else {
-            Reason::CtFull
-        },
-        0,
+    conntrack::open(
+        &forward, backend_id, svc.id, &backend, snat_addr, flow.tcp, now,
     );
     match translate(ctx, &flow, backend.addr, backend.port, snat_addr) {
         Ok(()) => (Reason::Forward, Some(svc.id), OK),

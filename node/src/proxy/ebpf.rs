@@ -277,17 +277,7 @@ impl Datapath {
                 .map_err(attach_err(format!("attach to {ifname}")))?,
         };
         let link = prog.take_link(id).map_err(attach_err("take link".into()))?;
-        let fd: FdLink = link.try_into().map_err(|e: LinkError| Error::Link {
-            path: pin.clone(),
-            source: Box::new(e),
-        })?;
-        if !was_replaced {
-            fd.pin(&pin).map_err(|e| Error::Link {
-                path: pin.clone(),
-                source: Box::new(e),
-            })?;
-        }
-        Ok(())
+        pin_link(link, &pin, was_replaced)
     }
 
     /// Attaches the NodePort program to XDP of `ifname` (the node's uplink), in native (driver)
@@ -317,17 +307,7 @@ impl Datapath {
             },
         };
         let link = prog.take_link(id).map_err(attach_err("take link".into()))?;
-        let fd: FdLink = link.try_into().map_err(|e: LinkError| Error::Link {
-            path: pin.clone(),
-            source: Box::new(e),
-        })?;
-        if !was_replaced {
-            fd.pin(&pin).map_err(|e| Error::Link {
-                path: pin.clone(),
-                source: Box::new(e),
-            })?;
-        }
-        Ok(())
+        pin_link(link, &pin, was_replaced)
     }
 
     /// Detaches the NodePort program from `ifname`.
@@ -544,6 +524,24 @@ where
         .ok_or(Error::Missing(name))?
         .try_into()
         .map_err(|_| Error::Missing(name))
+}
+
+/// Keeps an attachment alive beyond this process by pinning its link at `pin`. A link that
+/// replaced the program of an already pinned one keeps that pin.
+fn pin_link<L: TryInto<FdLink, Error = LinkError>>(
+    link: L,
+    pin: &Path,
+    already_pinned: bool,
+) -> Result<(), Error> {
+    let link_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Link {
+        path: pin.into(),
+        source: e,
+    };
+    let fd: FdLink = link.try_into().map_err(|e| link_err(Box::new(e)))?;
+    if !already_pinned {
+        fd.pin(pin).map_err(|e| link_err(Box::new(e)))?;
+    }
+    Ok(())
 }
 
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {

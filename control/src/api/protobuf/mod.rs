@@ -108,10 +108,6 @@ fn listed(list: &[&str], message: &str, field: &str) -> bool {
     })
 }
 
-fn zero_is_unset(message: &str, field: &str) -> bool {
-    listed(ZERO_IS_UNSET, message, field)
-}
-
 const META: &str = "apimachinery.pkg.apis.meta.v1";
 const APIEXT: &str = "apiextensions_apiserver.pkg.apis.apiextensions.v1";
 
@@ -213,7 +209,8 @@ enum Wire<'a> {
     Varint(u64),
     Fixed64(u64),
     Len(&'a [u8]),
-    Fixed32(#[allow(dead_code, reason = "read for wire completeness")] u32),
+    /// A 32-bit value (no Kubernetes field uses one; skipped).
+    Fixed32,
 }
 
 /// Iterates over the (tag, value) pairs of an encoded message.
@@ -276,8 +273,8 @@ impl<'a> Iterator for Fields<'a> {
                     Wire::Len(take(&mut self.rest, len)?)
                 }
                 5 => {
-                    let b = take(&mut self.rest, 4)?;
-                    Wire::Fixed32(u32::from_le_bytes(b.try_into().map_err(|_| "fixed32")?))
+                    take(&mut self.rest, 4)?;
+                    Wire::Fixed32
                 }
                 _ => return Err("unsupported wire type (groups are not used by Kubernetes)"),
             };
@@ -374,9 +371,10 @@ fn decode_message(bytes: &[u8], message: &Message, depth: usize) -> Result<Value
                     Value::Null => {}
                     Value::String(s)
                         if s.is_empty() && !listed(EMPTY_IS_SET, message.name, field.json) => {}
-                    Value::Bool(false) if zero_is_unset(message.name, field.json) => {}
+                    Value::Bool(false) if listed(ZERO_IS_UNSET, message.name, field.json) => {}
                     Value::Number(n)
-                        if n.as_i64() == Some(0) && zero_is_unset(message.name, field.json) => {}
+                        if n.as_i64() == Some(0)
+                            && listed(ZERO_IS_UNSET, message.name, field.json) => {}
                     Value::Object(mut inner) if field.inline => out.append(&mut inner),
                     value => {
                         out.insert(field.json.to_owned(), value);
