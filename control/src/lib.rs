@@ -5,11 +5,13 @@
 //! - [`store`]: storage with etcd semantics (embedded redb default, or etcd);
 //! - [`api`]: the apiserver (REST, watch, discovery, validation, patch, tables);
 //! - [`auth`]: CA, serving certificate, tokens, kubeconfig;
+//! - [`scheduler`]: binds pods to nodes;
 //! - [`controllers`]: control loops;
 //! - [`server`]: `rudder server` start-up and bootstrap.
 
 pub mod api;
 pub mod auth;
 pub mod controllers;
+pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -29,6 +29,20 @@ enum Command {
     Proxy(ProxyArgs),
     /// Print the version and exit.
     Version,
+    /// Container shim (started by the node agent, one per container).
+    #[command(hide = true)]
+    Shim {
+        /// Shim flags, then `--` and the container's command.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The built-in agnhost test image: netexec, serve-hostname, pause.
+    #[command(hide = true)]
+    Agnhost {
+        /// agnhost subcommand and its flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -99,6 +113,9 @@ struct ServerArgs {
     /// Service dataplane of the local node agent.
     #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "iptables"])]
     dataplane: String,
+    /// Name of the local node (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
     /// Parts not to start: any of agent, dns, ingress.
     #[arg(long, value_delimiter = ',', value_parser = ["agent", "dns", "ingress"])]
     disable: Vec<String>,
@@ -179,6 +196,16 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Resolves on SIGTERM.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -188,10 +215,63 @@ fn init_logging() {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The shim must create namespaces while single-threaded, so it runs before any runtime.
     match cli.command {
+        Command::Shim { args } => std::process::exit(rudder_node::runtime::shim::main(&args)),
+        Command::Agnhost { args } => std::process::exit(rudder_node::agnhost::main(&args)),
+        command => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")?
+            .block_on(run(command)),
+    }
+}
+
+/// The in-cluster clients: scheduler, node IPAM and (unless disabled) the local node agent,
+/// each talking to this apiserver through kube-rs with the admin kubeconfig.
+async fn start_cluster_parts(
+    server: &server::Server,
+    args: &ServerArgs,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&server.kubeconfig)
+        .context("reading the admin kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("loading the admin kubeconfig")?;
+    let client = kube::Client::try_from(config).context("building the client")?;
+    let mut tasks = vec![
+        tokio::spawn(rudder_control::scheduler::run(client.clone())),
+        tokio::spawn(rudder_control::controllers::node_ipam::run(
+            client.clone(),
+            args.cluster_cidr,
+        )),
+    ];
+    if !args.disable.iter().any(|d| d == "agent") {
+        let node_name = args.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_lowercase())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        let node_ip = server.advertise_address;
+        let shim = std::env::current_exe().context("finding the rudder binary")?;
+        let mut agent = rudder_node::agent::AgentConfig::new(&node_name, node_ip, shim);
+        agent.root = args.data_dir.join("agent");
+        agent.cluster_cidr = args.cluster_cidr.to_string();
+        agent.service_cidr = args.service_cidr.to_string();
+        agent.cluster_dns = args.service_cidr.nth(10);
+        agent.api_service = (args.service_cidr.nth(1), 443);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = rudder_node::agent::run(client, agent).await {
+                tracing::error!("node agent stopped: {:#}", anyhow::Error::from(e));
+            }
+        }));
+    }
+    Ok(tasks)
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Shim { .. } | Command::Agnhost { .. } => {}
         Command::Version => println!("rudder {}", env!("CARGO_PKG_VERSION")),
         Command::Proxy(args) => {
             init_logging();
@@ -199,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Server(args) => {
             init_logging();
-            let missing: Vec<&str> = ["agent", "dns", "ingress"]
+            let missing: Vec<&str> = ["dns", "ingress"]
                 .into_iter()
                 .filter(|part| !args.disable.iter().any(|d| d == part))
                 .collect();
@@ -211,8 +291,8 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             let config = server::Config {
-                data_dir: args.data_dir,
-                etcd_endpoints: args.etcd_endpoints,
+                data_dir: args.data_dir.clone(),
+                etcd_endpoints: args.etcd_endpoints.clone(),
                 bind_address: args.bind_address,
                 secure_port: args.secure_port,
                 service_cidr: args.service_cidr,
@@ -230,9 +310,14 @@ async fn main() -> anyhow::Result<()> {
                 startup_ms = started.elapsed().as_millis() as u64,
                 "rudder apiserver ready"
             );
+            let parts = start_cluster_parts(&server, &args).await?;
             tokio::select! {
                 result = server.serve() => result.context("serving")?,
                 _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+                _ = terminated() => tracing::info!("shutting down"),
+            }
+            for part in parts {
+                part.abort();
             }
         }
     }

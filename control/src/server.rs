@@ -69,6 +69,8 @@ pub struct Server {
     pub url: String,
     /// The bound address.
     pub local_addr: std::net::SocketAddr,
+    /// The address nodes and pods reach this apiserver at (also the local node's address).
+    pub advertise_address: Ipv4Addr,
     listener: Option<tokio::net::TcpListener>,
 }
 
@@ -131,6 +133,7 @@ impl Server {
             kubeconfig,
             url,
             local_addr,
+            advertise_address: advertise,
             listener: Some(listener),
         })
     }

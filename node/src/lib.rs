@@ -2,12 +2,19 @@
 //!
 //! - [`proxy`]: Service load balancing on this node, programmed into eBPF maps (or iptables for
 //!   comparison).
+//! - [`agent`]: the node agent: Node registration, Lease, pod network, pod workers.
+//! - [`runtime`]: pods as isolated processes: sandboxes, the container shim, probes, the pod
+//!   worker.
+//! - [`agnhost`]: the built-in test image (agnhost's netexec, serve-hostname and pause).
 //! - [`lab`]: throw-away namespace networks for tests and benchmarks.
 //! - [`command`]: running system tools, optionally inside a network namespace.
 //!
 //! This crate never depends on `rudder-control`: it reaches the apiserver through kube-rs like any
 //! outside client.
 
+pub mod agent;
+pub mod agnhost;
 pub mod command;
 pub mod lab;
 pub mod proxy;
+pub mod runtime;

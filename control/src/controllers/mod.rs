@@ -2,5 +2,7 @@
 //! declared state.
 //!
 //! - [`namespace`]: deletes everything in a Namespace being deleted, then the Namespace.
+//! - [`node_ipam`]: gives each Node a PodCIDR.
 
 pub mod namespace;
+pub mod node_ipam;

@@ -1,0 +1,94 @@
+//! Node IPAM: gives every Node a PodCIDR, a /24 carved from the cluster CIDR (kube-controller-
+//! manager's `--allocate-node-cidrs` with the range allocator). A node keeps its range for life;
+//! a deleted node's range becomes free again.
+//!
+//! The controller talks to the apiserver through kube-rs, like kube-controller-manager does.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use serde_json::json;
+
+use crate::api::allocator::Cidr;
+
+/// Size of each node's range.
+pub const NODE_PREFIX: u8 = 24;
+
+/// The first /24 of `cluster` that no node holds (pure core).
+pub fn allocate(cluster: Cidr, used: &BTreeSet<Ipv4Addr>) -> Option<String> {
+    if cluster.prefix > NODE_PREFIX {
+        return None;
+    }
+    let count = 1u32 << (NODE_PREFIX - cluster.prefix);
+    (0..count)
+        .map(|i| cluster.nth(i << (32 - NODE_PREFIX)))
+        .find(|net| !used.contains(net))
+        .map(|net| format!("{net}/{NODE_PREFIX}"))
+}
+
+fn range_of(node: &Node) -> Option<Ipv4Addr> {
+    let cidr = node.spec.as_ref()?.pod_cidr.as_deref()?;
+    cidr.split('/').next()?.parse().ok()
+}
+
+/// Runs the controller until the watch ends.
+pub async fn run(client: Client, cluster: Cidr) {
+    let nodes: Api<Node> = Api::all(client);
+    let (reader, writer) = reflector::store();
+    let mut stream = watcher(nodes.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .boxed();
+    while let Some(event) = stream.next().await {
+        let Ok(node) = event else { continue };
+        if range_of(&node).is_some() {
+            continue;
+        }
+        let Some(name) = node.metadata.name.clone() else {
+            continue;
+        };
+        let used: BTreeSet<Ipv4Addr> = reader.state().iter().filter_map(|n| range_of(n)).collect();
+        let Some(cidr) = allocate(cluster, &used) else {
+            tracing::warn!(node = name, %cluster, "no PodCIDR left in the cluster CIDR");
+            continue;
+        };
+        let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+        match nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => tracing::info!(node = name, pod_cidr = cidr, "assigned PodCIDR"),
+            Err(e) => tracing::warn!(node = name, error = %e, "assigning a PodCIDR"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests assert on known values")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_handed_out_in_order_and_reused() {
+        let cluster: Cidr = "10.244.0.0/16".parse().unwrap();
+        let mut used = BTreeSet::new();
+        assert_eq!(allocate(cluster, &used).as_deref(), Some("10.244.0.0/24"));
+        used.insert(Ipv4Addr::new(10, 244, 0, 0));
+        used.insert(Ipv4Addr::new(10, 244, 2, 0));
+        assert_eq!(allocate(cluster, &used).as_deref(), Some("10.244.1.0/24"));
+        let tiny: Cidr = "10.244.0.0/24".parse().unwrap();
+        assert_eq!(allocate(tiny, &used), None);
+        let small: Cidr = "10.9.0.0/23".parse().unwrap();
+        assert_eq!(
+            allocate(small, &BTreeSet::new()).as_deref(),
+            Some("10.9.0.0/24")
+        );
+    }
+}

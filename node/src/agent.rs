@@ -1,0 +1,609 @@
+//! The node agent (the kubelet's job): registers this Node, renews its Lease, sets up the pod
+//! network from the PodCIDR the control plane assigns, and runs the pods bound here.
+//!
+//! It talks to the apiserver only through kube-rs, like any outside client:
+//! - **Node**: created if absent with capacity/allocatable (CPU, memory, 110 pods), addresses,
+//!   the four conditions and node info; its status is posted again every minute. The agent then
+//!   waits for `spec.podCIDR` (the control plane's node IPAM controller assigns it).
+//! - **Lease** `kube-node-lease/<node>`: renewed every 10 s.
+//! - **Routes**: for every other Node with a PodCIDR and an InternalIP, a route to the PodCIDR via
+//!   that address (flannel host-gw).
+//! - **Pods**: a watch of `spec.nodeName=<node>`; each pod gets a [`pod`](crate::runtime::pod)
+//!   worker. Status goes back through `pods/<name>/status` (merge patch), events as core/v1
+//!   Events, and a pod whose termination finished is deleted with `gracePeriodSeconds=0` and its
+//!   UID as precondition. Pods already `Succeeded` or `Failed` are not run again after a restart.
+//! - **Adoption**: on start, sandboxes left by an earlier agent are kept for pods that still exist
+//!   (their shims keep running and the worker adopts them) and removed for the others.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    ByteString,
+    api::{
+        coordination::v1::Lease,
+        core::v1::{ConfigMap, Node, Pod, Secret},
+    },
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::watcher,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::runtime::{
+    network::{self, Cidr, Network, NetworkConfig},
+    pod::{self, BoxFuture, Context, Handle, RuntimeConfig, Sources, Update},
+    shim::now_rfc3339,
+};
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An apiserver call failed.
+    #[error("{0}")]
+    Api(String, #[source] kube::Error),
+    /// The pod network could not be set up.
+    #[error("setting up the pod network")]
+    Network(#[from] network::Error),
+    /// The control plane assigned no PodCIDR in time.
+    #[error("node {0} got no spec.podCIDR within 60 s (is the control plane's node IPAM running?)")]
+    NoPodCidr(String),
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Settings of the agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// This node's address (InternalIP).
+    pub node_ip: Ipv4Addr,
+    /// State directory (`/var/lib/rudder/agent`).
+    pub root: PathBuf,
+    /// The binary with `shim` and `agnhost` subcommands.
+    pub shim_exe: PathBuf,
+    /// Cluster (pod) CIDR, blackholed on the node.
+    pub cluster_cidr: String,
+    /// Service CIDR, blackholed on the node.
+    pub service_cidr: String,
+    /// Cluster DNS address.
+    pub cluster_dns: Ipv4Addr,
+    /// Cluster domain.
+    pub cluster_domain: String,
+    /// The `kubernetes` Service address and port.
+    pub api_service: (Ipv4Addr, u16),
+    /// Bridge name.
+    pub bridge: String,
+    /// Prefix of pod network namespace names.
+    pub netns_prefix: String,
+}
+
+impl AgentConfig {
+    /// Defaults for a node named `node_name` at `node_ip` (bridge `rudder0`, state under
+    /// `/var/lib/rudder/agent`, DNS at 10.96.0.10, `cluster.local`).
+    pub fn new(node_name: &str, node_ip: Ipv4Addr, shim_exe: PathBuf) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            node_ip,
+            root: PathBuf::from("/var/lib/rudder/agent"),
+            shim_exe,
+            cluster_cidr: "10.244.0.0/16".into(),
+            service_cidr: "10.96.0.0/12".into(),
+            cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
+            cluster_domain: "cluster.local".into(),
+            api_service: (Ipv4Addr::new(10, 96, 0, 1), 443),
+            bridge: "rudder0".into(),
+            netns_prefix: "rdrpod-".into(),
+        }
+    }
+}
+
+fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |e| Error::Api(what, e)
+}
+
+/// ConfigMaps and Secrets read from the apiserver.
+struct ApiSources {
+    client: Client,
+}
+
+async fn read_data<K>(client: &Client, namespace: &str, name: &str) -> Result<Option<K>, String>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("reading {namespace}/{name}: {e}"))
+}
+
+impl Sources for ApiSources {
+    fn config_map<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>> {
+        Box::pin(async move {
+            let cm: Option<ConfigMap> = read_data(&self.client, namespace, name).await?;
+            Ok(cm.map(|cm| cm.data.unwrap_or_default()))
+        })
+    }
+
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>> {
+        Box::pin(async move {
+            let s: Option<Secret> = read_data(&self.client, namespace, name).await?;
+            Ok(s.map(|s| {
+                let mut out: BTreeMap<String, String> = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, ByteString(v))| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .collect();
+                out.extend(s.string_data.unwrap_or_default());
+                out
+            }))
+        })
+    }
+}
+
+fn host_facts() -> (u64, u64, String, String, String) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| "Linux".into());
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (cpus, mem_kib, kernel, os, boot)
+}
+
+/// The Node's status as the agent reports it.
+fn node_status(config: &AgentConfig) -> serde_json::Value {
+    let (cpus, mem_kib, kernel, os, boot) = host_facts();
+    let now = now_rfc3339();
+    let cond = |kind: &str, status: &str, reason: &str, message: &str| {
+        json!({"type": kind, "status": status, "reason": reason, "message": message,
+               "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    let resources = json!({
+        "cpu": cpus.to_string(),
+        "memory": format!("{mem_kib}Ki"),
+        "pods": "110",
+        "ephemeral-storage": "10Gi",
+    });
+    json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "addresses": [
+            {"type": "InternalIP", "address": config.node_ip.to_string()},
+            {"type": "Hostname", "address": config.node_name},
+        ],
+        "conditions": [
+            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            cond("Ready", "True", "KubeletReady", "rudder agent is posting ready status"),
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "machineID": boot.replace('-', ""),
+            "systemUUID": boot,
+            "bootID": boot,
+            "kernelVersion": kernel,
+            "osImage": os,
+            "containerRuntimeVersion": format!("rudder://{}", env!("CARGO_PKG_VERSION")),
+            "kubeletVersion": "v1.37.0-rudder",
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        },
+    })
+}
+
+async fn register(client: &Client, config: &AgentConfig) -> Result<Node> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let name = &config.node_name;
+    if nodes
+        .get_opt(name)
+        .await
+        .map_err(api_err(format!("reading node {name}")))?
+        .is_none()
+    {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            }},
+        }))
+        .map_err(|e| Error::Api("building the node".into(), kube::Error::SerdeError(e)))?;
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => tracing::info!(node = name, "registered"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(Error::Api(format!("registering node {name}"), e)),
+        }
+    }
+    post_status(client, config).await?;
+    // Wait for the PodCIDR.
+    for _ in 0..600 {
+        let node = nodes
+            .get(name)
+            .await
+            .map_err(api_err(format!("reading node {name}")))?;
+        if node
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_ref())
+            .is_some()
+        {
+            return Ok(node);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(Error::NoPodCidr(name.clone()))
+}
+
+async fn post_status(client: &Client, config: &AgentConfig) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch_status(
+            &config.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": node_status(config)})),
+        )
+        .await
+        .map_err(api_err(format!("posting node {} status", config.node_name)))?;
+    Ok(())
+}
+
+async fn renew_lease(client: &Client, config: &AgentConfig) -> Result<(), kube::Error> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let now = jiff::Timestamp::now();
+    let renew = json!({"spec": {
+        "holderIdentity": config.node_name,
+        "leaseDurationSeconds": 40,
+        "renewTime": format!("{now:.6}"),
+    }});
+    match leases
+        .patch(
+            &config.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&renew),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let mut lease = renew;
+            lease["metadata"] = json!({"name": config.node_name, "namespace": "kube-node-lease"});
+            let lease: Lease = serde_json::from_value(lease).map_err(kube::Error::SerdeError)?;
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs the agent until the client's connection fails for good or the future is dropped.
+pub async fn run(client: Client, config: AgentConfig) -> Result<()> {
+    let node = register(&client, &config).await?;
+    let pod_cidr = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.clone())
+        .unwrap_or_default();
+    let cidr = Cidr::parse(&pod_cidr)?;
+    let network = Network::setup(NetworkConfig {
+        bridge: config.bridge.clone(),
+        pod_cidr: cidr,
+        netns_prefix: config.netns_prefix.clone(),
+        state_dir: config.root.clone(),
+        blackholes: vec![config.cluster_cidr.clone(), config.service_cidr.clone()],
+    })?;
+    tracing::info!(
+        node = config.node_name,
+        pod_cidr,
+        bridge = config.bridge,
+        "pod network ready"
+    );
+
+    let heartbeat = {
+        let (client, config) = (client.clone(), config.clone());
+        tokio::spawn(async move {
+            let mut tick = 0u64;
+            loop {
+                if let Err(e) = renew_lease(&client, &config).await {
+                    tracing::warn!(error = %e, "renewing the node lease");
+                }
+                if tick.is_multiple_of(6)
+                    && tick > 0
+                    && let Err(e) = post_status(&client, &config).await
+                {
+                    tracing::warn!(error = %e, "posting node status");
+                }
+                tick += 1;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        })
+    };
+    let routes = tokio::spawn(follow_routes(client.clone(), config.clone()));
+
+    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Context {
+        config: RuntimeConfig {
+            node_name: config.node_name.clone(),
+            host_ip: config.node_ip,
+            root: config.root.clone(),
+            shim_exe: config.shim_exe.clone(),
+            cluster_dns: config.cluster_dns,
+            cluster_domain: config.cluster_domain.clone(),
+            api_service: config.api_service,
+        },
+        network,
+        sources: Arc::new(ApiSources {
+            client: client.clone(),
+        }),
+        updates: updates_tx,
+        on_sandbox: None,
+    });
+    let reporter = tokio::spawn(report(client.clone(), updates_rx));
+    let result = sync_pods(client, config, ctx).await;
+    heartbeat.abort();
+    routes.abort();
+    reporter.abort();
+    result
+}
+
+/// Keeps a route to every other node's PodCIDR via its InternalIP.
+async fn follow_routes(client: Client, config: AgentConfig) {
+    let nodes: Api<Node> = Api::all(client);
+    let mut routes: HashMap<String, (String, String)> = HashMap::new();
+    let mut stream = watcher(nodes, watcher::Config::default()).boxed();
+    while let Some(event) = stream.next().await {
+        let changed: Vec<Node> = match event {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => vec![n],
+            Ok(watcher::Event::Delete(n)) => {
+                if let Some(name) = &n.metadata.name
+                    && let Some((cidr, _)) = routes.remove(name)
+                {
+                    let _ = crate::command::run(None, "ip", &["route", "del", &cidr], None);
+                }
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "node watch");
+                continue;
+            }
+        };
+        for n in changed {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            if name == config.node_name {
+                continue;
+            }
+            let cidr = n.spec.as_ref().and_then(|s| s.pod_cidr.clone());
+            let ip = n.status.as_ref().and_then(|s| {
+                s.addresses
+                    .iter()
+                    .flatten()
+                    .find(|a| a.type_ == "InternalIP")
+                    .map(|a| a.address.clone())
+            });
+            if let (Some(cidr), Some(ip)) = (cidr, ip)
+                && routes.get(&name) != Some(&(cidr.clone(), ip.clone()))
+            {
+                match crate::command::run(
+                    None,
+                    "ip",
+                    &["route", "replace", &cidr, "via", &ip],
+                    None,
+                ) {
+                    Ok(_) => {
+                        tracing::info!(node = name, cidr, via = ip, "route to node's pods");
+                        routes.insert(name, (cidr, ip));
+                    }
+                    Err(e) => tracing::warn!(node = name, error = %e, "adding a route to its pods"),
+                }
+            }
+        }
+    }
+}
+
+/// Sends worker updates to the apiserver.
+async fn report(client: Client, mut updates: mpsc::UnboundedReceiver<Update>) {
+    while let Some(update) = updates.recv().await {
+        match update {
+            Update::Status {
+                namespace,
+                name,
+                uid,
+                status,
+            } => {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+                let patch = json!({"metadata": {"uid": uid}, "status": status});
+                if let Err(e) = pods
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    tracing::warn!(pod = format!("{namespace}/{name}"), error = %e, "posting pod status");
+                }
+            }
+            Update::Event {
+                namespace,
+                name,
+                uid,
+                kind,
+                reason,
+                message,
+                field_path,
+            } => {
+                let events: Api<k8s_openapi::api::core::v1::Event> =
+                    Api::namespaced(client.clone(), &namespace);
+                let now = now_rfc3339();
+                let event = json!({
+                    "metadata": {"generateName": format!("{name}.")},
+                    "involvedObject": {"kind": "Pod", "namespace": namespace, "name": name, "uid": uid,
+                                       "apiVersion": "v1", "fieldPath": field_path},
+                    "reason": reason, "message": message, "type": kind,
+                    "source": {"component": "kubelet"},
+                    "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+                    "reportingComponent": "kubelet",
+                });
+                if let Ok(event) = serde_json::from_value(event)
+                    && let Err(e) = events.create(&PostParams::default(), &event).await
+                {
+                    tracing::debug!(error = %e, "recording an event");
+                }
+            }
+            Update::Finished {
+                namespace,
+                name,
+                uid,
+            } => {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+                let params = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match pods.delete(&name, &params).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                    Err(e) => {
+                        tracing::warn!(pod = format!("{namespace}/{name}"), error = %e, "removing a terminated pod")
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Watches the pods bound to this node and keeps one worker per pod.
+async fn sync_pods(client: Client, config: AgentConfig, ctx: Arc<Context>) -> Result<()> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let selector = format!("spec.nodeName={}", config.node_name);
+    // Sandboxes of pods that are gone (the agent was down when they were deleted).
+    let existing = pods
+        .list(&ListParams::default().fields(&selector))
+        .await
+        .map_err(api_err("listing this node's pods"))?;
+    let known: Vec<String> = existing
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.uid.as_deref().map(network::short_uid))
+        .collect();
+    for short in ctx.network.existing_sandboxes() {
+        if !known.contains(&short) {
+            tracing::info!(
+                sandbox = short,
+                "removing the sandbox of a pod that no longer exists"
+            );
+            let _ = ctx.network.remove_by_short_uid(&short);
+        }
+    }
+    let mut workers: HashMap<String, Handle> = HashMap::new();
+    // Pods whose worker finished (terminated and cleaned up): never started again.
+    let mut finished: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut seen_in_init: Vec<String> = Vec::new();
+    let mut stream = watcher(pods, watcher::Config::default().fields(&selector)).boxed();
+    loop {
+        let event = match stream.try_next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "pod watch; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        workers.retain(|uid, h| {
+            let done = h.task.is_finished();
+            if done {
+                finished.insert(uid.clone());
+            }
+            !done
+        });
+        match event {
+            watcher::Event::Init => seen_in_init.clear(),
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                let Some(uid) = pod.metadata.uid.clone() else {
+                    continue;
+                };
+                seen_in_init.push(uid.clone());
+                match workers.get(&uid) {
+                    Some(handle) => {
+                        let _ = handle.pod.send(Arc::new(pod));
+                    }
+                    None if finished.contains(&uid) => {}
+                    None if is_terminal(&pod) && pod.metadata.deletion_timestamp.is_none() => {}
+                    None => {
+                        workers.insert(uid, pod::spawn(Arc::clone(&ctx), pod));
+                    }
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    // Dropping the sender stops the worker at once (the object is gone).
+                    workers.remove(uid);
+                    finished.remove(uid);
+                }
+            }
+            watcher::Event::InitDone => {
+                workers.retain(|uid, _| seen_in_init.contains(uid));
+            }
+        }
+    }
+}

@@ -1,0 +1,1716 @@
+//! The pod worker: one task per pod on this node that drives it to its spec and reports what
+//! it sees, the kubelet's `podWorkers` + `syncPod` in small.
+//!
+//! The worker owns the pod's state; everything that happens (a container ended, a probe
+//! answered, the spec changed, a back-off elapsed) arrives as an event in one loop, so there are
+//! no locks. Each step it
+//! 1. makes the sandbox (network namespace, veth, address; `/etc/hosts`, `/etc/resolv.conf` and
+//!    `/etc/hostname` files bound over the host's in each container);
+//! 2. runs init containers one at a time, each to success;
+//! 3. starts the containers, restarting them as `restartPolicy` says, with the kubelet's back-off
+//!    (immediately the first time, then 10 s doubling to 5 min, reset after 10 min of running;
+//!    `CrashLoopBackOff` meanwhile);
+//! 4. runs startup, liveness and readiness probes (a failed liveness or startup probe restarts the
+//!    container; readiness decides `ready`);
+//! 5. publishes the status ([`status`]) whenever it changed.
+//!
+//! When the pod gets a `deletionTimestamp` the worker runs `preStop` hooks, sends SIGTERM, waits
+//! for the grace period, sends SIGKILL, removes the sandbox and reports [`Update::Finished`] so
+//! the agent deletes the object for good. Containers are supervised by shims that survive an
+//! agent restart; a new worker adopts them from the pod directory.
+//!
+//! Images: agnhost and pause images run rudder's built-in [`agnhost`](crate::agnhost); any other
+//! image runs its `command` and `args` on the host file system. A container of another image
+//! with no command waits with reason `ErrImagePull`, saying why.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use serde_json::{Value, json};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use super::{
+    network::{Network, Sandbox},
+    probe::{self, Target, Timing},
+    process::{self, Running, Started},
+    shim::{ExitRecord, Mount, ShimArgs, now_rfc3339},
+};
+
+/// A boxed future, for the [`Sources`] trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the worker reads ConfigMaps and Secrets for `env` (the agent answers from the apiserver).
+pub trait Sources: Send + Sync {
+    /// The data of ConfigMap `namespace/name`, `Ok(None)` when it does not exist.
+    fn config_map<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>>;
+    /// The decoded data of Secret `namespace/name`, `Ok(None)` when it does not exist.
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>>;
+}
+
+/// Settings of the node's pod runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// This node's name.
+    pub node_name: String,
+    /// This node's address (`status.hostIP`).
+    pub host_ip: Ipv4Addr,
+    /// State directory (`/var/lib/rudder/agent`): pod directories, address files, logs.
+    pub root: PathBuf,
+    /// The binary with the `shim` and `agnhost` subcommands (`rudder` itself).
+    pub shim_exe: PathBuf,
+    /// Cluster DNS address written to pods' resolv.conf (dnsPolicy ClusterFirst).
+    pub cluster_dns: Ipv4Addr,
+    /// Cluster domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// The `kubernetes` Service address and port, for `KUBERNETES_SERVICE_HOST`/`_PORT`.
+    pub api_service: (Ipv4Addr, u16),
+}
+
+/// What a worker tells the agent.
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// The pod's status changed.
+    Status {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// UID (the agent checks it still names the same pod).
+        uid: String,
+        /// The full `status`.
+        status: Value,
+    },
+    /// Something worth an Event happened.
+    Event {
+        /// Namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+        /// UID.
+        uid: String,
+        /// `Normal` or `Warning`.
+        kind: &'static str,
+        /// Reason (`Started`, `Killing`, `Unhealthy`, `BackOff`...).
+        reason: &'static str,
+        /// Message.
+        message: String,
+        /// The container it is about (`spec.containers{name}`), if any.
+        field_path: Option<String>,
+    },
+    /// The pod was terminated and cleaned up: the agent removes the object.
+    Finished {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// UID.
+        uid: String,
+    },
+}
+
+/// Called with each new sandbox.
+pub type SandboxHook = Arc<dyn Fn(&Sandbox) + Send + Sync>;
+
+/// Shared by all workers.
+pub struct Context {
+    /// Settings.
+    pub config: RuntimeConfig,
+    /// The pod network.
+    pub network: Network,
+    /// ConfigMap/Secret lookups.
+    pub sources: Arc<dyn Sources>,
+    /// Where updates go.
+    pub updates: mpsc::UnboundedSender<Update>,
+    /// Called with a new sandbox (e.g. to attach the eBPF pod program to its veth).
+    pub on_sandbox: Option<SandboxHook>,
+}
+
+/// A running worker: send it the pod's new versions; dropping the sender stops the pod at once.
+pub struct Handle {
+    /// Latest version of the pod.
+    pub pod: watch::Sender<Arc<Pod>>,
+    /// The worker task.
+    pub task: JoinHandle<()>,
+}
+
+/// Starts the worker for `pod`.
+pub fn spawn(ctx: Arc<Context>, pod: Pod) -> Handle {
+    let (tx, rx) = watch::channel(Arc::new(pod));
+    let task = tokio::spawn(run(ctx, rx));
+    Handle { pod: tx, task }
+}
+
+/// Restart back-off: immediate once, then 10 s doubling to 5 min.
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+enum Event {
+    Exited {
+        index: usize,
+        attempt: u32,
+        record: ExitRecord,
+    },
+    Started {
+        index: usize,
+        attempt: u32,
+    },
+    Ready {
+        index: usize,
+        attempt: u32,
+        ready: bool,
+    },
+    Unhealthy {
+        index: usize,
+        attempt: u32,
+        probe: &'static str,
+        message: String,
+    },
+}
+
+/// One container (init or regular) and what the worker knows of it.
+#[derive(Debug)]
+struct Slot {
+    spec: Container,
+    init: bool,
+    /// Next attempt number; also the restart count once it ran.
+    attempt: u32,
+    running: Option<Arc<Running>>,
+    /// Finished successfully (init containers).
+    done: bool,
+    last: Option<ExitRecord>,
+    waiting: Option<(String, String)>,
+    ready: bool,
+    started: bool,
+    next_start: Option<Instant>,
+    backoff: Duration,
+    run_began: Option<Instant>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Slot {
+    fn new(spec: Container, init: bool) -> Self {
+        Self {
+            spec,
+            init,
+            attempt: 0,
+            running: None,
+            done: false,
+            last: None,
+            waiting: Some(("ContainerCreating".into(), String::new())),
+            ready: false,
+            started: false,
+            next_start: None,
+            backoff: Duration::ZERO,
+            run_began: None,
+            tasks: Vec::new(),
+        }
+    }
+
+    fn restart_count(&self) -> u32 {
+        self.attempt.saturating_sub(1)
+    }
+
+    fn stop_tasks(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+struct Worker {
+    ctx: Arc<Context>,
+    pod: Arc<Pod>,
+    uid: String,
+    namespace: String,
+    name: String,
+    dir: PathBuf,
+    sandbox: Option<Sandbox>,
+    sandbox_error: Option<String>,
+    slots: Vec<Slot>,
+    start_time: String,
+    events_tx: mpsc::UnboundedSender<Event>,
+    last_status: Option<Value>,
+}
+
+async fn run(ctx: Arc<Context>, mut rx: watch::Receiver<Arc<Pod>>) {
+    let pod = rx.borrow_and_update().clone();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut w = Worker::new(ctx, pod, events_tx);
+    let deleting = w.pod.metadata.deletion_timestamp.is_some();
+    let has_sandbox =
+        w.host_network() || w.ctx.network.find_sandbox(&w.uid).ok().flatten().is_some();
+    // A pod being deleted gets no new sandbox, only the cleanup of an existing one.
+    if (!deleting || has_sandbox) && w.ensure_sandbox().await {
+        w.adopt();
+    }
+    let mut removed = false;
+    loop {
+        if w.pod.metadata.deletion_timestamp.is_some() || removed {
+            break;
+        }
+        w.step().await;
+        w.publish();
+        let deadline = w.next_deadline();
+        tokio::select! {
+            changed = rx.changed() => match changed {
+                Ok(()) => w.pod = rx.borrow_and_update().clone(),
+                Err(_) => removed = true,
+            },
+            Some(event) = events.recv() => w.handle(event),
+            () = sleep_until(deadline) => {}
+        }
+    }
+    let grace = if removed { Some(0) } else { None };
+    w.terminate(grace, &mut events).await;
+    w.publish();
+    w.cleanup().await;
+    let _ = w.ctx.updates.send(Update::Finished {
+        namespace: w.namespace.clone(),
+        name: w.name.clone(),
+        uid: w.uid.clone(),
+    });
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Worker {
+    fn new(ctx: Arc<Context>, pod: Arc<Pod>, events_tx: mpsc::UnboundedSender<Event>) -> Self {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = ctx.config.root.join("pods").join(&uid);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut slots: Vec<Slot> = spec
+            .init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| Slot::new(c, true))
+            .collect();
+        slots.extend(spec.containers.into_iter().map(|c| Slot::new(c, false)));
+        let start_time = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map(|t| format!("{:.0}", t.0))
+            .unwrap_or_else(now_rfc3339);
+        Self {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid,
+            dir,
+            ctx,
+            pod,
+            sandbox: None,
+            sandbox_error: None,
+            slots,
+            start_time,
+            events_tx,
+            last_status: None,
+        }
+    }
+
+    fn event(
+        &self,
+        kind: &'static str,
+        reason: &'static str,
+        message: String,
+        slot: Option<&Slot>,
+    ) {
+        let field_path = slot.map(|s| {
+            format!(
+                "spec.{}{{{}}}",
+                if s.init {
+                    "initContainers"
+                } else {
+                    "containers"
+                },
+                s.spec.name
+            )
+        });
+        let _ = self.ctx.updates.send(Update::Event {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            kind,
+            reason,
+            message,
+            field_path,
+        });
+    }
+
+    fn host_network(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+    }
+
+    fn restart_policy(&self) -> &str {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            .unwrap_or("Always")
+    }
+
+    fn pod_ip(&self) -> Option<Ipv4Addr> {
+        if self.host_network() {
+            Some(self.ctx.config.host_ip)
+        } else {
+            self.sandbox.as_ref().map(|s| s.ip)
+        }
+    }
+
+    async fn ensure_sandbox(&mut self) -> bool {
+        if self.sandbox.is_some() {
+            return true;
+        }
+        if self.host_network() {
+            let netns = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+            self.sandbox = Some(Sandbox {
+                netns: netns.display().to_string(),
+                ip: self.ctx.config.host_ip,
+                host_if: String::new(),
+            });
+            return self.write_pod_files().is_ok();
+        }
+        let network = self.ctx.network.clone();
+        let uid = self.uid.clone();
+        match tokio::task::spawn_blocking(move || network.create_sandbox(&uid)).await {
+            Ok(Ok(sandbox)) => {
+                if let Some(hook) = &self.ctx.on_sandbox {
+                    hook(&sandbox);
+                }
+                self.sandbox = Some(sandbox);
+                self.sandbox_error = None;
+                if let Err(e) = self.write_pod_files() {
+                    self.sandbox_error = Some(format!("writing the pod's files: {e}"));
+                    return false;
+                }
+                true
+            }
+            Ok(Err(e)) => {
+                let text = error_chain(&e);
+                if self.sandbox_error.as_deref() != Some(text.as_str()) {
+                    self.event(
+                        "Warning",
+                        "FailedCreatePodSandBox",
+                        format!("Failed to create pod sandbox: {text}"),
+                        None,
+                    );
+                }
+                self.sandbox_error = Some(text);
+                false
+            }
+            Err(e) => {
+                self.sandbox_error = Some(e.to_string());
+                false
+            }
+        }
+    }
+
+    fn netns_path(&self) -> PathBuf {
+        match &self.sandbox {
+            Some(s) if self.host_network() => PathBuf::from(&s.netns),
+            Some(s) => s.netns_path(),
+            None => PathBuf::new(),
+        }
+    }
+
+    /// `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname` for the pod (kubelet's content).
+    fn write_pod_files(&self) -> std::io::Result<()> {
+        let etc = self.dir.join("etc");
+        std::fs::create_dir_all(&etc)?;
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let hostname = spec.hostname.clone().unwrap_or_else(|| self.name.clone());
+        let ip = self.pod_ip().map(|i| i.to_string()).unwrap_or_default();
+        let domain = &self.ctx.config.cluster_domain;
+        let fqdn = match &spec.subdomain {
+            Some(sub) => format!(
+                "{hostname}.{sub}.{}.svc.{domain}\t{hostname}",
+                self.namespace
+            ),
+            None => hostname.clone(),
+        };
+        let mut hosts = format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n\
+             {ip}\t{fqdn}\n"
+        );
+        for alias in spec.host_aliases.iter().flatten() {
+            hosts.push_str(&format!(
+                "\n# Entries added by HostAliases.\n{}\t{}\n",
+                alias.ip,
+                alias.hostnames.clone().unwrap_or_default().join("\t")
+            ));
+        }
+        std::fs::write(etc.join("hosts"), hosts)?;
+        std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
+        let resolv = resolv_conf(
+            spec.dns_policy.as_deref(),
+            self.host_network(),
+            &self.namespace,
+            domain,
+            self.ctx.config.cluster_dns,
+            spec.dns_config.as_ref(),
+        );
+        match resolv {
+            Some(text) => std::fs::write(etc.join("resolv.conf"), text),
+            None => std::fs::copy("/etc/resolv.conf", etc.join("resolv.conf")).map(drop),
+        }
+    }
+
+    /// Starts what is due.
+    async fn step(&mut self) {
+        if !self.ensure_sandbox().await {
+            return;
+        }
+        let now = Instant::now();
+        let policy = self.restart_policy().to_owned();
+        // Init containers run one at a time, in order, each to success.
+        if let Some(index) = self.slots.iter().position(|s| s.init && !s.done) {
+            let slot = &self.slots[index];
+            if slot.running.is_none()
+                && slot.next_start.is_none_or(|t| t <= now)
+                && !(policy == "Never" && slot.last.is_some())
+            {
+                self.start(index).await;
+            }
+            return;
+        }
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            if slot.init || slot.running.is_some() {
+                continue;
+            }
+            let due = slot.next_start.is_none_or(|t| t <= now);
+            let wanted = match &slot.last {
+                None => true,
+                Some(last) => restart_wanted(&policy, last.exit_code),
+            };
+            if due && wanted {
+                self.start(index).await;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next = self
+            .slots
+            .iter()
+            .filter(|s| s.running.is_none())
+            .filter_map(|s| s.next_start)
+            .min();
+        if self.sandbox.is_none() {
+            // Retry a failed sandbox.
+            let retry = Instant::now() + Duration::from_secs(2);
+            next = Some(next.map_or(retry, |n| n.min(retry)));
+        }
+        next
+    }
+
+    async fn resolve_env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
+        let cfg = &self.ctx.config;
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+            ("HOSTNAME".into(), self.name.clone()),
+            (
+                "KUBERNETES_SERVICE_HOST".into(),
+                cfg.api_service.0.to_string(),
+            ),
+            (
+                "KUBERNETES_SERVICE_PORT".into(),
+                cfg.api_service.1.to_string(),
+            ),
+            (
+                "KUBERNETES_SERVICE_PORT_HTTPS".into(),
+                cfg.api_service.1.to_string(),
+            ),
+            (
+                "KUBERNETES_PORT".into(),
+                format!("tcp://{}:{}", cfg.api_service.0, cfg.api_service.1),
+            ),
+        ];
+        let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        };
+        for from in c.env_from.iter().flatten() {
+            let prefix = from.prefix.clone().unwrap_or_default();
+            let (data, what, optional) = if let Some(cm) = &from.config_map_ref {
+                (
+                    self.ctx
+                        .sources
+                        .config_map(&self.namespace, &cm.name)
+                        .await?,
+                    format!("configmap {:?}", cm.name),
+                    cm.optional.unwrap_or(false),
+                )
+            } else if let Some(s) = &from.secret_ref {
+                (
+                    self.ctx.sources.secret(&self.namespace, &s.name).await?,
+                    format!("secret {:?}", s.name),
+                    s.optional.unwrap_or(false),
+                )
+            } else {
+                continue;
+            };
+            match data {
+                Some(data) => {
+                    for (k, v) in data {
+                        set(&mut env, format!("{prefix}{k}"), v);
+                    }
+                }
+                None if optional => {}
+                None => return Err(format!("{what} not found")),
+            }
+        }
+        for var in c.env.iter().flatten() {
+            let value = if let Some(v) = &var.value {
+                expand(v, &env)
+            } else if let Some(from) = &var.value_from {
+                if let Some(field) = &from.field_ref {
+                    self.field(&field.field_path)
+                        .ok_or_else(|| format!("unsupported fieldRef {:?}", field.field_path))?
+                } else if let Some(key) = &from.config_map_key_ref {
+                    let data = self
+                        .ctx
+                        .sources
+                        .config_map(&self.namespace, &key.name)
+                        .await?;
+                    match data.and_then(|d| d.get(&key.key).cloned()) {
+                        Some(v) => v,
+                        None if key.optional.unwrap_or(false) => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {}/{}",
+                                key.key, self.namespace, key.name
+                            ));
+                        }
+                    }
+                } else if let Some(key) = &from.secret_key_ref {
+                    let data = self.ctx.sources.secret(&self.namespace, &key.name).await?;
+                    match data.and_then(|d| d.get(&key.key).cloned()) {
+                        Some(v) => v,
+                        None if key.optional.unwrap_or(false) => continue,
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {}/{}",
+                                key.key, self.namespace, key.name
+                            ));
+                        }
+                    }
+                } else if let Some(r) = &from.resource_field_ref {
+                    resource_value(c, &r.resource)
+                } else {
+                    continue;
+                }
+            } else {
+                String::new()
+            };
+            set(&mut env, var.name.clone(), value);
+        }
+        Ok(env)
+    }
+
+    /// Downward API fields.
+    fn field(&self, path: &str) -> Option<String> {
+        let meta = &self.pod.metadata;
+        let spec = self.pod.spec.as_ref();
+        Some(match path {
+            "metadata.name" => self.name.clone(),
+            "metadata.namespace" => self.namespace.clone(),
+            "metadata.uid" => self.uid.clone(),
+            "spec.nodeName" => self.ctx.config.node_name.clone(),
+            "spec.serviceAccountName" => spec
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into()),
+            "status.hostIP" | "status.hostIPs" => self.ctx.config.host_ip.to_string(),
+            "status.podIP" | "status.podIPs" => {
+                self.pod_ip().map(|i| i.to_string()).unwrap_or_default()
+            }
+            _ => {
+                let (map, key) = if let Some(k) = path.strip_prefix("metadata.labels['") {
+                    (meta.labels.as_ref(), k)
+                } else if let Some(k) = path.strip_prefix("metadata.annotations['") {
+                    (meta.annotations.as_ref(), k)
+                } else {
+                    return None;
+                };
+                let key = key.strip_suffix("']")?;
+                map.and_then(|m| m.get(key).cloned()).unwrap_or_default()
+            }
+        })
+    }
+
+    /// Works out the container's argv, or why it cannot run.
+    fn argv(
+        &self,
+        c: &Container,
+        env: &[(String, String)],
+    ) -> Result<Vec<String>, (String, String)> {
+        let image = c.image.clone().unwrap_or_default();
+        let command: Vec<String> = c.command.iter().flatten().map(|a| expand(a, env)).collect();
+        let args: Vec<String> = c.args.iter().flatten().map(|a| expand(a, env)).collect();
+        let exe = self.ctx.config.shim_exe.display().to_string();
+        if crate::agnhost::is_agnhost_image(&image) {
+            let mut argv = vec![exe, "agnhost".to_owned()];
+            let builtin = command
+                .first()
+                .is_some_and(|c0| c0.ends_with("agnhost") || c0.ends_with("/pause"));
+            let rest: Vec<String> = if builtin {
+                command.into_iter().skip(1).chain(args).collect()
+            } else if command.is_empty() {
+                args
+            } else {
+                // Another program named in an agnhost image: run it from the host.
+                return Ok(command.into_iter().chain(args).collect());
+            };
+            if rest.is_empty() {
+                argv.extend(crate::agnhost::default_args(&image));
+            } else {
+                argv.extend(rest);
+            }
+            return Ok(argv);
+        }
+        if command.is_empty() {
+            return Err((
+                "ErrImagePull".into(),
+                format!(
+                    "image {image:?} is not available on this node: rudder has no image registry and runs \
+                     other images' command and args on the host's file system, but this container has no command"
+                ),
+            ));
+        }
+        Ok(command.into_iter().chain(args).collect())
+    }
+
+    async fn start(&mut self, index: usize) {
+        let c = self.slots[index].spec.clone();
+        let env = match self.resolve_env(&c).await {
+            Ok(env) => env,
+            Err(message) => {
+                let slot = &mut self.slots[index];
+                slot.waiting = Some(("CreateContainerConfigError".into(), message));
+                slot.next_start = Some(Instant::now() + Duration::from_secs(2));
+                return;
+            }
+        };
+        let argv = match self.argv(&c, &env) {
+            Ok(argv) => argv,
+            Err(waiting) => {
+                let slot = &mut self.slots[index];
+                if slot.waiting.as_ref().map(|w| &w.0) != Some(&waiting.0) {
+                    let message = waiting.1.clone();
+                    slot.waiting = Some(waiting);
+                    let slot = &self.slots[index];
+                    self.event("Warning", "Failed", message, Some(slot));
+                }
+                let slot = &mut self.slots[index];
+                slot.next_start = Some(Instant::now() + Duration::from_secs(30));
+                return;
+            }
+        };
+        let attempt = self.slots[index].attempt;
+        let state = self
+            .dir
+            .join("containers")
+            .join(&c.name)
+            .join(attempt.to_string());
+        let log = self.log_path(&c.name, attempt);
+        if let Some(parent) = log.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::remove_dir_all(&state);
+        let etc = self.dir.join("etc");
+        let mut mounts = vec![
+            Mount {
+                source: etc.join("hosts"),
+                target: "/etc/hosts".into(),
+                read_only: false,
+            },
+            Mount {
+                source: etc.join("hostname"),
+                target: "/etc/hostname".into(),
+                read_only: false,
+            },
+        ];
+        if etc.join("resolv.conf").exists() {
+            mounts.push(Mount {
+                source: etc.join("resolv.conf"),
+                target: "/etc/resolv.conf".into(),
+                read_only: false,
+            });
+        }
+        let args = ShimArgs {
+            netns: self.netns_path(),
+            hostname: self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .unwrap_or_else(|| self.name.clone()),
+            log,
+            state,
+            mounts,
+            cgroups: Vec::new(),
+            workdir: c.working_dir.as_ref().map(PathBuf::from),
+            argv,
+        };
+        self.slots[index].attempt += 1;
+        match process::start(&self.ctx.config.shim_exe, &args, &env).await {
+            Ok(Started::Running(running)) => {
+                let slot = &self.slots[index];
+                self.event(
+                    "Normal",
+                    "Started",
+                    format!("Started container {}", c.name),
+                    Some(slot),
+                );
+                self.supervise(index, attempt, running);
+            }
+            Ok(Started::Exited(record)) => {
+                let message = record.message.clone();
+                self.exited(index, record);
+                let slot = &self.slots[index];
+                self.event("Warning", "Failed", format!("Error: {message}"), Some(slot));
+            }
+            Err(e) => {
+                let slot = &mut self.slots[index];
+                slot.waiting = Some(("RunContainerError".into(), e.to_string()));
+                slot.next_start = Some(Instant::now() + Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Takes over the containers an earlier agent started for this pod.
+    fn adopt(&mut self) {
+        for index in 0..self.slots.len() {
+            let dir = self
+                .dir
+                .join("containers")
+                .join(&self.slots[index].spec.name);
+            let Some(latest) = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .max()
+            else {
+                continue;
+            };
+            match process::adopt(&dir.join(latest.to_string())) {
+                Some(Started::Running(running)) => self.supervise(index, latest, running),
+                Some(Started::Exited(record)) => {
+                    self.slots[index].attempt = latest + 1;
+                    self.slots[index].run_began = None;
+                    self.exited(index, record);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn log_path(&self, container: &str, attempt: u32) -> PathBuf {
+        self.dir
+            .join("logs")
+            .join(container)
+            .join(format!("{attempt}.log"))
+    }
+
+    /// Watches a running container: its end, and its probes.
+    fn supervise(&mut self, index: usize, attempt: u32, running: Running) {
+        let running = Arc::new(running);
+        let ip = self
+            .pod_ip()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let slot = &mut self.slots[index];
+        slot.stop_tasks();
+        slot.running = Some(Arc::clone(&running));
+        slot.waiting = None;
+        slot.run_began = Some(Instant::now());
+        slot.ready = false;
+        slot.started = false;
+        slot.attempt = attempt + 1;
+        let tx = self.events_tx.clone();
+        let r = Arc::clone(&running);
+        slot.tasks.push(tokio::spawn(async move {
+            let record = r.wait().await;
+            let _ = tx.send(Event::Exited {
+                index,
+                attempt,
+                record,
+            });
+        }));
+        if slot.init {
+            return;
+        }
+        let target = Target {
+            ip,
+            pid: running.pid,
+        };
+        let spec = slot.spec.clone();
+        let tx = self.events_tx.clone();
+        slot.tasks.push(tokio::spawn(probe_container(
+            spec, target, index, attempt, tx,
+        )));
+    }
+
+    fn exited(&mut self, index: usize, mut record: ExitRecord) {
+        let policy = self.restart_policy().to_owned();
+        let slot = &mut self.slots[index];
+        slot.stop_tasks();
+        if let Some(r) = slot.running.take()
+            && record.started_at.is_empty()
+        {
+            record.started_at = r.started_at.clone();
+        }
+        slot.ready = false;
+        let ran_long = slot
+            .run_began
+            .take()
+            .is_some_and(|t| t.elapsed() >= 2 * BACKOFF_MAX);
+        if ran_long {
+            slot.backoff = Duration::ZERO;
+        }
+        if slot.init && record.exit_code == 0 {
+            slot.done = true;
+        }
+        let restart = if slot.init {
+            record.exit_code != 0 && policy != "Never"
+        } else {
+            restart_wanted(&policy, record.exit_code)
+        };
+        slot.last = Some(record);
+        if restart {
+            let delay = slot.backoff;
+            slot.backoff = if delay.is_zero() {
+                BACKOFF_START
+            } else {
+                (delay * 2).min(BACKOFF_MAX)
+            };
+            slot.next_start = Some(Instant::now() + delay);
+            if !delay.is_zero() {
+                slot.waiting = Some((
+                    "CrashLoopBackOff".into(),
+                    format!(
+                        "back-off {}s restarting failed container={} pod={}_{}({})",
+                        delay.as_secs(),
+                        slot.spec.name,
+                        self.name,
+                        self.namespace,
+                        self.uid
+                    ),
+                ));
+            }
+        } else {
+            slot.next_start = None;
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Exited {
+                index,
+                attempt,
+                record,
+            } => {
+                if self.slots[index].attempt == attempt + 1 && self.slots[index].running.is_some() {
+                    self.exited(index, record);
+                    let slot = &self.slots[index];
+                    if let Some((reason, message)) = &slot.waiting
+                        && reason == "CrashLoopBackOff"
+                    {
+                        self.event("Warning", "BackOff", message.clone(), Some(slot));
+                    }
+                }
+            }
+            Event::Started { index, attempt } => {
+                if self.slots[index].attempt == attempt + 1 {
+                    self.slots[index].started = true;
+                }
+            }
+            Event::Ready {
+                index,
+                attempt,
+                ready,
+            } => {
+                if self.slots[index].attempt == attempt + 1 {
+                    self.slots[index].ready = ready;
+                }
+            }
+            Event::Unhealthy {
+                index,
+                attempt,
+                probe,
+                message,
+            } => {
+                let slot = &self.slots[index];
+                if slot.attempt != attempt + 1 {
+                    return;
+                }
+                self.event(
+                    "Warning",
+                    "Unhealthy",
+                    format!("{probe} probe failed: {message}"),
+                    Some(slot),
+                );
+                if probe != "Readiness"
+                    && let Some(running) = &slot.running
+                {
+                    self.event(
+                        "Normal",
+                        "Killing",
+                        format!(
+                            "Container {} failed {} probe, will be restarted",
+                            slot.spec.name,
+                            probe.to_lowercase()
+                        ),
+                        Some(slot),
+                    );
+                    let grace = self.grace_seconds(None);
+                    stop_container(Arc::clone(running), grace);
+                }
+            }
+        }
+    }
+
+    fn grace_seconds(&self, requested: Option<i64>) -> u64 {
+        let g = requested
+            .or(self.pod.metadata.deletion_grace_period_seconds)
+            .or(self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30);
+        u64::try_from(g.max(0)).unwrap_or(0)
+    }
+
+    /// Stops every container: preStop hooks, SIGTERM, the grace period, SIGKILL.
+    async fn terminate(&mut self, grace: Option<i64>, events: &mut mpsc::UnboundedReceiver<Event>) {
+        let grace = Duration::from_secs(self.grace_seconds(grace));
+        let deadline = Instant::now() + grace;
+        let mut waits = Vec::new();
+        for slot in &mut self.slots {
+            slot.next_start = None;
+            for t in slot.tasks.drain(..) {
+                t.abort();
+            }
+            if let Some(running) = slot.running.clone() {
+                let pre_stop = slot
+                    .spec
+                    .lifecycle
+                    .as_ref()
+                    .and_then(|l| l.pre_stop.clone());
+                let ip = self.sandbox.as_ref().map(|s| s.ip);
+                let spec = slot.spec.clone();
+                waits.push(tokio::spawn(async move {
+                    if let Some(hook) = pre_stop
+                        && !grace.is_zero()
+                    {
+                        let probe = Probe {
+                            exec: hook.exec,
+                            http_get: hook.http_get,
+                            tcp_socket: hook.tcp_socket,
+                            timeout_seconds: i32::try_from(grace.as_secs()).ok(),
+                            ..Default::default()
+                        };
+                        let target = Target {
+                            ip: IpAddr::V4(ip.unwrap_or(Ipv4Addr::LOCALHOST)),
+                            pid: running.pid,
+                        };
+                        if let Some(sleep) = hook.sleep {
+                            let s = u64::try_from(sleep.seconds.max(0)).unwrap_or(0);
+                            let _ = tokio::time::timeout_at(
+                                deadline,
+                                tokio::time::sleep(Duration::from_secs(s)),
+                            )
+                            .await;
+                        } else {
+                            let _ = tokio::time::timeout_at(
+                                deadline,
+                                probe::run_once(&probe, &spec, &target),
+                            )
+                            .await;
+                        }
+                    }
+                    if grace.is_zero() {
+                        running.kill();
+                    } else {
+                        running.signal(libc::SIGTERM);
+                    }
+                    match tokio::time::timeout_at(deadline, running.wait()).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            running.kill();
+                            running.wait().await
+                        }
+                    }
+                }));
+            }
+        }
+        if !waits.is_empty() {
+            let names: Vec<String> = self
+                .slots
+                .iter()
+                .filter(|s| s.running.is_some())
+                .map(|s| s.spec.name.clone())
+                .collect();
+            self.event(
+                "Normal",
+                "Killing",
+                format!("Stopping container {}", names.join(", ")),
+                None,
+            );
+        }
+        let running: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].running.is_some())
+            .collect();
+        for (index, wait) in running.into_iter().zip(waits) {
+            if let Ok(record) = wait.await {
+                let slot = &mut self.slots[index];
+                slot.running = None;
+                slot.ready = false;
+                slot.last = Some(record);
+                slot.waiting = None;
+            }
+        }
+        // Drain events from the aborted tasks.
+        while events.try_recv().is_ok() {}
+    }
+
+    async fn cleanup(&mut self) {
+        if !self.host_network() {
+            let network = self.ctx.network.clone();
+            let uid = self.uid.clone();
+            let _ = tokio::task::spawn_blocking(move || network.remove_sandbox(&uid)).await;
+        }
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
+
+    fn publish(&mut self) {
+        let status = status(&StatusInput {
+            pod: &self.pod,
+            slots: &self.slots,
+            pod_ip: self.pod_ip(),
+            host_ip: self.ctx.config.host_ip,
+            sandbox_ready: self.sandbox.is_some(),
+            start_time: &self.start_time,
+            uid: &self.uid,
+        });
+        if self.last_status.as_ref() == Some(&status) {
+            return;
+        }
+        self.last_status = Some(status.clone());
+        let _ = self.ctx.updates.send(Update::Status {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            status,
+        });
+    }
+}
+
+/// Kills a container the kubelet way: SIGTERM, then SIGKILL after `grace` seconds.
+fn stop_container(running: Arc<Running>, grace: u64) {
+    tokio::spawn(async move {
+        running.signal(libc::SIGTERM);
+        if tokio::time::timeout(Duration::from_secs(grace), running.wait())
+            .await
+            .is_err()
+        {
+            running.kill();
+        }
+    });
+}
+
+fn restart_wanted(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => exit_code != 0,
+        _ => true,
+    }
+}
+
+/// Runs a container's startup, then liveness and readiness probes, reporting to the worker.
+async fn probe_container(
+    spec: Container,
+    target: Target,
+    index: usize,
+    attempt: u32,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    if let Some(startup) = spec.startup_probe.clone() {
+        let timing = Timing::of(&startup);
+        tokio::time::sleep(timing.initial_delay).await;
+        let mut failures = 0;
+        loop {
+            match probe::run_once(&startup, &spec, &target).await {
+                Ok(()) => break,
+                Err(message) => {
+                    failures += 1;
+                    if failures >= timing.failure_threshold {
+                        let _ = tx.send(Event::Unhealthy {
+                            index,
+                            attempt,
+                            probe: "Startup",
+                            message,
+                        });
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    }
+    let _ = tx.send(Event::Started { index, attempt });
+    let readiness = {
+        let (spec, target, tx) = (spec.clone(), target.clone(), tx.clone());
+        async move {
+            let Some(probe) = spec.readiness_probe.clone() else {
+                let _ = tx.send(Event::Ready {
+                    index,
+                    attempt,
+                    ready: true,
+                });
+                return;
+            };
+            let timing = Timing::of(&probe);
+            tokio::time::sleep(timing.initial_delay).await;
+            let (mut ok, mut bad, mut ready) = (0, 0, false);
+            loop {
+                match probe::run_once(&probe, &spec, &target).await {
+                    Ok(()) => {
+                        ok += 1;
+                        bad = 0;
+                        if !ready && ok >= timing.success_threshold {
+                            ready = true;
+                            let _ = tx.send(Event::Ready {
+                                index,
+                                attempt,
+                                ready,
+                            });
+                        }
+                    }
+                    Err(message) => {
+                        bad += 1;
+                        ok = 0;
+                        if bad >= timing.failure_threshold || !ready {
+                            if ready || bad == timing.failure_threshold {
+                                let _ = tx.send(Event::Unhealthy {
+                                    index,
+                                    attempt,
+                                    probe: "Readiness",
+                                    message,
+                                });
+                            }
+                            if ready {
+                                ready = false;
+                                let _ = tx.send(Event::Ready {
+                                    index,
+                                    attempt,
+                                    ready,
+                                });
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(timing.period).await;
+            }
+        }
+    };
+    let liveness = async {
+        let Some(probe) = spec.liveness_probe.clone() else {
+            return;
+        };
+        let timing = Timing::of(&probe);
+        tokio::time::sleep(timing.initial_delay).await;
+        let mut bad = 0;
+        loop {
+            match probe::run_once(&probe, &spec, &target).await {
+                Ok(()) => bad = 0,
+                Err(message) => {
+                    bad += 1;
+                    if bad >= timing.failure_threshold {
+                        let _ = tx.send(Event::Unhealthy {
+                            index,
+                            attempt,
+                            probe: "Liveness",
+                            message,
+                        });
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    tokio::join!(readiness, liveness);
+}
+
+/// Kubernetes' `$(VAR)` expansion in command, args and env values (`$$` escapes a `$`;
+/// unknown variables stay as written).
+pub fn expand(text: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+        {
+            let name = &inner[..end];
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn resource_value(c: &Container, resource: &str) -> String {
+    let res = c.resources.as_ref();
+    let (kind, name) = resource.split_once('.').unwrap_or(("", resource));
+    let map = match kind {
+        "limits" => res.and_then(|r| r.limits.as_ref()),
+        _ => res.and_then(|r| r.requests.as_ref()),
+    };
+    map.and_then(|m| m.get(name))
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "0".into())
+}
+
+/// The pod's resolv.conf for its dnsPolicy, or `None` to copy the node's (`Default`).
+pub fn resolv_conf(
+    policy: Option<&str>,
+    host_network: bool,
+    namespace: &str,
+    domain: &str,
+    dns: Ipv4Addr,
+    config: Option<&k8s_openapi::api::core::v1::PodDNSConfig>,
+) -> Option<String> {
+    let policy = policy.unwrap_or("ClusterFirst");
+    let cluster = match policy {
+        "ClusterFirst" => !host_network,
+        "ClusterFirstWithHostNet" => true,
+        "None" => false,
+        _ => return None,
+    };
+    let mut servers = Vec::new();
+    let mut search = Vec::new();
+    let mut options = Vec::new();
+    if cluster {
+        servers.push(dns.to_string());
+        search.extend([
+            format!("{namespace}.svc.{domain}"),
+            format!("svc.{domain}"),
+            domain.to_owned(),
+        ]);
+        options.push("ndots:5".to_owned());
+    } else if policy != "None" {
+        return None;
+    }
+    if let Some(cfg) = config {
+        servers.extend(cfg.nameservers.iter().flatten().cloned());
+        search.extend(cfg.searches.iter().flatten().cloned());
+        for o in cfg.options.iter().flatten() {
+            let name = o.name.clone().unwrap_or_default();
+            options.retain(|x: &String| x.split(':').next() != Some(name.as_str()));
+            options.push(match &o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name,
+            });
+        }
+    }
+    let mut out = String::new();
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    Some(out)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+struct StatusInput<'a> {
+    pod: &'a Pod,
+    slots: &'a [Slot],
+    pod_ip: Option<Ipv4Addr>,
+    host_ip: Ipv4Addr,
+    sandbox_ready: bool,
+    start_time: &'a str,
+    uid: &'a str,
+}
+
+fn container_status(slot: &Slot, uid: &str) -> Value {
+    let terminated = |r: &ExitRecord| {
+        let mut t = json!({
+            "exitCode": r.exit_code,
+            "reason": r.reason,
+            "finishedAt": r.finished_at,
+            "containerID": format!("rudder://{uid}/{}/{}", slot.spec.name, slot.restart_count()),
+        });
+        if !r.started_at.is_empty() {
+            t["startedAt"] = json!(r.started_at);
+        }
+        if let Some(s) = r.signal {
+            t["signal"] = json!(s);
+        }
+        if !r.message.is_empty() {
+            t["message"] = json!(r.message);
+        }
+        json!({"terminated": t})
+    };
+    let (state, last) = if let Some(r) = &slot.running {
+        (
+            json!({"running": {"startedAt": r.started_at}}),
+            slot.last.as_ref().map(terminated),
+        )
+    } else if let Some((reason, message)) = &slot.waiting {
+        let mut w = json!({"reason": reason});
+        if !message.is_empty() {
+            w["message"] = json!(message);
+        }
+        (json!({"waiting": w}), slot.last.as_ref().map(terminated))
+    } else if let Some(last) = &slot.last {
+        (terminated(last), None)
+    } else {
+        (json!({"waiting": {"reason": "ContainerCreating"}}), None)
+    };
+    let image = slot.spec.image.clone().unwrap_or_default();
+    let mut s = json!({
+        "name": slot.spec.name,
+        "image": image,
+        "imageID": format!("rudder://{image}"),
+        "ready": slot.ready && slot.running.is_some(),
+        "restartCount": slot.restart_count(),
+        "started": slot.running.is_some() && slot.started,
+        "state": state,
+        "lastState": last.unwrap_or_else(|| json!({})),
+    });
+    if slot.running.is_some() || slot.last.is_some() {
+        s["containerID"] = json!(format!(
+            "rudder://{uid}/{}/{}",
+            slot.spec.name,
+            slot.restart_count()
+        ));
+    }
+    s
+}
+
+/// The pod status the kubelet would report (pure; `generate` in kubelet terms).
+fn status(input: &StatusInput<'_>) -> Value {
+    let policy = input
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always");
+    let inits: Vec<&Slot> = input.slots.iter().filter(|s| s.init).collect();
+    let mains: Vec<&Slot> = input.slots.iter().filter(|s| !s.init).collect();
+    let initialized = inits.iter().all(|s| s.done);
+    let init_failed = inits
+        .iter()
+        .any(|s| !s.done && s.running.is_none() && s.last.is_some() && policy == "Never");
+    let running = mains.iter().filter(|s| s.running.is_some()).count();
+    let finished: Vec<&ExitRecord> = mains
+        .iter()
+        .filter(|s| s.running.is_none() && s.next_start.is_none())
+        .filter_map(|s| s.last.as_ref())
+        .collect();
+    let all_finished = !mains.is_empty() && finished.len() == mains.len();
+    let phase = if init_failed {
+        "Failed"
+    } else if all_finished && policy != "Always" {
+        if finished.iter().all(|r| r.exit_code == 0) {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if running > 0 || mains.iter().any(|s| s.last.is_some()) {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let containers_ready =
+        !mains.is_empty() && mains.iter().all(|s| s.ready && s.running.is_some());
+    let cond = |kind: &str, ok: bool, reason: Option<&str>| {
+        let mut c = json!({
+            "type": kind,
+            "status": if ok { "True" } else { "False" },
+            "lastProbeTime": null,
+        });
+        if let Some(r) = reason.filter(|_| !ok) {
+            c["reason"] = json!(r);
+        }
+        c
+    };
+    let not_ready: Vec<&str> = mains
+        .iter()
+        .filter(|s| !(s.ready && s.running.is_some()))
+        .map(|s| s.spec.name.as_str())
+        .collect();
+    let done_reason = if phase == "Succeeded" || phase == "Failed" {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let mut ready_cond = cond("Ready", containers_ready, Some(done_reason));
+    let mut cready_cond = cond("ContainersReady", containers_ready, Some(done_reason));
+    if !containers_ready && done_reason == "ContainersNotReady" {
+        let msg = format!("containers with unready status: [{}]", not_ready.join(" "));
+        ready_cond["message"] = json!(msg);
+        cready_cond["message"] = json!(msg);
+    }
+    let mut init_cond = cond("Initialized", initialized, Some("ContainersNotInitialized"));
+    if !initialized {
+        let pending: Vec<&str> = inits
+            .iter()
+            .filter(|s| !s.done)
+            .map(|s| s.spec.name.as_str())
+            .collect();
+        init_cond["message"] = json!(format!(
+            "containers with incomplete status: [{}]",
+            pending.join(" ")
+        ));
+    }
+    let mut status = json!({
+        "phase": phase,
+        "conditions": [
+            cond("PodReadyToStartContainers", input.sandbox_ready, None),
+            init_cond,
+            ready_cond,
+            cready_cond,
+            cond("PodScheduled", true, None),
+        ],
+        "hostIP": input.host_ip.to_string(),
+        "hostIPs": [{"ip": input.host_ip.to_string()}],
+        "startTime": input.start_time,
+        "qosClass": qos_class(input.pod),
+        "containerStatuses": mains.iter().map(|s| container_status(s, input.uid)).collect::<Vec<_>>(),
+    });
+    if !inits.is_empty() {
+        status["initContainerStatuses"] = json!(
+            inits
+                .iter()
+                .map(|s| container_status(s, input.uid))
+                .collect::<Vec<_>>()
+        );
+    }
+    if let Some(ip) = input.pod_ip {
+        status["podIP"] = json!(ip.to_string());
+        status["podIPs"] = json!([{"ip": ip.to_string()}]);
+    }
+    status
+}
+
+/// Guaranteed when every container sets equal CPU and memory requests and limits, BestEffort when
+/// none sets any, Burstable otherwise.
+fn qos_class(pod: &Pod) -> &'static str {
+    let Some(spec) = &pod.spec else {
+        return "BestEffort";
+    };
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let r = c.resources.clone().unwrap_or_default();
+        let limits = r.limits.unwrap_or_default();
+        let requests = r.requests.unwrap_or_default();
+        if !limits.is_empty() || !requests.is_empty() {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            let limit = limits.get(res);
+            let request = requests.get(res).or(limit);
+            if limit.is_none() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// Path of a container's current log under the runtime root, for `kubectl logs`.
+pub fn log_dir(root: &Path, uid: &str, container: &str) -> PathBuf {
+    root.join("pods").join(uid).join("logs").join(container)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests assert on known values")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_expand_like_kubernetes() {
+        let env = vec![("A".to_owned(), "1".to_owned()), ("B".into(), "two".into())];
+        assert_eq!(expand("$(A)-$(B)", &env), "1-two");
+        assert_eq!(expand("$$(A) $(C) $ x$", &env), "$(A) $(C) $ x$");
+        assert_eq!(expand("$(A", &env), "$(A");
+    }
+
+    #[test]
+    fn resolv_conf_follows_dns_policy() {
+        let dns = Ipv4Addr::new(10, 96, 0, 10);
+        let first = resolv_conf(None, false, "web", "cluster.local", dns, None).unwrap();
+        expect_test::expect![[r#"
+            nameserver 10.96.0.10
+            search web.svc.cluster.local svc.cluster.local cluster.local
+            options ndots:5
+        "#]]
+        .assert_eq(&first);
+        assert_eq!(
+            resolv_conf(Some("Default"), false, "web", "cluster.local", dns, None),
+            None
+        );
+        assert_eq!(
+            resolv_conf(None, true, "web", "cluster.local", dns, None),
+            None
+        );
+        let cfg = k8s_openapi::api::core::v1::PodDNSConfig {
+            nameservers: Some(vec!["1.2.3.4".into()]),
+            options: Some(vec![k8s_openapi::api::core::v1::PodDNSConfigOption {
+                name: Some("ndots".into()),
+                value: Some("2".into()),
+            }]),
+            ..Default::default()
+        };
+        let none =
+            resolv_conf(Some("None"), false, "web", "cluster.local", dns, Some(&cfg)).unwrap();
+        assert_eq!(none, "nameserver 1.2.3.4\noptions ndots:2\n");
+    }
+
+    fn slot(name: &str, init: bool) -> Slot {
+        Slot::new(
+            Container {
+                name: name.into(),
+                image: Some("img".into()),
+                ..Default::default()
+            },
+            init,
+        )
+    }
+
+    fn exit(code: i32) -> ExitRecord {
+        ExitRecord {
+            exit_code: code,
+            reason: if code == 0 { "Completed" } else { "Error" }.into(),
+            finished_at: "2026-01-01T00:00:00Z".into(),
+            ..Default::default()
+        }
+    }
+
+    fn phase_of(policy: &str, slots: &[Slot]) -> String {
+        let pod = Pod {
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                restart_policy: Some(policy.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = status(&StatusInput {
+            pod: &pod,
+            slots,
+            pod_ip: Some(Ipv4Addr::new(10, 244, 0, 2)),
+            host_ip: Ipv4Addr::new(172, 30, 0, 2),
+            sandbox_ready: true,
+            start_time: "2026-01-01T00:00:00Z",
+            uid: "u",
+        });
+        s["phase"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn phases_follow_containers_and_restart_policy() {
+        assert_eq!(phase_of("Always", &[slot("a", false)]), "Pending");
+        let mut done = slot("a", false);
+        done.last = Some(exit(0));
+        done.waiting = None;
+        assert_eq!(phase_of("Never", &[done]), "Succeeded");
+        let mut failed = slot("a", false);
+        failed.last = Some(exit(1));
+        failed.waiting = None;
+        assert_eq!(phase_of("Never", &[failed]), "Failed");
+        let mut backing_off = slot("a", false);
+        backing_off.last = Some(exit(1));
+        backing_off.next_start = Some(Instant::now());
+        assert_eq!(phase_of("OnFailure", &[backing_off]), "Running");
+        let mut init = slot("i", true);
+        init.last = Some(exit(1));
+        assert_eq!(phase_of("Never", &[init, slot("a", false)]), "Failed");
+    }
+
+    #[test]
+    fn restart_policies() {
+        assert!(restart_wanted("Always", 0));
+        assert!(restart_wanted("OnFailure", 2));
+        assert!(!restart_wanted("OnFailure", 0));
+        assert!(!restart_wanted("Never", 1));
+    }
+}

@@ -1,0 +1,509 @@
+//! The container shim (`rudder shim ...`, conmon's job): one small process per running
+//! container that puts the container in its namespaces, keeps its logs and records how it ended.
+//!
+//! The agent starts it in a session of its own, so the shim and its container outlive an agent
+//! restart; the new agent adopts them through the files the shim writes in its state directory:
+//!
+//! - `pid`: the container's process id (host view), written once it runs;
+//! - `exit`: JSON `{"exitCode", "signal", "reason", "message", "startedAt", "finishedAt"}`,
+//!   written when it ended (or failed to start), just before the shim exits.
+//!
+//! Steps: join the pod's network namespace; unshare PID, mount, UTS and IPC namespaces; set the
+//! hostname; make mounts private and bind the pod's files (`/etc/hosts`, `/etc/resolv.conf`,
+//! volumes) over the host's; then start the command as PID 1 of the new PID namespace with a fresh
+//! `/proc`, in the pod's cgroups, dying with the shim (`PR_SET_PDEATHSIG`). SIGTERM, SIGINT,
+//! SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to the shim are forwarded to the container. Its
+//! stdout and stderr become CRI-format log lines (`<RFC 3339 nano> stdout F <text>`, long lines
+//! split into `P` parts), the format `kubectl logs --timestamps` is served from.
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{self, BufRead, BufReader, Read, Write},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI32, Ordering},
+    },
+    thread,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// A bind mount into the container's mount namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Host path.
+    pub source: PathBuf,
+    /// Where it appears.
+    pub target: PathBuf,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// Everything the shim needs, passed as flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShimArgs {
+    /// Network namespace file to join.
+    pub netns: PathBuf,
+    /// Hostname (the pod name).
+    pub hostname: String,
+    /// CRI log file.
+    pub log: PathBuf,
+    /// Directory for `pid` and `exit`.
+    pub state: PathBuf,
+    /// Bind mounts.
+    pub mounts: Vec<Mount>,
+    /// `cgroup.procs` files to join.
+    pub cgroups: Vec<PathBuf>,
+    /// Working directory.
+    pub workdir: Option<PathBuf>,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+}
+
+impl ShimArgs {
+    /// The flags that [`ShimArgs::parse`] reads back (after the `shim` subcommand).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = vec![
+            "--netns".into(),
+            self.netns.display().to_string(),
+            "--hostname".into(),
+            self.hostname.clone(),
+            "--log".into(),
+            self.log.display().to_string(),
+            "--state".into(),
+            self.state.display().to_string(),
+        ];
+        for m in &self.mounts {
+            out.push(if m.read_only { "--mount-ro" } else { "--mount" }.into());
+            out.push(format!("{}:{}", m.source.display(), m.target.display()));
+        }
+        for c in &self.cgroups {
+            out.push("--cgroup".into());
+            out.push(c.display().to_string());
+        }
+        if let Some(w) = &self.workdir {
+            out.push("--workdir".into());
+            out.push(w.display().to_string());
+        }
+        out.push("--".into());
+        out.extend(self.argv.iter().cloned());
+        out
+    }
+
+    /// Parses the shim's flags.
+    pub fn parse(args: &[String]) -> Result<Self, String> {
+        let mut out = Self::default();
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            if flag == "--" {
+                out.argv = it.cloned().collect();
+                break;
+            }
+            let value = it
+                .next()
+                .ok_or_else(|| format!("flag {flag} needs a value"))?;
+            match flag.as_str() {
+                "--netns" => out.netns = value.into(),
+                "--hostname" => out.hostname = value.clone(),
+                "--log" => out.log = value.into(),
+                "--state" => out.state = value.into(),
+                "--mount" | "--mount-ro" => {
+                    let (source, target) = value
+                        .split_once(':')
+                        .ok_or_else(|| format!("{flag} wants SOURCE:TARGET, got {value:?}"))?;
+                    out.mounts.push(Mount {
+                        source: source.into(),
+                        target: target.into(),
+                        read_only: flag == "--mount-ro",
+                    });
+                }
+                "--cgroup" => out.cgroups.push(value.into()),
+                "--workdir" => out.workdir = Some(value.into()),
+                other => return Err(format!("unknown flag {other}")),
+            }
+        }
+        if out.argv.is_empty() {
+            return Err("no command after --".into());
+        }
+        if out.state.as_os_str().is_empty() || out.log.as_os_str().is_empty() {
+            return Err("--state and --log are required".into());
+        }
+        Ok(out)
+    }
+}
+
+/// How a container ended, as the shim records it in `exit`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    /// Exit code (128 + signal when killed by one, as container runtimes report it).
+    pub exit_code: i32,
+    /// The signal that killed it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// `Completed`, `Error`, `StartError`.
+    pub reason: String,
+    /// Why it could not start, when it could not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// RFC 3339 start time.
+    #[serde(default)]
+    pub started_at: String,
+    /// RFC 3339 end time.
+    pub finished_at: String,
+}
+
+/// RFC 3339 UTC time with nanoseconds, as CRI logs and Kubernetes timestamps are written.
+pub fn now_rfc3339_nanos() -> String {
+    let now = jiff::Timestamp::now();
+    format!("{now:.9}")
+}
+
+/// RFC 3339 UTC time to the second (Kubernetes `Time`).
+pub fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    format!("{now:.0}")
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(signal: libc::c_int) {
+    let child = CHILD.load(Ordering::Relaxed);
+    if child > 0 {
+        // SAFETY: kill is async-signal-safe; the pid is our own child's.
+        unsafe {
+            libc::kill(child, signal);
+        }
+    }
+}
+
+fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+    }
+}
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::other(format!("{} contains a NUL byte", path.display())))
+}
+
+fn write_atomic(dir: &Path, name: &str, content: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, content)?;
+    fs::rename(tmp, dir.join(name))
+}
+
+/// Enters the namespaces and sets up mounts (the shim is still single-threaded here).
+fn enter(args: &ShimArgs) -> io::Result<()> {
+    let netns = fs::File::open(&args.netns)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", args.netns.display())))?;
+    // SAFETY: plain syscalls on a valid fd and constant flags; the process is single-threaded.
+    unsafe {
+        check(
+            libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET),
+            "joining the pod network namespace",
+        )?;
+        // The PID namespace comes later: after it no thread can be created (the log copiers).
+        check(
+            libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC),
+            "creating the container namespaces",
+        )?;
+        check(
+            libc::sethostname(args.hostname.as_ptr().cast(), args.hostname.len()),
+            "setting the hostname",
+        )?;
+        check(
+            libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ),
+            "making mounts private",
+        )?;
+    }
+    for m in &args.mounts {
+        let source = cstring(&m.source)?;
+        let target = cstring(&m.target)?;
+        if !m.target.exists() {
+            if m.source.is_dir() {
+                fs::create_dir_all(&m.target)?;
+            } else {
+                return Err(io::Error::other(format!(
+                    "mount target {} does not exist on the host file system",
+                    m.target.display()
+                )));
+            }
+        }
+        // SAFETY: valid C strings; bind mounts in our private mount namespace.
+        unsafe {
+            check(
+                libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ),
+                &format!("mounting {} on {}", m.source.display(), m.target.display()),
+            )?;
+            if m.read_only {
+                check(
+                    libc::mount(
+                        std::ptr::null(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ),
+                    &format!("making {} read-only", m.target.display()),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies one stream into the CRI log, a line at a time.
+fn copy_log(stream: impl Read, name: &'static str, log: Arc<Mutex<fs::File>>) {
+    const MAX_LINE: usize = 16 * 1024;
+    let mut reader = BufReader::with_capacity(MAX_LINE, stream);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_LINE as u64);
+        match limited.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let full = line.last() == Some(&b'\n');
+        if full {
+            line.pop();
+        }
+        let mut record = format!(
+            "{} {name} {} ",
+            now_rfc3339_nanos(),
+            if full { 'F' } else { 'P' }
+        )
+        .into_bytes();
+        record.extend_from_slice(&line);
+        record.push(b'\n');
+        if let Ok(mut file) = log.lock() {
+            let _ = file.write_all(&record);
+        }
+    }
+}
+
+/// Runs the shim; returns its own exit code (0 once the exit record is written).
+pub fn main(raw: &[String]) -> i32 {
+    let args = match ShimArgs::parse(raw) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("rudder shim: {e}");
+            return 2;
+        }
+    };
+    let record = run(&args);
+    let record = match record {
+        Ok(r) => r,
+        Err(e) => ExitRecord {
+            exit_code: 128,
+            signal: None,
+            reason: "StartError".into(),
+            message: e.to_string(),
+            started_at: String::new(),
+            finished_at: now_rfc3339(),
+        },
+    };
+    match serde_json::to_vec(&record)
+        .map_err(io::Error::other)
+        .and_then(|json| write_atomic(&args.state, "exit", &json))
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rudder shim: writing the exit record: {e}");
+            1
+        }
+    }
+}
+
+fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
+    fs::create_dir_all(&args.state)?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.log)?;
+    enter(args)?;
+    let cgroups = args
+        .cgroups
+        .iter()
+        .map(|c| cstring(c))
+        .collect::<io::Result<Vec<_>>>()?;
+    // Log copiers start before the PID namespace exists: a process whose children go to another
+    // PID namespace cannot create threads.
+    let log = Arc::new(Mutex::new(log));
+    let (out_r, out_w) = io::pipe()?;
+    let (err_r, err_w) = io::pipe()?;
+    let copiers = [
+        {
+            let log = Arc::clone(&log);
+            thread::spawn(move || copy_log(out_r, "stdout", log))
+        },
+        {
+            let log = Arc::clone(&log);
+            thread::spawn(move || copy_log(err_r, "stderr", log))
+        },
+    ];
+    // SAFETY: a plain syscall with a constant flag.
+    check(
+        unsafe { libc::unshare(libc::CLONE_NEWPID) },
+        "creating the PID namespace",
+    )?;
+    let mut command = Command::new(&args.argv[0]);
+    command
+        .args(&args.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out_w)
+        .stderr(err_w);
+    if let Some(dir) = &args.workdir {
+        command.current_dir(dir);
+    }
+    // SAFETY: the closure only makes syscalls (prctl, mount, open/write/close); the shim is
+    // single-threaded when it forks, so no lock can be held by another thread.
+    unsafe {
+        command.pre_exec(move || {
+            check(
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+                "PR_SET_PDEATHSIG",
+            )?;
+            check(
+                libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ),
+                "mounting /proc",
+            )?;
+            for procs in &cgroups {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, c"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            Ok(())
+        });
+    }
+    let started_at = now_rfc3339();
+    let spawned = command.spawn();
+    // The command holds the pipes' write ends: close ours so the copiers see the end.
+    drop(command);
+    let mut child = spawned.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "starting {:?}: {e}",
+                args.argv.first().map(String::as_str).unwrap_or("")
+            ),
+        )
+    })?;
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    CHILD.store(pid, Ordering::Relaxed);
+    for signal in [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ] {
+        // SAFETY: installs an async-signal-safe handler.
+        unsafe {
+            libc::signal(signal, forward as *const () as libc::sighandler_t);
+        }
+    }
+    write_atomic(&args.state, "pid", pid.to_string().as_bytes())?;
+    let status = child.wait()?;
+    for c in copiers {
+        let _ = c.join();
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let (exit_code, signal) = match (status.code(), status.signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(sig)) => (128 + sig, Some(sig)),
+        (None, None) => (255, None),
+    };
+    Ok(ExitRecord {
+        exit_code,
+        signal,
+        reason: if exit_code == 0 { "Completed" } else { "Error" }.into(),
+        message: String::new(),
+        started_at,
+        finished_at: now_rfc3339(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests assert on known values")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_round_trip() {
+        let args = ShimArgs {
+            netns: "/run/netns/x".into(),
+            hostname: "web-0".into(),
+            log: "/tmp/l".into(),
+            state: "/tmp/s".into(),
+            mounts: vec![Mount {
+                source: "/a".into(),
+                target: "/etc/hosts".into(),
+                read_only: true,
+            }],
+            cgroups: vec!["/sys/fs/cgroup/x/cgroup.procs".into()],
+            workdir: Some("/w".into()),
+            argv: vec!["sh".into(), "-c".into(), "echo --netns".into()],
+        };
+        assert_eq!(ShimArgs::parse(&args.to_args()).unwrap(), args);
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        let parse = |a: &[&str]| {
+            ShimArgs::parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_err()
+        };
+        assert!(parse(&["--bogus", "1", "--", "x"]).contains("--bogus"));
+        assert!(parse(&["--log", "l", "--state", "s"]).contains("no command"));
+        assert!(parse(&["--mount", "nocolon", "--", "x"]).contains("SOURCE:TARGET"));
+        assert!(parse(&["--log"]).contains("needs a value"));
+    }
+
+    #[test]
+    fn logs_are_cri_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let file = fs::File::create(&path).unwrap();
+        let long = "y".repeat(20 * 1024);
+        let input = format!("hello\n{long}\nlast");
+        copy_log(input.as_bytes(), "stdout", Arc::new(Mutex::new(file)));
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text:.200}");
+        assert!(lines[0].ends_with(" stdout F hello"));
+        assert!(lines[1].contains(" stdout P yyyy"));
+        assert!(lines[2].contains(" stdout F yyyy"));
+        assert!(lines[3].ends_with(" stdout P last"));
+        assert!(lines[0].starts_with("20") && lines[0].contains('T'));
+    }
+}

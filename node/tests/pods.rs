@@ -1,0 +1,407 @@
+//! The pod runtime end to end, without a control plane: pod workers run real pods (network
+//! namespaces on a test bridge, shims, the built-in agnhost, host commands) and the test checks
+//! what a user would: status, an HTTP answer from the pod's address, restarts, logs, clean
+//! removal. Needs root and iproute2; `cargo xtask ci` runs it.
+//!
+//! Each test gets its own bridge (`rdrb<pid>x<n>`), a /24 from 10.251.0.0/16 that no cluster uses,
+//! and namespaces named `rdr-t<pid>x<n>-…` (swept by the lab if a run crashes). The ConfigMap
+//! source is an in-memory map: these tests exercise the runtime; the apiserver path is tested by
+//! control's kubectl test.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{Ipv4Addr, TcpStream},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use rudder_node::runtime::{
+    network::{Cidr, Network, NetworkConfig},
+    pod::{self, BoxFuture, Context, RuntimeConfig, Sources, Update},
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+struct Maps(BTreeMap<String, BTreeMap<String, String>>);
+
+impl Sources for Maps {
+    fn config_map<'a>(
+        &'a self,
+        _namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>> {
+        Box::pin(async move { Ok(self.0.get(name).cloned()) })
+    }
+    fn secret<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A node's pod runtime on a private bridge; removes the bridge and namespaces on drop.
+struct Node {
+    ctx: Arc<Context>,
+    updates: mpsc::UnboundedReceiver<Update>,
+    statuses: BTreeMap<String, Value>,
+    finished: Vec<String>,
+    root: tempfile::TempDir,
+    cidr: Cidr,
+}
+
+impl Node {
+    fn new() -> Self {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let id = format!("t{}x{n}", std::process::id());
+        let cidr = Cidr::parse(&format!(
+            "10.251.{}.0/24",
+            (std::process::id() % 200) as u32 + n
+        ))
+        .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let network = Network::setup(NetworkConfig {
+            bridge: format!("rdrb{}x{n}", std::process::id()),
+            pod_cidr: cidr,
+            netns_prefix: format!("rdr-{id}-"),
+            state_dir: root.path().into(),
+            blackholes: vec![],
+        })
+        .unwrap();
+        let (tx, updates) = mpsc::unbounded_channel();
+        let mut maps = BTreeMap::new();
+        maps.insert(
+            "settings".to_owned(),
+            BTreeMap::from([("greeting".to_owned(), "hi there".to_owned())]),
+        );
+        let ctx = Arc::new(Context {
+            config: RuntimeConfig {
+                node_name: "n1".into(),
+                host_ip: Ipv4Addr::new(172, 30, 0, 2),
+                root: root.path().into(),
+                shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_rudder-pod")),
+                cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
+                cluster_domain: "cluster.local".into(),
+                api_service: (Ipv4Addr::new(10, 96, 0, 1), 443),
+            },
+            network,
+            sources: Arc::new(Maps(maps)),
+            updates: tx,
+            on_sandbox: None,
+        });
+        Self {
+            ctx,
+            updates,
+            statuses: BTreeMap::new(),
+            finished: Vec::new(),
+            root,
+            cidr,
+        }
+    }
+
+    /// Waits until `pred` holds for the latest status of pod `name`.
+    async fn wait_for(&mut self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.statuses.get(name)
+                && pred(s)
+            {
+                return s.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.updates.recv()).await {
+                Ok(Some(Update::Status { name, status, .. })) => {
+                    self.statuses.insert(name, status);
+                }
+                Ok(Some(Update::Finished { name, .. })) => self.finished.push(name),
+                Ok(Some(Update::Event { .. })) => {}
+                Ok(None) | Err(_) => panic!(
+                    "pod {name}: timed out waiting for {what}; last status: {:#}",
+                    self.statuses.get(name).cloned().unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    async fn wait_finished(&mut self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.finished.iter().any(|n| n == name) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.updates.recv()).await {
+                Ok(Some(Update::Status { name, status, .. })) => {
+                    self.statuses.insert(name, status);
+                }
+                Ok(Some(Update::Finished { name, .. })) => self.finished.push(name),
+                Ok(Some(Update::Event { .. })) => {}
+                Ok(None) | Err(_) => panic!("pod {name} did not finish"),
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let net = &self.ctx.network;
+        for short in net.existing_sandboxes() {
+            let _ = net.remove_by_short_uid(&short);
+        }
+        let _ = net.teardown();
+        // Shims of a failed test: kill them by their pid files.
+        for entry in walk(self.root.path()) {
+            if entry.file_name().is_some_and(|n| n == "pid" || n == "shim")
+                && let Ok(text) = std::fs::read_to_string(&entry)
+                && let Ok(pid) = text.trim().parse::<i32>()
+            {
+                rudder_node::runtime::process::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn pod(name: &str, spec: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "uid": uuid(),
+                     "labels": {"app": name}},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn uuid() -> String {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse().unwrap(),
+        Duration::from_secs(2),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+fn ready(s: &Value) -> bool {
+    s["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn container(s: &Value) -> &Value {
+    &s["containerStatuses"][0]
+}
+
+#[tokio::test]
+async fn agnhost_pod_serves_on_its_address_restarts_and_goes_away() {
+    let mut node = Node::new();
+    let web = pod(
+        "web-0",
+        json!({"containers": [{
+            "name": "netexec",
+            "image": "registry.k8s.io/e2e-test-images/agnhost:2.47",
+            "args": ["netexec", "--http-port=8080", "--udp-port=-1"],
+            "ports": [{"containerPort": 8080, "name": "http"}],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1},
+        }], "terminationGracePeriodSeconds": 5}),
+    );
+    let uid = web.metadata.uid.clone().unwrap();
+    let handle = pod::spawn(Arc::clone(&node.ctx), web.clone());
+    let status = node.wait_for("web-0", "Ready", ready).await;
+    assert_eq!(status["phase"], "Running");
+    let ip = status["podIP"].as_str().unwrap().to_owned();
+    assert!(
+        node.cidr.network.octets()[..3] == ip.parse::<Ipv4Addr>().unwrap().octets()[..3],
+        "{ip}"
+    );
+    // The pod answers on its own address with its own hostname, from its own network namespace.
+    assert_eq!(http_get(&ip, 8080, "/hostname").unwrap(), "web-0");
+    let client = http_get(&ip, 8080, "/clientip").unwrap();
+    assert!(
+        client.starts_with(&node.cidr.gateway().to_string()),
+        "{client}"
+    );
+    // resolv.conf and hosts as the kubelet writes them, seen inside the container.
+    let resolv = http_get(&ip, 8080, "/shell?shellCommand=cat%20/etc/resolv.conf").unwrap();
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(
+        resolv.contains("default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    let pid1 = http_get(
+        &ip,
+        8080,
+        "/shell?shellCommand=echo%20%24%24%20%24(cat%20/proc/1/comm)",
+    )
+    .unwrap();
+    assert!(
+        pid1.contains("rudder-pod"),
+        "the container is PID 1 of its namespace: {pid1}"
+    );
+
+    // Killing the container's process restarts it.
+    let pid_file = node
+        .root
+        .path()
+        .join(format!("pods/{uid}/containers/netexec/0/pid"));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    rudder_node::runtime::process::kill(pid, libc::SIGKILL);
+    let status = node
+        .wait_for("web-0", "a restart", |s| {
+            container(s)["restartCount"] == 1 && ready(s)
+        })
+        .await;
+    assert_eq!(
+        container(&status)["lastState"]["terminated"]["exitCode"],
+        137
+    );
+    assert_eq!(http_get(&ip, 8080, "/hostname").unwrap(), "web-0");
+
+    // Deletion: SIGTERM, the worker finishes, the sandbox is gone.
+    let mut deleting = web;
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    deleting.metadata.deletion_grace_period_seconds = Some(5);
+    let started = Instant::now();
+    handle.pod.send(Arc::new(deleting)).unwrap();
+    node.wait_finished("web-0").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "agnhost stops on SIGTERM"
+    );
+    let status = &node.statuses["web-0"];
+    assert!(
+        container(status)["state"]["terminated"].is_object(),
+        "{status:#}"
+    );
+    assert!(node.ctx.network.existing_sandboxes().is_empty());
+    assert!(http_get(&ip, 8080, "/hostname").is_err());
+}
+
+#[tokio::test]
+async fn host_commands_run_isolated_with_env_logs_and_exit_codes() {
+    let mut node = Node::new();
+    let job = pod(
+        "job-0",
+        json!({
+            "restartPolicy": "Never",
+            "initContainers": [{"name": "init", "image": "busybox", "command": ["sh", "-c", "echo init done"]}],
+            "containers": [{
+                "name": "main",
+                "image": "debian:13",
+                "command": ["sh", "-c", "echo $GREETING from $(hostname) as pid $$$$ in $POD_NS; echo oops >&2; exit 3"],
+                "env": [
+                    {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+                    {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                ],
+            }],
+        }),
+    );
+    let uid = job.metadata.uid.clone().unwrap();
+    let _handle = pod::spawn(Arc::clone(&node.ctx), job);
+    let status = node
+        .wait_for("job-0", "Failed", |s| s["phase"] == "Failed")
+        .await;
+    let terminated = &container(&status)["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 3, "{status:#}");
+    assert_eq!(terminated["reason"], "Error");
+    assert_eq!(
+        status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    let log = std::fs::read_to_string(node.root.path().join(format!("pods/{uid}/logs/main/0.log")))
+        .unwrap();
+    assert!(
+        log.contains(" stdout F hi there from job-0 as pid 1 in default\n"),
+        "{log}"
+    );
+    assert!(log.contains(" stderr F oops\n"), "{log}");
+    // No command, not a built-in image: a clear waiting reason, not a silent failure.
+    let nocmd = pod(
+        "nocmd",
+        json!({"containers": [{"name": "c", "image": "nginx:1.27"}]}),
+    );
+    let _h = pod::spawn(Arc::clone(&node.ctx), nocmd);
+    let status = node
+        .wait_for("nocmd", "ErrImagePull", |s| {
+            container(s)["state"]["waiting"]["reason"] == "ErrImagePull"
+        })
+        .await;
+    assert_eq!(status["phase"], "Pending");
+    assert!(
+        container(&status)["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no command")
+    );
+}
+
+#[tokio::test]
+async fn failing_liveness_restarts_and_failing_readiness_unreadies() {
+    let mut node = Node::new();
+    let flaky = pod(
+        "flaky",
+        json!({"containers": [
+            {"name": "live", "image": "debian", "command": ["sleep", "600"],
+             "livenessProbe": {"exec": {"command": ["test", "-e", "/nonexistent"]}, "periodSeconds": 1, "failureThreshold": 1}},
+            {"name": "unready", "image": "debian", "command": ["sleep", "600"],
+             "readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1}},
+        ], "terminationGracePeriodSeconds": 1}),
+    );
+    let _handle = pod::spawn(Arc::clone(&node.ctx), flaky);
+    let status = node
+        .wait_for("flaky", "a liveness restart", |s| {
+            s["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(status["containerStatuses"][1]["ready"], false);
+    assert_eq!(status["containerStatuses"][1]["restartCount"], 0);
+    assert!(!ready(&status));
+}
