@@ -116,6 +116,12 @@ struct ServerArgs {
     /// Name of the local node (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// Bridge the local node's pods attach to.
+    #[arg(long, default_value = "rudder0", hide = true)]
+    pod_bridge: String,
+    /// Prefix of the local node's pod network namespace names.
+    #[arg(long, default_value = "rdrpod-", hide = true)]
+    pod_netns_prefix: String,
     /// Parts not to start: any of agent, dns, ingress.
     #[arg(long, value_delimiter = ',', value_parser = ["agent", "dns", "ingress"])]
     disable: Vec<String>,
@@ -260,6 +266,8 @@ async fn start_cluster_parts(
         agent.service_cidr = args.service_cidr.to_string();
         agent.cluster_dns = args.service_cidr.nth(10);
         agent.api_service = (args.service_cidr.nth(1), 443);
+        agent.bridge = args.pod_bridge.clone();
+        agent.netns_prefix = args.pod_netns_prefix.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = rudder_node::agent::run(client, agent).await {
                 tracing::error!("node agent stopped: {:#}", anyhow::Error::from(e));

@@ -944,7 +944,10 @@ fn echo(q: &Query) -> Resp {
 }
 
 /// `/exit`: waits `wait`, then exits with `code` at once, or after `timeout` for connections.
-#[allow(clippy::result_large_err, reason = "the error is the response itself, built once")]
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the response itself, built once"
+)]
 async fn exit(state: &NetState, q: &Query) -> Resp {
     let duration = |name: &str| -> Result<Duration, Resp> {
         let value = q.get(name);

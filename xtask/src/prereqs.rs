@@ -24,6 +24,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("iperf3", "iperf3"),
     ("ethtool", "ethtool"),
+    // Exec probes (and later kubectl exec) enter containers with nsenter.
+    ("nsenter", "util-linux"),
     ("wrk", "wrk"),
     // etcd-client compiles etcd's protobuf definitions at build time.
     ("protoc", "protobuf-compiler"),

@@ -184,6 +184,18 @@ fn container(c: &mut Value) {
             set_default(p, "protocol", json!("TCP"));
         }
     }
+    for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(probe) = c.get_mut(kind).filter(|p| p.is_object()) {
+            set_default(probe, "timeoutSeconds", json!(1));
+            set_default(probe, "periodSeconds", json!(10));
+            set_default(probe, "successThreshold", json!(1));
+            set_default(probe, "failureThreshold", json!(3));
+            if let Some(http) = probe.get_mut("httpGet").filter(|h| h.is_object()) {
+                set_default(http, "path", json!("/"));
+                set_default(http, "scheme", json!("HTTP"));
+            }
+        }
+    }
 }
 
 fn service(obj: &mut Value) {

@@ -852,16 +852,20 @@ where
         let warnings = normalize(rt, &mut new, mode)?;
         let mut new = merge_for_update(rt, &old, new, sub);
         defaults::apply(&rt.group, &rt.kind, &mut new);
+        // Stored objects get today's defaults when read (as kube-apiserver does on decode), so
+        // a default added since they were written is not a change.
+        let mut old_defaulted = old.clone();
+        defaults::apply(&rt.group, &rt.kind, &mut old_defaulted);
         let old_gen = object::get_path(&old, "metadata.generation")
             .and_then(Value::as_i64)
             .unwrap_or(1);
-        let generation = if generation_view(rt, &old) == generation_view(rt, &new) {
+        let generation = if generation_view(rt, &old_defaulted) == generation_view(rt, &new) {
             old_gen
         } else {
             old_gen + 1
         };
         object::meta_mut(&mut new).insert("generation".into(), json!(generation));
-        validate(rt, &new, Some(&old))?;
+        validate(rt, &new, Some(&old_defaulted))?;
         if let Some(manager) = manager {
             patch::record_update(Some(&old), &mut new, manager, &rt.api_version(), sub);
         }
@@ -1234,22 +1238,22 @@ pub async fn delete(
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
         let is_namespace = rt.group.is_empty() && rt.kind == "Namespace";
-        let graceful_pod = rt.group.is_empty()
-            && rt.kind == "Pod"
+        let is_pod = rt.group.is_empty() && rt.kind == "Pod";
+        // A pod on a node that may still run gets a grace period for its agent to stop it;
+        // gracePeriodSeconds=0 (the agent once it stopped it, or `--force`) removes it at once.
+        let force_pod = is_pod && opts.grace_period == Some(0) && !finalizers;
+        let graceful_pod = is_pod
+            && !force_pod
             && object::get_path(&old, "spec.nodeName")
                 .and_then(Value::as_str)
                 .is_some_and(|n| !n.is_empty())
-            && opts.grace_period.unwrap_or(1) > 0
             && object::get_path(&old, "status.phase")
                 .and_then(Value::as_str)
                 .is_none_or(|p| p != "Succeeded" && p != "Failed");
-        if pending && !(graceful_pod && opts.grace_period == Some(0)) {
+        if pending && !force_pod {
             // Deletion already under way: nothing more to do.
             return Ok(json_response(StatusCode::OK, &old));
         }
-        // Graceful pods, namespaces and objects with finalizers are only marked for deletion; a
-        // pod deleted with gracePeriodSeconds=0 and no finalizers goes at once.
-        let force_pod = graceful_pod && opts.grace_period == Some(0) && !finalizers;
         if (finalizers || is_namespace || graceful_pod) && !force_pod {
             let mut new = old.clone();
             let grace = if graceful_pod {

@@ -442,12 +442,8 @@ pub async fn run(client: Client) {
                         "metadata": {"name": name, "namespace": ns, "uid": uid},
                         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
                     });
-                    let body = match serde_json::to_vec(&binding) {
-                        Ok(b) => b,
-                        Err(_) => continue,
-                    };
                     let result: Result<serde_json::Value, _> = api
-                        .create_subresource("binding", &name, &PostParams::default(), &body)
+                        .create_subresource("binding", &name, &PostParams::default(), &binding)
                         .await;
                     match result {
                         Ok(_) => {

@@ -63,7 +63,11 @@ impl Rudder {
                 "--secure-port",
                 &self.port.to_string(),
             ])
-            .args(["--disable", "agent,dns,ingress"])
+            .args(if self.extra.iter().any(|a| a == "--disable") {
+                &[][..]
+            } else {
+                &["--disable", "agent,dns,ingress"][..]
+            })
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

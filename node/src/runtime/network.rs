@@ -178,7 +178,12 @@ impl Network {
         }
         let gw = format!("{}/{}", config.pod_cidr.gateway(), config.pod_cidr.prefix);
         let mut script = format!("addr replace {gw} dev {br}\nlink set {br} up\n");
-        for cidr in &config.blackholes {
+        // A blackhole as specific as the node's own range would replace its bridge route.
+        for cidr in config
+            .blackholes
+            .iter()
+            .filter(|c| Cidr::parse(c).ok() != Some(config.pod_cidr))
+        {
             script.push_str(&format!("route replace blackhole {cidr}\n"));
         }
         ip_batch(None, &script)?;

@@ -1,0 +1,237 @@
+//! `rudder server` runs pods on its own node, tried the way a new user would with unmodified
+//! kubectl: the node registers and turns Ready, an upstream-style agnhost `netexec` pod is
+//! scheduled, becomes Running/Ready and answers HTTP on its pod address from the host; killing
+//! its process restarts it; a pod with no runnable image and an unschedulable pod say why;
+//! `kubectl delete pod` terminates gracefully and removes the sandbox.
+//!
+//! Needs root, iproute2 and kubectl; `cargo xtask ci` runs it. The test's node uses a private
+//! bridge, a /23 cluster CIDR and a service CIDR no real cluster uses (10.252.x.0/23,
+//! 10.253.x.0/24) and namespaces named `rdr-t<pid>x0-…`; everything is removed at the end, also
+//! when the test fails.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use common::{Rudder, fixture};
+
+/// Removes what the test's node made, without relying on the server.
+struct NodeCleanup {
+    data_dir: PathBuf,
+    bridge: String,
+    netns_prefix: String,
+    routes: Vec<String>,
+}
+
+fn files_named(dir: &Path, names: &[&str], out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_named(&p, names, out);
+        } else if p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| names.contains(&n))
+        {
+            out.push(p);
+        }
+    }
+}
+
+impl Drop for NodeCleanup {
+    fn drop(&mut self) {
+        let mut pids = Vec::new();
+        files_named(&self.data_dir.join("agent"), &["pid", "shim"], &mut pids);
+        for file in pids {
+            if let Ok(pid) = std::fs::read_to_string(&file)
+                .unwrap_or_default()
+                .trim()
+                .parse::<i32>()
+            {
+                // SAFETY: plain kill(2) of a process this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for e in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&self.netns_prefix) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &name])
+                    .status();
+            }
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+        for r in &self.routes {
+            let _ = std::process::Command::new("ip")
+                .args(["route", "del", "blackhole", r])
+                .status();
+        }
+    }
+}
+
+fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse().unwrap(),
+        Duration::from_secs(2),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+#[test]
+#[ignore = "needs root, iproute2 and kubectl 1.37; run by cargo xtask ci"]
+fn pods_run_on_the_local_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pid = std::process::id();
+    let octet = (pid % 120) * 2;
+    // A /23: the node's /24 is the first half, the blackhole for the rest is less specific.
+    let cluster = format!("10.252.{octet}.0/23");
+    let services = format!("10.253.{octet}.0/24");
+    let bridge = format!("rdrb{pid}x0");
+    let netns_prefix = format!("rdr-t{pid}x0-");
+    let _cleanup = NodeCleanup {
+        data_dir: data.clone(),
+        bridge: bridge.clone(),
+        netns_prefix: netns_prefix.clone(),
+        routes: vec![cluster.clone(), services.clone()],
+    };
+    let server = Rudder::start(
+        &data,
+        &[
+            "--disable".into(),
+            "dns,ingress".into(),
+            "--node-name".into(),
+            "n1".into(),
+            "--cluster-cidr".into(),
+            cluster.clone(),
+            "--service-cidr".into(),
+            services,
+            "--pod-bridge".into(),
+            bridge,
+            "--pod-netns-prefix".into(),
+            netns_prefix.clone(),
+        ],
+    );
+    server.wait_for("node n1 to be Ready", || {
+        server.kubectl(&["get", "node", "n1"]).status.success()
+            && server.ok(&[
+                "get",
+                "node",
+                "n1",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]) == "True"
+    });
+    assert_eq!(
+        server.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDR}"]),
+        format!("10.252.{octet}.0/24"),
+        "node IPAM assigns the node's PodCIDR"
+    );
+    server.wait_for("the node's lease", || {
+        server
+            .kubectl(&["get", "lease", "-n", "kube-node-lease", "n1"])
+            .status
+            .success()
+    });
+
+    server.ok(&["apply", "-f", &fixture("netexec-pods.yaml")]);
+    let waited = server.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/netexec",
+        "--timeout=60s",
+    ]);
+    assert!(
+        waited.status.success(),
+        "netexec not Ready: {}\n{}\n{}",
+        String::from_utf8_lossy(&waited.stderr),
+        server.ok(&["describe", "pod", "netexec"]),
+        server.log()
+    );
+    let wide = server.ok(&["get", "pod", "netexec", "-o", "wide"]);
+    assert!(
+        wide.contains("Running") && wide.contains("1/1") && wide.contains("n1"),
+        "{wide}"
+    );
+    let ip = server.ok(&["get", "pod", "netexec", "-o", "jsonpath={.status.podIP}"]);
+    assert!(
+        ip.starts_with(&format!("10.252.{octet}.")),
+        "pod IP {ip} from the node's PodCIDR"
+    );
+    assert_eq!(http_get(&ip, 8080, "/hostname").unwrap(), "netexec");
+    let env = http_get(&ip, 8080, "/shell?shellCommand=echo%20$POD_IP").unwrap();
+    assert!(env.contains(&ip), "downward API env: {env}");
+
+    // Killing the container's process restarts it.
+    let uid = server.ok(&["get", "pod", "netexec", "-o", "jsonpath={.metadata.uid}"]);
+    let pid_file = data.join(format!("agent/pods/{uid}/containers/agnhost/0/pid"));
+    let container_pid: i32 = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: plain kill(2) of the container this test started.
+    unsafe { libc::kill(container_pid, libc::SIGKILL) };
+    server.wait_for("restartCount 1", || {
+        server.ok(&[
+            "get",
+            "pod",
+            "netexec",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ]) == "1"
+    });
+    server.wait_for("Ready again", || {
+        server.ok(&[
+            "get",
+            "pod",
+            "netexec",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].ready}",
+        ]) == "true"
+    });
+    assert_eq!(http_get(&ip, 8080, "/hostname").unwrap(), "netexec");
+
+    // Pods that cannot run say why.
+    server.wait_for("ErrImagePull on no-command", || {
+        server
+            .ok(&["get", "pod", "no-command"])
+            .contains("ErrImagePull")
+    });
+    server.wait_for("FailedScheduling for wants-ssd", || {
+        server.ok(&["describe", "pod", "wants-ssd"]).contains(
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+        )
+    });
+
+    // Graceful deletion: SIGTERM, the agent removes the object and the sandbox.
+    server.ok(&["delete", "pod", "netexec", "no-command", "--timeout=30s"]);
+    let left = server.ok(&["get", "pods", "-o", "name"]);
+    assert_eq!(left.trim(), "pod/wants-ssd");
+    server.wait_for("the sandboxes to go", || {
+        !std::fs::read_dir("/run/netns")
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&netns_prefix))
+    });
+    assert!(http_get(&ip, 8080, "/hostname").is_err());
+}
