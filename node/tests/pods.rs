@@ -109,6 +109,22 @@ impl Node {
         }
     }
 
+    /// Takes the next update (panicking with `what` after 30 s without one).
+    async fn next(&mut self, what: &str, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.updates.recv()).await {
+            Ok(Some(Update::Status { name, status, .. })) => {
+                self.statuses.insert(name, status);
+            }
+            Ok(Some(Update::Finished { name, .. })) => self.finished.push(name),
+            Ok(Some(Update::Event { .. })) => {}
+            Ok(None) | Err(_) => panic!(
+                "timed out waiting for {what}; last statuses: {:#?}",
+                self.statuses
+            ),
+        }
+    }
+
     /// Waits until `pred` holds for the latest status of pod `name`.
     async fn wait_for(&mut self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -118,33 +134,14 @@ impl Node {
             {
                 return s.clone();
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.updates.recv()).await {
-                Ok(Some(Update::Status { name, status, .. })) => {
-                    self.statuses.insert(name, status);
-                }
-                Ok(Some(Update::Finished { name, .. })) => self.finished.push(name),
-                Ok(Some(Update::Event { .. })) => {}
-                Ok(None) | Err(_) => panic!(
-                    "pod {name}: timed out waiting for {what}; last status: {:#}",
-                    self.statuses.get(name).cloned().unwrap_or_default()
-                ),
-            }
+            self.next(&format!("{what} of {name}"), deadline).await;
         }
     }
 
     async fn wait_finished(&mut self, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.finished.iter().any(|n| n == name) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.updates.recv()).await {
-                Ok(Some(Update::Status { name, status, .. })) => {
-                    self.statuses.insert(name, status);
-                }
-                Ok(Some(Update::Finished { name, .. })) => self.finished.push(name),
-                Ok(Some(Update::Event { .. })) => {}
-                Ok(None) | Err(_) => panic!("pod {name} did not finish"),
-            }
+            self.next(&format!("{name} to finish"), deadline).await;
         }
     }
 }

@@ -110,10 +110,71 @@ pub fn down(data_dir: &Path, purge: bool) -> Result<()> {
         None => eprintln!("xtask: no rudder server running for {}", data_dir.display()),
     }
     let _ = std::fs::remove_file(pid_file(data_dir));
+    remove_node(data_dir);
     if purge && data_dir.exists() {
         std::fs::remove_dir_all(data_dir)
             .with_context(|| format!("removing {}", data_dir.display()))?;
         eprintln!("xtask: removed {}", data_dir.display());
     }
     Ok(())
+}
+
+/// Removes what the local node agent made: container processes (by the shims' pid files), pod
+/// network namespaces, the bridge, the blackhole routes and the agent's state. Pod objects stay
+/// in the store; the next `up` starts them again.
+fn remove_node(data_dir: &Path) {
+    fn pid_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                pid_files(&p, out);
+            } else if matches!(p.file_name().and_then(|n| n.to_str()), Some("pid" | "shim")) {
+                out.push(p);
+            }
+        }
+    }
+    let agent = data_dir.join("agent");
+    let mut files = Vec::new();
+    pid_files(&agent.join("pods"), &mut files);
+    let mut killed = 0;
+    for f in files {
+        if let Ok(pid) = std::fs::read_to_string(&f)
+            .unwrap_or_default()
+            .trim()
+            .parse::<u32>()
+            && Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            killed += 1;
+        }
+    }
+    let mut sandboxes = 0;
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("rdrpod-")
+            && Command::new("ip")
+                .args(["netns", "del", &name])
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            sandboxes += 1;
+        }
+    }
+    let quiet = |args: &[&str]| {
+        let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+    };
+    quiet(&["link", "del", "rudder0"]);
+    for cidr in ["10.244.0.0/16", "10.96.0.0/12"] {
+        quiet(&["route", "del", "blackhole", cidr]);
+    }
+    let _ = std::fs::remove_dir_all(&agent);
+    eprintln!(
+        "xtask: removed the node: {killed} container processes, {sandboxes} pod sandboxes, bridge rudder0"
+    );
 }

@@ -115,6 +115,14 @@ pub async fn start(
     let pidfd = watch_pid(shim_pid)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        let ended = matches!(
+            tokio::time::timeout(Duration::from_millis(2), pidfd.readable()).await,
+            Ok(Ok(_))
+        );
+        if ended {
+            reap(&pidfd);
+        }
+        // A pid file means the container ran (perhaps briefly: its exit is then read by wait).
         if let Some(pid) = read_pid(&args.state.join("pid")) {
             return Ok(Started::Running(Running {
                 shim_pid,
@@ -124,19 +132,8 @@ pub async fn start(
                 pidfd,
             }));
         }
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(2), pidfd.readable()).await {
-            reap(&pidfd);
+        if ended {
             // The shim ended before the container ran: the exit record says why.
-            if let Some(pid) = read_pid(&args.state.join("pid")) {
-                // It ran, briefly.
-                return Ok(Started::Running(Running {
-                    shim_pid,
-                    pid,
-                    dir: args.state.clone(),
-                    started_at: now_rfc3339(),
-                    pidfd,
-                }));
-            }
             return Ok(Started::Exited(read_exit(&args.state).unwrap_or_else(
                 || {
                     let log = fs::read_to_string(args.state.join("shim.log")).unwrap_or_default();
