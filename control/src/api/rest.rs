@@ -757,8 +757,8 @@ fn merge_for_update(rt: &ResourceType, old: &Value, mut new: Value, sub: Option<
     new
 }
 
-/// Stores `new` over the object at `rev`; deletes it instead when deletion is pending and no
-/// finalizer is left. Returns the stored object and whether it was deleted.
+/// Stores `new` over the object at `rev`; deletes it instead when deletion is pending, its grace
+/// period is over and no finalizer is left. Returns the stored object and whether it was deleted.
 async fn commit_update(
     state: &Arc<State>,
     rt: &ResourceType,
@@ -771,7 +771,13 @@ async fn commit_update(
     let finalizers_left = object::get_path(&new, "metadata.finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty());
-    if object::meta_str(&new, "deletionTimestamp").is_some() && !finalizers_left {
+    // As kube-apiserver's ShouldDeleteDuringUpdate: only an object whose grace period is over
+    // (0; a graceful pod still has its seconds) goes when its last finalizer is gone.
+    let grace_left = object::get_path(&new, "metadata.deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if object::meta_str(&new, "deletionTimestamp").is_some() && !finalizers_left && grace_left == 0
+    {
         let kv = state.store.delete(&key, Some(rev)).await?;
         after_delete(state, rt, old).await;
         object::meta_mut(&mut new)

@@ -434,6 +434,19 @@ impl Worker {
         }
     }
 
+    /// The pod's hostname: `spec.hostname` or the pod name, cut to 63 characters as the kubelet
+    /// does (the kernel's limit is 64).
+    fn hostname(&self) -> String {
+        let name = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| self.name.clone());
+        let cut: String = name.chars().take(63).collect();
+        cut.trim_end_matches(['-', '.']).to_owned()
+    }
+
     fn netns_path(&self) -> PathBuf {
         match &self.sandbox {
             Some(s) if self.host_network() => PathBuf::from(&s.netns),
@@ -447,7 +460,7 @@ impl Worker {
         let etc = self.dir.join("etc");
         std::fs::create_dir_all(&etc)?;
         let spec = self.pod.spec.clone().unwrap_or_default();
-        let hostname = spec.hostname.clone().unwrap_or_else(|| self.name.clone());
+        let hostname = self.hostname();
         let ip = self.pod_ip().map(|i| i.to_string()).unwrap_or_default();
         let domain = &self.ctx.config.cluster_domain;
         let fqdn = match &spec.subdomain {
@@ -772,12 +785,7 @@ impl Worker {
         }
         let args = ShimArgs {
             netns: self.netns_path(),
-            hostname: self
-                .pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.hostname.clone())
-                .unwrap_or_else(|| self.name.clone()),
+            hostname: self.hostname(),
             log,
             state,
             mounts,
@@ -1013,7 +1021,8 @@ impl Worker {
                 .as_ref()
                 .and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30);
-        u64::try_from(g.max(0)).unwrap_or(0)
+        // Capped at a year: the API sets no bound and deadlines must stay representable.
+        u64::try_from(g.clamp(0, 31_536_000)).unwrap_or(0)
     }
 
     /// Stops every container: preStop hooks, SIGTERM, the grace period, SIGKILL.

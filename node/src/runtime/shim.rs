@@ -377,24 +377,24 @@ fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
     if let Some(dir) = &args.workdir {
         command.current_dir(dir);
     }
-    // SAFETY: the closure only makes syscalls (prctl, mount, open/write/close); the shim is
-    // single-threaded when it forks, so no lock can be held by another thread.
+    // SAFETY: the closure only makes syscalls (prctl, mount, open/write/close) and builds
+    // errors from errno without allocating, so the log threads' locks do not matter.
     unsafe {
         command.pre_exec(move || {
-            check(
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
-                "PR_SET_PDEATHSIG",
-            )?;
-            check(
-                libc::mount(
-                    c"proc".as_ptr(),
-                    c"/proc".as_ptr(),
-                    c"proc".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    std::ptr::null(),
-                ),
-                "mounting /proc",
-            )?;
+            // Only syscalls here: no allocation (the log threads exist, a lock may be held).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             for procs in &cgroups {
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd >= 0 {
