@@ -12,14 +12,10 @@
 
 mod common;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::PathBuf;
 
 use common::{Rudder, fixture};
+use rudder_node::lab::http_get;
 
 /// Removes what the test's node made, without relying on the server.
 struct NodeCleanup {
@@ -29,35 +25,9 @@ struct NodeCleanup {
     routes: Vec<String>,
 }
 
-fn files_named(dir: &Path, names: &[&str], out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_named(&p, names, out);
-        } else if p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| names.contains(&n))
-        {
-            out.push(p);
-        }
-    }
-}
-
 impl Drop for NodeCleanup {
     fn drop(&mut self) {
-        let mut pids = Vec::new();
-        files_named(&self.data_dir.join("agent"), &["pid", "shim"], &mut pids);
-        for file in pids {
-            if let Ok(pid) = std::fs::read_to_string(&file)
-                .unwrap_or_default()
-                .trim()
-                .parse::<i32>()
-            {
-                // SAFETY: plain kill(2) of a process this test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        rudder_node::runtime::process::kill_all_under(&self.data_dir.join("agent"));
         for e in std::fs::read_dir("/run/netns")
             .into_iter()
             .flatten()
@@ -79,21 +49,6 @@ impl Drop for NodeCleanup {
                 .status();
         }
     }
-}
-
-fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(
-        &format!("{ip}:{port}").parse().unwrap(),
-        Duration::from_secs(2),
-    )?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
 }
 
 #[test]

@@ -198,6 +198,13 @@ fn host_facts() -> (u64, u64, String, String, String) {
     (cpus, mem_kib, kernel, os, boot)
 }
 
+/// This machine's architecture as Kubernetes spells it (`amd64`, `arm64`).
+fn arch() -> String {
+    std::env::consts::ARCH
+        .replace("x86_64", "amd64")
+        .replace("aarch64", "arm64")
+}
+
 /// The Node's status as the agent reports it.
 fn node_status(config: &AgentConfig) -> serde_json::Value {
     let (cpus, mem_kib, kernel, os, boot) = host_facts();
@@ -236,7 +243,7 @@ fn node_status(config: &AgentConfig) -> serde_json::Value {
             "kubeletVersion": "v1.37.0-rudder",
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
-            "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            "architecture": arch(),
         },
     })
 }
@@ -254,7 +261,7 @@ async fn register(client: &Client, config: &AgentConfig) -> Result<Node> {
             "metadata": {"name": name, "labels": {
                 "kubernetes.io/hostname": name,
                 "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+                "kubernetes.io/arch": arch(),
             }},
         }))
         .map_err(|e| Error::Api("building the node".into(), kube::Error::SerdeError(e)))?;
@@ -387,7 +394,6 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<()> {
             client: client.clone(),
         }),
         updates: updates_tx,
-        on_sandbox: None,
     });
     let reporter = tokio::spawn(report(client.clone(), updates_rx));
     let result = sync_pods(client, config, ctx).await;

@@ -452,6 +452,22 @@ pub fn udp_ask(ns: &str, to: SocketAddr) -> io::Result<(String, SocketAddr)> {
     Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
 }
 
+/// `GET path` over HTTP/1.1 from this process's namespace; returns the response body.
+pub fn http_get(ip: &str, port: u16, path: &str) -> io::Result<String> {
+    let addr: SocketAddr = format!("{ip}:{port}")
+        .parse()
+        .map_err(|_| io::Error::other(format!("bad address {ip}:{port}")))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    io::Read::read_to_string(&mut s, &mut out)?;
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

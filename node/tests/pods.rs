@@ -11,8 +11,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{Ipv4Addr, TcpStream},
+    io::Read,
+    net::Ipv4Addr,
     path::PathBuf,
     sync::{
         Arc,
@@ -22,6 +22,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Pod;
+use rudder_node::lab::http_get;
 use rudder_node::runtime::{
     network::{Cidr, Network, NetworkConfig},
     pod::{self, BoxFuture, Context, RuntimeConfig, Sources, Update},
@@ -97,7 +98,6 @@ impl Node {
             network,
             sources: Arc::new(Maps(maps)),
             updates: tx,
-            on_sandbox: None,
         });
         Self {
             ctx,
@@ -154,28 +154,8 @@ impl Drop for Node {
         }
         let _ = net.teardown();
         // Shims of a failed test: kill them by their pid files.
-        for entry in walk(self.root.path()) {
-            if entry.file_name().is_some_and(|n| n == "pid" || n == "shim")
-                && let Ok(text) = std::fs::read_to_string(&entry)
-                && let Ok(pid) = text.trim().parse::<i32>()
-            {
-                rudder_node::runtime::process::kill(pid, libc::SIGKILL);
-            }
-        }
+        rudder_node::runtime::process::kill_all_under(self.root.path());
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn pod(name: &str, spec: Value) -> Pod {
@@ -202,21 +182,6 @@ fn uuid() -> String {
         &hex[16..20],
         &hex[20..]
     )
-}
-
-fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(
-        &format!("{ip}:{port}").parse().unwrap(),
-        Duration::from_secs(2),
-    )?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
 }
 
 fn ready(s: &Value) -> bool {

@@ -402,14 +402,13 @@ pub async fn run(client: Client) {
         // Drain whatever else is ready so a burst is handled in one pass.
         while let Some(Some(_)) = futures::FutureExt::now_or_never(pod_stream.next()) {}
         let all_pods = pods.state();
-        assumed.retain(|uid, _| {
-            !all_pods
-                .iter()
-                .any(|p| p.metadata.uid.as_deref() == Some(uid) && !unscheduled(p))
-                && all_pods
-                    .iter()
-                    .any(|p| p.metadata.uid.as_deref() == Some(uid))
-        });
+        // uid → still unscheduled, for every pod the cache holds.
+        let waiting: HashMap<&str, bool> = all_pods
+            .iter()
+            .filter_map(|p| Some((p.metadata.uid.as_deref()?, unscheduled(p))))
+            .collect();
+        // An assumed pod is dropped once the watch shows it bound, or gone.
+        assumed.retain(|uid, _| waiting.get(uid.as_str()) == Some(&true));
         let mut snapshot = Snapshot::new(
             nodes.state().iter().map(|n| (**n).clone()),
             all_pods.iter().map(|p| &**p),
@@ -470,11 +469,7 @@ pub async fn run(client: Client) {
                 }
             }
         }
-        reported.retain(|uid, _| {
-            all_pods
-                .iter()
-                .any(|p| p.metadata.uid.as_deref() == Some(uid))
-        });
+        reported.retain(|uid, _| waiting.contains_key(uid.as_str()));
     }
 }
 

@@ -273,15 +273,7 @@ impl Network {
     /// Removes the pod's namespace (its veth goes with it) and frees its address. The pod's
     /// processes must have stopped, or the namespace lives on until they do.
     pub fn remove_sandbox(&self, uid: &str) -> Result<()> {
-        let (netns, host_if) = self.names(uid);
-        if PathBuf::from("/run/netns").join(&netns).exists() {
-            ip(&["netns", "del", &netns])?;
-        }
-        if PathBuf::from("/sys/class/net").join(&host_if).exists() {
-            let _ = ip(&["link", "del", &host_if]);
-        }
-        self.release(uid);
-        Ok(())
+        self.remove_by_short_uid(&short_uid(uid))
     }
 
     /// Namespaces with this node's prefix, by short UID: what a restarted agent finds.
@@ -302,8 +294,13 @@ impl Network {
     /// Removes a sandbox found by [`Network::existing_sandboxes`] (a pod that no longer exists).
     pub fn remove_by_short_uid(&self, short: &str) -> Result<()> {
         let netns = format!("{}{short}", self.config.netns_prefix);
-        let _ = ip(&["netns", "del", &netns]);
-        let _ = ip(&["link", "del", &format!("rv{short}")]);
+        let host_if = format!("rv{short}");
+        if PathBuf::from("/run/netns").join(&netns).exists() {
+            ip(&["netns", "del", &netns])?;
+        }
+        if PathBuf::from("/sys/class/net").join(&host_if).exists() {
+            let _ = ip(&["link", "del", &host_if]);
+        }
         for (path, owner) in self.leases() {
             if short_uid(&owner) == short {
                 let _ = fs::remove_file(path);

@@ -128,9 +128,6 @@ pub enum Update {
     },
 }
 
-/// Called with each new sandbox.
-pub type SandboxHook = Arc<dyn Fn(&Sandbox) + Send + Sync>;
-
 /// Shared by all workers.
 pub struct Context {
     /// Settings.
@@ -141,8 +138,6 @@ pub struct Context {
     pub sources: Arc<dyn Sources>,
     /// Where updates go.
     pub updates: mpsc::UnboundedSender<Update>,
-    /// Called with a new sandbox (e.g. to attach the eBPF pod program to its veth).
-    pub on_sandbox: Option<SandboxHook>,
 }
 
 /// A running worker: send it the pod's new versions; dropping the sender stops the pod at once.
@@ -403,9 +398,6 @@ impl Worker {
         let uid = self.uid.clone();
         match tokio::task::spawn_blocking(move || network.create_sandbox(&uid)).await {
             Ok(Ok(sandbox)) => {
-                if let Some(hook) = &self.ctx.on_sandbox {
-                    hook(&sandbox);
-                }
                 self.sandbox = Some(sandbox);
                 self.sandbox_error = None;
                 if let Err(e) = self.write_pod_files() {
@@ -848,10 +840,7 @@ impl Worker {
     }
 
     fn log_path(&self, container: &str, attempt: u32) -> PathBuf {
-        self.dir
-            .join("logs")
-            .join(container)
-            .join(format!("{attempt}.log"))
+        log_dir(&self.ctx.config.root, &self.uid, container).join(format!("{attempt}.log"))
     }
 
     /// Watches a running container: its end, and its probes.
@@ -1409,12 +1398,13 @@ struct StatusInput<'a> {
 }
 
 fn container_status(slot: &Slot, uid: &str) -> Value {
+    let id = format!("rudder://{uid}/{}/{}", slot.spec.name, slot.restart_count());
     let terminated = |r: &ExitRecord| {
         let mut t = json!({
             "exitCode": r.exit_code,
             "reason": r.reason,
             "finishedAt": r.finished_at,
-            "containerID": format!("rudder://{uid}/{}/{}", slot.spec.name, slot.restart_count()),
+            "containerID": id,
         });
         if !r.started_at.is_empty() {
             t["startedAt"] = json!(r.started_at);
@@ -1455,11 +1445,7 @@ fn container_status(slot: &Slot, uid: &str) -> Value {
         "lastState": last.unwrap_or_else(|| json!({})),
     });
     if slot.running.is_some() || slot.last.is_some() {
-        s["containerID"] = json!(format!(
-            "rudder://{uid}/{}/{}",
-            slot.spec.name,
-            slot.restart_count()
-        ));
+        s["containerID"] = json!(id);
     }
     s
 }

@@ -62,6 +62,26 @@ pub fn kill(pid: i32, signal: i32) {
     }
 }
 
+/// SIGKILLs every shim and container whose `shim`/`pid` file lies under `dir` (a runtime root,
+/// a pod directory): the last-resort cleanup when no agent will stop them. Returns how many.
+pub fn kill_all_under(dir: &Path) -> usize {
+    let mut killed = 0;
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            killed += kill_all_under(&path);
+        } else if matches!(
+            path.file_name().and_then(|n| n.to_str()),
+            Some("pid" | "shim")
+        ) && let Some(pid) = read_pid(&path)
+        {
+            kill(pid, libc::SIGKILL);
+            killed += 1;
+        }
+    }
+    killed
+}
+
 fn read_pid(path: &Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
