@@ -110,9 +110,22 @@ struct ServerArgs {
     /// global IPv4 address).
     #[arg(long)]
     advertise_address: Option<std::net::Ipv4Addr>,
-    /// Service dataplane of the local node agent.
-    #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "iptables"])]
+    /// Service dataplane of the local node agent: ebpf, iptables (kube-proxy's rules, the
+    /// comparison peer) or none.
+    #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "iptables", "none"])]
     dataplane: String,
+    /// Interfaces where the eBPF NodePort program (XDP) serves clients outside the node. The
+    /// node's own processes and pods reach NodePorts without it.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_interfaces: Vec<String>,
+    /// Socket-LB (connect-time translation) only for the node's own processes; pods' service
+    /// traffic is then translated per packet on their veths (for sidecar meshes that must see
+    /// the ClusterIP, like Cilium's bpf-lb-sock-hostns-only).
+    #[arg(long)]
+    socket_lb_host_only: bool,
+    /// bpffs directory for the eBPF datapath's pins (kept across restarts).
+    #[arg(long, default_value = rudder_node::proxy::ebpf::DEFAULT_PIN_DIR, hide = true)]
+    bpf_pin_dir: PathBuf,
     /// Name of the local node (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -140,6 +153,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
         interfaces: args.interfaces,
         uplinks: args.uplinks,
         cgroup: args.cgroup,
+        socket_lb_host_only: false,
         pin_dir: args.pin_dir,
         algorithm: if args.lb_algorithm == "random" {
             Algorithm::Random
@@ -245,13 +259,11 @@ async fn start_cluster_parts(
         .await
         .context("loading the admin kubeconfig")?;
     let client = kube::Client::try_from(config).context("building the client")?;
-    let mut tasks = vec![
-        tokio::spawn(rudder_control::scheduler::run(client.clone())),
-        tokio::spawn(rudder_control::controllers::node_ipam::run(
-            client.clone(),
-            args.cluster_cidr,
-        )),
-    ];
+    let mut tasks = vec![tokio::spawn(rudder_control::scheduler::run(client.clone()))];
+    tasks.extend(rudder_control::controllers::start(
+        client.clone(),
+        args.cluster_cidr,
+    ));
     if !args.disable.iter().any(|d| d == "agent") {
         let node_name = args.node_name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -268,6 +280,20 @@ async fn start_cluster_parts(
         agent.api_service = (args.service_cidr.nth(1), 443);
         agent.bridge = args.pod_bridge.clone();
         agent.netns_prefix = args.pod_netns_prefix.clone();
+        agent.proxy = match args.dataplane.as_str() {
+            "none" => None,
+            dataplane => Some(rudder_node::proxy::standalone::ProxyConfig {
+                dataplane: dataplane.parse().map_err(anyhow::Error::msg)?,
+                node_ips: vec![node_ip],
+                interfaces: Vec::new(),
+                uplinks: args.nodeport_interfaces.clone(),
+                cgroup: rudder_node::proxy::ebpf::cgroup2_mount(),
+                socket_lb_host_only: args.socket_lb_host_only,
+                pin_dir: args.bpf_pin_dir.clone(),
+                algorithm: rudder_node::proxy::plan::Algorithm::Maglev,
+                service_cidr: Some(args.service_cidr.to_string()),
+            }),
+        };
         tasks.push(tokio::spawn(async move {
             if let Err(e) = rudder_node::agent::run(client, agent).await {
                 tracing::error!("node agent stopped: {:#}", anyhow::Error::from(e));

@@ -4,98 +4,22 @@
 //! its process restarts it; a pod with no runnable image and an unschedulable pod say why;
 //! `kubectl delete pod` terminates gracefully and removes the sandbox.
 //!
-//! Needs root, iproute2 and kubectl; `cargo xtask ci` runs it. The test's node uses a private
-//! bridge, a /23 cluster CIDR and a service CIDR no real cluster uses (10.252.x.0/23,
-//! 10.253.x.0/24) and namespaces named `rdr-t<pid>x0-…`; everything is removed at the end, also
-//! when the test fails.
+//! Needs root, iproute2 and kubectl; `cargo xtask ci` runs it. The node's private network is
+//! described in `common/node.rs`; everything is removed at the end, also when the test fails.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{Rudder, fixture};
+use common::{fixture, node::Node};
 use rudder_node::lab::http_get;
-
-/// Removes what the test's node made, without relying on the server.
-struct NodeCleanup {
-    data_dir: PathBuf,
-    bridge: String,
-    netns_prefix: String,
-    routes: Vec<String>,
-}
-
-impl Drop for NodeCleanup {
-    fn drop(&mut self) {
-        rudder_node::runtime::process::kill_all_under(&self.data_dir.join("agent"));
-        for e in std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&self.netns_prefix) {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &name])
-                    .status();
-            }
-        }
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-        for r in &self.routes {
-            let _ = std::process::Command::new("ip")
-                .args(["route", "del", "blackhole", r])
-                .status();
-        }
-    }
-}
 
 #[test]
 #[ignore = "needs root, iproute2 and kubectl 1.37; run by cargo xtask ci"]
 fn pods_run_on_the_local_node() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let pid = std::process::id();
-    let octet = (pid % 120) * 2;
-    // A /23: the node's /24 is the first half, the blackhole for the rest is less specific.
-    let cluster = format!("10.252.{octet}.0/23");
-    let services = format!("10.253.{octet}.0/24");
-    let bridge = format!("rdrb{pid}x0");
-    let netns_prefix = format!("rdr-t{pid}x0-");
-    let _cleanup = NodeCleanup {
-        data_dir: data.clone(),
-        bridge: bridge.clone(),
-        netns_prefix: netns_prefix.clone(),
-        routes: vec![cluster.clone(), services.clone()],
-    };
-    let server = Rudder::start(
-        &data,
-        &[
-            "--disable".into(),
-            "dns,ingress".into(),
-            "--node-name".into(),
-            "n1".into(),
-            "--cluster-cidr".into(),
-            cluster.clone(),
-            "--service-cidr".into(),
-            services,
-            "--pod-bridge".into(),
-            bridge,
-            "--pod-netns-prefix".into(),
-            netns_prefix.clone(),
-        ],
-    );
-    server.wait_for("node n1 to be Ready", || {
-        server.kubectl(&["get", "node", "n1"]).status.success()
-            && server.ok(&[
-                "get",
-                "node",
-                "n1",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]) == "True"
-    });
+    let node = Node::start(&data, 0, &[]);
+    let (server, octet) = (&node.server, node.octet);
     assert_eq!(
         server.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDR}"]),
         format!("10.252.{octet}.0/24"),
@@ -182,11 +106,6 @@ fn pods_run_on_the_local_node() {
     server.ok(&["delete", "pod", "netexec", "no-command", "--timeout=30s"]);
     let left = server.ok(&["get", "pods", "-o", "name"]);
     assert_eq!(left.trim(), "pod/wants-ssd");
-    server.wait_for("the sandboxes to go", || {
-        !std::fs::read_dir("/run/netns")
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(&netns_prefix))
-    });
+    server.wait_for("the sandboxes to go", || node.sandboxes().is_empty());
     assert!(http_get(&ip, 8080, "/hostname").is_err());
 }

@@ -39,8 +39,13 @@ use kube::{
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::proxy::{
+    cluster::SharedProxy,
+    standalone::{Dataplane, Proxy, ProxyConfig},
+};
+
 use crate::runtime::{
-    network::{self, Cidr, Network, NetworkConfig},
+    network::{self, Cidr, LinkHooks, Network, NetworkConfig},
     pod::{self, BoxFuture, Context, Handle, RuntimeConfig, Sources, Update},
     shim::now_rfc3339,
 };
@@ -57,6 +62,9 @@ pub enum Error {
     /// The control plane assigned no PodCIDR in time.
     #[error("node {0} got no spec.podCIDR within 60 s (is the control plane's node IPAM running?)")]
     NoPodCidr(String),
+    /// The service proxy could not start.
+    #[error("starting the service proxy")]
+    Proxy(#[source] std::io::Error),
 }
 
 /// Result of this module.
@@ -87,6 +95,8 @@ pub struct AgentConfig {
     pub bridge: String,
     /// Prefix of pod network namespace names.
     pub netns_prefix: String,
+    /// The service proxy to run (`None`: no service load balancing on this node).
+    pub proxy: Option<ProxyConfig>,
 }
 
 impl AgentConfig {
@@ -105,6 +115,7 @@ impl AgentConfig {
             api_service: (Ipv4Addr::new(10, 96, 0, 1), 443),
             bridge: "rudder0".into(),
             netns_prefix: "rdrpod-".into(),
+            proxy: None,
         }
     }
 }
@@ -343,13 +354,40 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<()> {
         .and_then(|s| s.pod_cidr.clone())
         .unwrap_or_default();
     let cidr = Cidr::parse(&pod_cidr)?;
+    let proxy = match &config.proxy {
+        Some(proxy_config) => {
+            if proxy_config.dataplane == Dataplane::Iptables {
+                bridge_netfilter();
+            }
+            let proxy = Proxy::start(proxy_config).map_err(Error::Proxy)?;
+            tracing::info!(
+                dataplane = ?proxy_config.dataplane,
+                socket_lb = ?proxy_config.cgroup,
+                "service proxy started"
+            );
+            Some(SharedProxy::new(proxy))
+        }
+        None => None,
+    };
     let network = Network::setup(NetworkConfig {
         bridge: config.bridge.clone(),
         pod_cidr: cidr,
         netns_prefix: config.netns_prefix.clone(),
         state_dir: config.root.clone(),
         blackholes: vec![config.cluster_cidr.clone(), config.service_cidr.clone()],
+        hooks: LinkHooks(
+            proxy
+                .clone()
+                .map(|p| Arc::new(p) as Arc<dyn crate::runtime::network::LinkHook>),
+        ),
     })?;
+    let proxy_task = proxy.map(|p| {
+        tokio::spawn(crate::proxy::cluster::run(
+            client.clone(),
+            p,
+            config.node_name.clone(),
+        ))
+    });
     tracing::info!(
         node = config.node_name,
         pod_cidr,
@@ -399,8 +437,22 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<()> {
     let result = sync_pods(client, config, ctx).await;
     heartbeat.abort();
     routes.abort();
+    if let Some(task) = proxy_task {
+        task.abort();
+    }
     reporter.abort();
     result
+}
+
+/// Makes bridged traffic pass iptables, as kube-proxy's iptables mode needs: a reply from a
+/// backend to a client on the same bridge never reaches the IP layer otherwise, so its reverse
+/// NAT would be skipped. (The eBPF datapath sits on each pod's veth and needs none of this.)
+fn bridge_netfilter() {
+    let _ = crate::command::run(None, "modprobe", &["br_netfilter"], None);
+    let knob = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if let Err(e) = std::fs::write(knob, "1") {
+        tracing::warn!(knob, error = %e, "bridged pod traffic will bypass iptables; services between pods on this node may fail");
+    }
 }
 
 /// Keeps a route to every other node's PodCIDR via its InternalIP.

@@ -42,14 +42,9 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 /// The outside client's address on the uplink.
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
-/// Where cgroup v2 is mounted on these machines (hybrid hierarchy), else `/sys/fs/cgroup`.
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup/unified` on hybrid hosts like these).
 fn cgroup2_root() -> PathBuf {
-    let unified = PathBuf::from("/sys/fs/cgroup/unified");
-    if unified.join("cgroup.procs").exists() {
-        unified
-    } else {
-        PathBuf::from("/sys/fs/cgroup")
-    }
+    crate::proxy::ebpf::cgroup2_mount().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

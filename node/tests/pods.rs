@@ -77,6 +77,7 @@ impl Node {
             netns_prefix: format!("rdr-{id}-"),
             state_dir: root.path().into(),
             blackholes: vec![],
+            hooks: Default::default(),
         })
         .unwrap();
         let (tx, updates) = mpsc::unbounded_channel();

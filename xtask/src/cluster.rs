@@ -174,7 +174,10 @@ fn remove_node(data_dir: &Path) {
         quiet(&["route", "del", "blackhole", cidr]);
     }
     let _ = std::fs::remove_dir_all(&agent);
+    // Unpinning the datapath's links detaches its programs; its maps go with the last reference.
+    let datapath = std::fs::remove_dir_all("/sys/fs/bpf/rudder").is_ok();
     eprintln!(
-        "xtask: removed the node: {killed} container processes, {sandboxes} pod sandboxes, bridge rudder0"
+        "xtask: removed the node: {killed} container processes, {sandboxes} pod sandboxes, bridge rudder0{}",
+        if datapath { ", eBPF datapath" } else { "" }
     );
 }

@@ -8,6 +8,8 @@
     reason = "test harness: a failure is a panic"
 )]
 
+pub mod node;
+
 use std::{
     io::Write,
     net::TcpListener,

@@ -5,8 +5,10 @@
 //! - [`plan`] and [`maglev`]: the eBPF dataplane's map contents and minimal updates;
 //! - [`ebpf`]: the aya loader, attachment and map writes for the programs in `ebpf/programs`;
 //! - [`iptables`]: kube-proxy-compatible rules (the comparison peer);
-//! - [`standalone`]: either dataplane behind one `Proxy` (what `rudder proxy` runs).
+//! - [`standalone`]: either dataplane behind one `Proxy` (what `rudder proxy` runs);
+//! - [`cluster`]: the same `Proxy` fed from apiserver watches (what the node agent runs).
 
+pub mod cluster;
 pub mod ebpf;
 pub mod iptables;
 pub mod maglev;

@@ -7,7 +7,10 @@
 //! `internalTrafficPolicy: Local` (ClusterIP) or `externalTrafficPolicy: Local` (NodePort) only
 //! endpoints on this node count for that traffic.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize;
@@ -184,8 +187,33 @@ impl Objects {
 
 /// Builds the desired state of node `node` from Services and EndpointSlices.
 pub fn build(objects: &Objects, node: &str) -> DesiredState {
+    build_from(&objects.services, &objects.slices, node)
+}
+
+/// [`build`] over any collection of references (the apiserver-fed proxy passes its caches).
+pub fn build_from<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &str,
+) -> DesiredState {
+    // IPv4 slices by (namespace, service name).
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        let (Some(ns), Some(name)) = (
+            s.metadata.namespace.as_deref(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name")),
+        ) else {
+            continue;
+        };
+        if s.address_type == "IPv4" {
+            by_service.entry((ns, name)).or_default().push(s);
+        }
+    }
     let mut state = DesiredState::default();
-    for svc in &objects.services {
+    for svc in services {
         let (Some(ns), Some(name), Some(spec)) = (
             svc.metadata.namespace.as_deref(),
             svc.metadata.name.as_deref(),
@@ -212,20 +240,10 @@ pub fn build(objects: &Objects, node: &str) -> DesiredState {
                 .and_then(|t| u32::try_from(t).ok())
                 .unwrap_or(10800)
         });
-        let slices: Vec<&EndpointSlice> = objects
-            .slices
-            .iter()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(ns)
-                    && s.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("kubernetes.io/service-name"))
-                        .map(String::as_str)
-                        == Some(name)
-                    && s.address_type == "IPv4"
-            })
-            .collect();
+        let slices: &[&EndpointSlice] = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for sp in spec.ports.iter().flatten() {
             let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
                 continue;
@@ -235,7 +253,7 @@ pub fn build(objects: &Objects, node: &str) -> DesiredState {
             };
             let port_name = sp.name.clone().unwrap_or_default();
             let mut all = Vec::new();
-            for slice in &slices {
+            for slice in slices {
                 // The slice's port with the same name and protocol gives the target port.
                 let Some(target) = slice.ports.iter().flatten().find(|p| {
                     p.name.clone().unwrap_or_default() == port_name

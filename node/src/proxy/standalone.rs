@@ -66,6 +66,9 @@ pub struct ProxyConfig {
     pub uplinks: Vec<String>,
     /// cgroup v2 directory for socket-LB (eBPF only).
     pub cgroup: Option<PathBuf>,
+    /// Socket-LB only for sockets of the proxy's own network namespace (Cilium's
+    /// `bpf-lb-sock-hostns-only`); pods are then served by the pod program on their veths.
+    pub socket_lb_host_only: bool,
     /// bpffs directory for pins (eBPF only).
     pub pin_dir: PathBuf,
     /// Backend selection (eBPF only).
@@ -82,6 +85,7 @@ impl Default for ProxyConfig {
             interfaces: Vec::new(),
             uplinks: Vec::new(),
             cgroup: None,
+            socket_lb_host_only: false,
             pin_dir: PathBuf::from(ebpf::DEFAULT_PIN_DIR),
             algorithm: Algorithm::Maglev,
             service_cidr: Some("10.96.0.0/12".into()),
@@ -134,6 +138,11 @@ impl Proxy {
             Dataplane::Ebpf => {
                 let datapath_config = Config {
                     hairpin_addr: u32::from_ne_bytes(HAIRPIN_ADDR),
+                    netns_cookie: if config.socket_lb_host_only {
+                        ebpf::netns_cookie()?
+                    } else {
+                        0
+                    },
                     ..Config::default()
                 };
                 let mut datapath = Datapath::open(&config.pin_dir, datapath_config)
@@ -184,6 +193,27 @@ impl Proxy {
             writes,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Attaches the pod program to a new pod's host-side interface (eBPF; iptables needs
+    /// nothing per pod).
+    pub fn attach_pod(&mut self, ifname: &str) -> io::Result<()> {
+        match &mut self.engine {
+            Engine::Ebpf { datapath, .. } => datapath
+                .attach_pod(ifname)
+                .map_err(err("attaching to a pod interface")),
+            Engine::Iptables(_) => Ok(()),
+        }
+    }
+
+    /// Forgets a pod interface that is going away (its pinned link).
+    pub fn detach_pod(&mut self, ifname: &str) -> io::Result<()> {
+        match &mut self.engine {
+            Engine::Ebpf { datapath, .. } => datapath
+                .detach_pod(ifname)
+                .map_err(err("detaching from a pod interface")),
+            Engine::Iptables(_) => Ok(()),
+        }
     }
 
     /// Sweeps stale conntrack entries (eBPF); returns how many went.

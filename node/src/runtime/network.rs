@@ -103,6 +103,29 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// Told about pod interfaces as they come and go: where the eBPF proxy attaches its pod program.
+pub trait LinkHook: Send + Sync {
+    /// A pod's host-side interface is up (also called again for existing sandboxes after an
+    /// agent restart). An error fails the sandbox, which is retried.
+    fn added(&self, ifname: &str) -> std::io::Result<()>;
+    /// A pod's host-side interface is about to go.
+    fn removed(&self, ifname: &str);
+}
+
+/// An optional [`LinkHook`] in a [`NetworkConfig`].
+#[derive(Clone, Default)]
+pub struct LinkHooks(pub Option<std::sync::Arc<dyn LinkHook>>);
+
+impl std::fmt::Debug for LinkHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "LinkHooks(set)"
+        } else {
+            "LinkHooks(none)"
+        })
+    }
+}
+
 /// How the node's pod network is laid out.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
@@ -116,6 +139,8 @@ pub struct NetworkConfig {
     pub state_dir: PathBuf,
     /// Ranges blackholed on the node (cluster and service CIDRs), so they never leak out.
     pub blackholes: Vec<String>,
+    /// Who hears about pod interfaces.
+    pub hooks: LinkHooks,
 }
 
 /// One pod's network: its namespace, address and host-side veth.
@@ -218,12 +243,24 @@ impl Network {
     /// agent restart), returns it unchanged.
     pub fn create_sandbox(&self, uid: &str) -> Result<Sandbox> {
         if let Some(existing) = self.find_sandbox(uid)? {
+            if let Some(hook) = &self.config.hooks.0 {
+                hook.added(&existing.host_if).map_err(Error::Command)?;
+            }
             return Ok(existing);
         }
         let (netns, host_if) = self.names(uid);
         let addr = self.allocate(uid)?;
-        let result = self.wire(&netns, &host_if, addr);
+        let result = self.wire(&netns, &host_if, addr).and_then(|()| {
+            self.config
+                .hooks
+                .0
+                .as_ref()
+                .map_or(Ok(()), |hook| hook.added(&host_if).map_err(Error::Command))
+        });
         if result.is_err() {
+            if let Some(hook) = &self.config.hooks.0 {
+                hook.removed(&host_if);
+            }
             let _ = ip(&["netns", "del", &netns]);
             let _ = ip(&["link", "del", &host_if]);
             self.release(uid);
@@ -295,6 +332,9 @@ impl Network {
     pub fn remove_by_short_uid(&self, short: &str) -> Result<()> {
         let netns = format!("{}{short}", self.config.netns_prefix);
         let host_if = format!("rv{short}");
+        if let Some(hook) = &self.config.hooks.0 {
+            hook.removed(&host_if);
+        }
         if PathBuf::from("/run/netns").join(&netns).exists() {
             ip(&["netns", "del", &netns])?;
         }
@@ -433,6 +473,7 @@ mod tests {
                 netns_prefix: "x".into(),
                 state_dir: dir.path().into(),
                 blackholes: vec![],
+                hooks: LinkHooks::default(),
             },
         };
         fs::create_dir_all(dir.path().join("ipam")).unwrap();

@@ -1,0 +1,336 @@
+//! Shared informers and work queues: the machinery every controller loop stands on.
+//!
+//! An [`Informer`] is one watch of one kind, kept in a kube-rs reflector [`Store`] and fanned
+//! out to any number of subscribers as [`Change`]s that carry both the old and the new object
+//! (kube-runtime's shared streams drop deletions and old objects, which a controller needs: a
+//! pod whose labels change must leave the Services it no longer matches). Controllers share
+//! informers, so the control plane holds each kind in memory once.
+//!
+//! A relist (a watch that expired) is turned into the changes it implies: objects that vanished
+//! meanwhile are reported deleted, every other one as updated. A subscriber that falls more than
+//! [`BUFFER`] changes behind is told so ([`Change::Resync`]) and reconciles everything.
+//!
+//! A [`WorkQueue`] holds keys to reconcile, deduplicated, with per-key retry back-off.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt::Debug,
+    hash::Hash,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Resource,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, broadcast};
+
+/// How many changes a subscriber may fall behind before it must resync.
+pub const BUFFER: usize = 16384;
+
+/// One change to a watched kind.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// Created (`old` is `None`), updated, or deleted (`new` is `None`).
+    Object {
+        /// The object before.
+        old: Option<Arc<K>>,
+        /// The object after.
+        new: Option<Arc<K>>,
+    },
+    /// The subscriber missed changes; everything must be looked at again.
+    Resync,
+}
+
+impl<K> Clone for Change<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Object { old, new } => Self::Object {
+                old: old.clone(),
+                new: new.clone(),
+            },
+            Self::Resync => Self::Resync,
+        }
+    }
+}
+
+impl<K> Change<K> {
+    /// The objects involved (old and new, either may be absent).
+    pub fn objects(&self) -> impl Iterator<Item = &Arc<K>> {
+        let (a, b) = match self {
+            Self::Object { old, new } => (old.as_ref(), new.as_ref()),
+            Self::Resync => (None, None),
+        };
+        a.into_iter().chain(b)
+    }
+}
+
+/// One shared watch of kind `K`.
+pub struct Informer<K: Resource<DynamicType = ()> + Clone + 'static> {
+    store: Store<K>,
+    tx: broadcast::Sender<Change<K>>,
+}
+
+impl<K> Informer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// Starts watching `api` in the background.
+    pub fn start(api: Api<K>) -> Arc<Self> {
+        let (store, mut writer) = reflector::store::<K>();
+        let (tx, _) = broadcast::channel(BUFFER);
+        let informer = Arc::new(Self {
+            store: store.clone(),
+            tx: tx.clone(),
+        });
+        tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            // Objects the store held when a relist began.
+            let mut before: Option<Vec<Arc<K>>> = None;
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { continue };
+                let changes = match &event {
+                    watcher::Event::Apply(obj) => vec![Change::Object {
+                        old: store.get(&ObjectRef::from_obj(obj)),
+                        new: Some(Arc::new(obj.clone())),
+                    }],
+                    watcher::Event::Delete(obj) => vec![Change::Object {
+                        old: Some(
+                            store
+                                .get(&ObjectRef::from_obj(obj))
+                                .unwrap_or_else(|| Arc::new(obj.clone())),
+                        ),
+                        new: None,
+                    }],
+                    watcher::Event::Init => {
+                        before = Some(store.state());
+                        Vec::new()
+                    }
+                    watcher::Event::InitApply(_) => Vec::new(),
+                    watcher::Event::InitDone => Vec::new(),
+                };
+                writer.apply_watcher_event(&event);
+                if matches!(event, watcher::Event::InitDone) {
+                    let old: HashMap<ObjectRef<K>, Arc<K>> = before
+                        .take()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|o| (ObjectRef::from_obj(&*o), o))
+                        .collect();
+                    let now = store.state();
+                    let present: BTreeSet<String> = now
+                        .iter()
+                        .map(|o| ObjectRef::from_obj(&**o).to_string())
+                        .collect();
+                    for (key, o) in &old {
+                        if !present.contains(&key.to_string()) {
+                            let _ = tx.send(Change::Object {
+                                old: Some(o.clone()),
+                                new: None,
+                            });
+                        }
+                    }
+                    for o in now {
+                        let prev = old.get(&ObjectRef::from_obj(&*o)).cloned();
+                        let _ = tx.send(Change::Object {
+                            old: prev,
+                            new: Some(o),
+                        });
+                    }
+                }
+                for change in changes {
+                    // No subscriber yet is fine: they read the store when they start.
+                    let _ = tx.send(change);
+                }
+            }
+        });
+        informer
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Informer<K> {
+    /// The cache.
+    pub fn store(&self) -> &Store<K> {
+        &self.store
+    }
+
+    /// Waits until the first list has filled the cache.
+    pub async fn synced(&self) {
+        // Only fails if the writer is gone, which means the informer task ended.
+        let _ = self.store.wait_until_ready().await;
+    }
+
+    /// Future changes. Subscribe before reading the store so nothing falls between.
+    pub fn subscribe(&self) -> Subscription<K> {
+        Subscription {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+/// A subscriber's view of an [`Informer`].
+pub struct Subscription<K> {
+    rx: broadcast::Receiver<Change<K>>,
+}
+
+impl<K: Clone> Subscription<K> {
+    /// The next change; [`Change::Resync`] after falling behind. `None` once the informer ended.
+    pub async fn next(&mut self) -> Option<Change<K>> {
+        match self.rx.recv().await {
+            Ok(change) => Some(change),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Change::Resync),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+/// Keys waiting to be reconciled. A key queued twice is reconciled once; a failed key comes
+/// back after a back-off that doubles from [`WorkQueue::MIN_BACKOFF`] to [`WorkQueue::MAX_BACKOFF`].
+pub struct WorkQueue<Q: Ord + Clone> {
+    inner: Mutex<QueueState<Q>>,
+    notify: Notify,
+}
+
+struct QueueState<Q> {
+    ready: BTreeSet<Q>,
+    failures: BTreeMap<Q, u32>,
+}
+
+impl<Q: Ord + Clone + Hash + Send + 'static> WorkQueue<Q> {
+    /// First retry delay.
+    pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    /// Longest retry delay.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+    /// An empty queue.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(QueueState {
+                ready: BTreeSet::new(),
+                failures: BTreeMap::new(),
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState<Q>> {
+        // A panic while holding the lock leaves plain sets behind, still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `key`.
+    pub fn add(&self, key: Q) {
+        self.state().ready.insert(key);
+        self.notify.notify_one();
+    }
+
+    /// Takes every queued key, waiting for one if none is queued.
+    pub async fn take(&self) -> Vec<Q> {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut state = self.state();
+                if !state.ready.is_empty() {
+                    return std::mem::take(&mut state.ready).into_iter().collect();
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Records that `key` reconciled fine (its back-off resets).
+    pub fn forget(&self, key: &Q) {
+        self.state().failures.remove(key);
+    }
+
+    /// Queues `key` again after its back-off.
+    pub fn retry(self: &Arc<Self>, key: Q) {
+        let delay = {
+            let mut state = self.state();
+            let n = state.failures.entry(key.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            Self::MIN_BACKOFF
+                .saturating_mul(1u32 << (*n - 1).min(12))
+                .min(Self::MAX_BACKOFF)
+        };
+        self.add_after(key, delay);
+    }
+
+    /// Queues `key` after `delay`.
+    pub fn add_after(self: &Arc<Self>, key: Q, delay: Duration) {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.add(key);
+        });
+    }
+}
+
+/// `namespace/name` of an object, the key most controllers queue.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// Namespace (empty for cluster-scoped kinds).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl Key {
+    /// The key of `obj`.
+    pub fn of<K: Resource>(obj: &K) -> Self {
+        Self {
+            namespace: obj.meta().namespace.clone().unwrap_or_default(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The reflector reference for kind `K`.
+    pub fn object_ref<K: Resource<DynamicType = ()>>(&self) -> ObjectRef<K> {
+        let r = ObjectRef::new(&self.name);
+        if self.namespace.is_empty() {
+            r
+        } else {
+            r.within(&self.namespace)
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests assert on known values")]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queue_deduplicates_and_retries() {
+        let q: Arc<WorkQueue<u32>> = WorkQueue::new();
+        q.add(2);
+        q.add(1);
+        q.add(2);
+        assert_eq!(q.take().await, vec![1, 2]);
+        q.retry(7);
+        let got = tokio::time::timeout(Duration::from_secs(5), q.take())
+            .await
+            .unwrap();
+        assert_eq!(got, vec![7]);
+        assert_eq!(q.state().failures.get(&7), Some(&1));
+        q.forget(&7);
+        assert!(q.state().failures.is_empty());
+    }
+}
