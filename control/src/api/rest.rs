@@ -1260,8 +1260,27 @@ pub async fn delete(
             // Deletion already under way: nothing more to do.
             return Ok(json_response(StatusCode::OK, &old));
         }
-        if (finalizers || is_namespace || graceful_pod) && !force_pod {
+        // Orphan and Foreground deletion: a finalizer keeps the object until the garbage
+        // collector has orphaned or deleted its dependents. (Pods and Namespaces own nothing the
+        // collector follows; for them the policy changes nothing.)
+        let gc_finalizer = match opts.propagation.as_deref() {
+            _ if is_pod || is_namespace => None,
+            Some("Orphan") => Some("orphan"),
+            Some("Foreground") => Some("foregroundDeletion"),
+            _ => None,
+        };
+        if (finalizers || is_namespace || graceful_pod || gc_finalizer.is_some()) && !force_pod {
             let mut new = old.clone();
+            if let Some(f) = gc_finalizer {
+                let list = object::meta_mut(&mut new)
+                    .entry("finalizers")
+                    .or_insert_with(|| json!([]));
+                if let Some(list) = list.as_array_mut()
+                    && !list.iter().any(|v| v == f)
+                {
+                    list.push(json!(f));
+                }
+            }
             let grace = if graceful_pod {
                 opts.grace_period
                     .or_else(|| {

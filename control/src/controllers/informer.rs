@@ -76,6 +76,9 @@ impl<K> Change<K> {
 pub struct Informer<K: Resource<DynamicType = ()> + Clone + 'static> {
     store: Store<K>,
     tx: broadcast::Sender<Change<K>>,
+    /// Becomes true once the first list is in the store. (`Store::wait_until_ready` wakes only
+    /// its last waiter, so it cannot be shared by several controllers.)
+    synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<K> Informer<K>
@@ -86,9 +89,11 @@ where
     pub fn start(api: Api<K>) -> Arc<Self> {
         let (store, mut writer) = reflector::store::<K>();
         let (tx, _) = broadcast::channel(BUFFER);
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let informer = Arc::new(Self {
             store: store.clone(),
             tx: tx.clone(),
+            synced,
         });
         tokio::spawn(async move {
             let mut events = watcher(api, watcher::Config::default())
@@ -97,7 +102,14 @@ where
             // Objects the store held when a relist began.
             let mut before: Option<Vec<Arc<K>>> = None;
             while let Some(event) = events.next().await {
-                let Ok(event) = event else { continue };
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        // The watcher retries with back-off; say why so a stuck cache is visible.
+                        tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying");
+                        continue;
+                    }
+                };
                 let changes = match &event {
                     watcher::Event::Apply(obj) => vec![Change::Object {
                         old: store.get(&ObjectRef::from_obj(obj)),
@@ -120,6 +132,7 @@ where
                 };
                 writer.apply_watcher_event(&event);
                 if matches!(event, watcher::Event::InitDone) {
+                    synced_tx.send_replace(true);
                     let old: HashMap<ObjectRef<K>, Arc<K>> = before
                         .take()
                         .unwrap_or_default()
@@ -149,7 +162,8 @@ where
                 }
                 for change in changes {
                     // No subscriber yet is fine: they read the store when they start.
-                    let _ = tx.send(change);
+                    let sent = tx.send(change);
+                    tracing::trace!(kind = %K::kind(&()), receivers = sent.unwrap_or(0), "change");
                 }
             }
         });
@@ -165,8 +179,9 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Informer<K> {
 
     /// Waits until the first list has filled the cache.
     pub async fn synced(&self) {
-        // Only fails if the writer is gone, which means the informer task ended.
-        let _ = self.store.wait_until_ready().await;
+        let mut synced = self.synced.clone();
+        // Only fails if the informer task ended, and then nothing will come anyway.
+        let _ = synced.wait_for(|s| *s).await;
     }
 
     /// Future changes. Subscribe before reading the store so nothing falls between.
@@ -203,6 +218,8 @@ pub struct WorkQueue<Q: Ord + Clone> {
 struct QueueState<Q> {
     ready: BTreeSet<Q>,
     failures: BTreeMap<Q, u32>,
+    /// Keys waiting for a timer, with when it fires: one timer per key, the earliest.
+    delayed: BTreeMap<Q, tokio::time::Instant>,
 }
 
 impl<Q: Ord + Clone + Hash + Send + 'static> WorkQueue<Q> {
@@ -217,6 +234,7 @@ impl<Q: Ord + Clone + Hash + Send + 'static> WorkQueue<Q> {
             inner: Mutex::new(QueueState {
                 ready: BTreeSet::new(),
                 failures: BTreeMap::new(),
+                delayed: BTreeMap::new(),
             }),
             notify: Notify::new(),
         })
@@ -267,12 +285,27 @@ impl<Q: Ord + Clone + Hash + Send + 'static> WorkQueue<Q> {
         self.add_after(key, delay);
     }
 
-    /// Queues `key` after `delay`.
+    /// Queues `key` after `delay`, unless it is due sooner already.
     pub fn add_after(self: &Arc<Self>, key: Q, delay: Duration) {
+        let at = tokio::time::Instant::now() + delay;
+        {
+            let mut state = self.state();
+            if state.delayed.get(&key).is_some_and(|due| *due <= at) {
+                return;
+            }
+            state.delayed.insert(key.clone(), at);
+        }
         let queue = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            queue.add(key);
+            tokio::time::sleep_until(at).await;
+            let mut state = queue.state();
+            // A sooner timer for the key replaced this one.
+            if state.delayed.get(&key) == Some(&at) {
+                state.delayed.remove(&key);
+                state.ready.insert(key);
+                drop(state);
+                queue.notify.notify_one();
+            }
         });
     }
 }
@@ -332,5 +365,15 @@ mod tests {
         assert_eq!(q.state().failures.get(&7), Some(&1));
         q.forget(&7);
         assert!(q.state().failures.is_empty());
+        // Several delays for one key make one timer, the soonest.
+        q.add_after(9, Duration::from_secs(3600));
+        q.add_after(9, Duration::from_millis(10));
+        q.add_after(9, Duration::from_secs(60));
+        assert_eq!(q.state().delayed.len(), 1);
+        let got = tokio::time::timeout(Duration::from_secs(5), q.take())
+            .await
+            .unwrap();
+        assert_eq!(got, vec![9]);
+        assert!(q.state().delayed.is_empty());
     }
 }

@@ -1,0 +1,287 @@
+//! The Deployment controller: rolls each Deployment's pod template out through ReplicaSets
+//! (RollingUpdate within maxSurge/maxUnavailable, or Recreate), keeps revision history, and
+//! writes the status `kubectl rollout status` reads. The decisions are
+//! [`workload::plan_deployment`]; this module is the loop around it.
+//!
+//! A Deployment is looked at again whenever one of its ReplicaSets changes (their status follows
+//! the pods), and every few seconds while a rollout is under way, so that `minReadySeconds` and
+//! `progressDeadlineSeconds` take effect without any other event.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use super::{
+    informer::{Change, Informer, Key, WorkQueue},
+    workload,
+};
+
+/// The caches the controller reads.
+#[derive(Clone)]
+pub struct Caches {
+    /// Deployments.
+    pub deployments: Arc<Informer<Deployment>>,
+    /// ReplicaSets.
+    pub replicasets: Arc<Informer<ReplicaSet>>,
+}
+
+/// How often a Deployment in the middle of a rollout is looked at without an event.
+const ROLLOUT_RESYNC: Duration = Duration::from_secs(5);
+/// How long a created ReplicaSet is waited for in the cache.
+const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn controller_uid(rs: &ReplicaSet) -> Option<&str> {
+    rs.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
+/// Runs the controller until the informers end.
+pub async fn run(client: Client, caches: Caches) {
+    let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
+    let mut deployments = caches.deployments.subscribe();
+    let mut replicasets = caches.replicasets.subscribe();
+    caches.deployments.synced().await;
+    caches.replicasets.synced().await;
+    let enqueue_all = {
+        let caches = caches.clone();
+        let queue = queue.clone();
+        move || {
+            for d in caches.deployments.store().state() {
+                queue.add(Key::of(&*d));
+            }
+        }
+    };
+    enqueue_all();
+    let dispatch = {
+        let caches = caches.clone();
+        let queue = queue.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    change = deployments.next() => match change {
+                        Some(Change::Resync) => enqueue_all(),
+                        Some(c) => c.objects().for_each(|d| queue.add(Key::of(&**d))),
+                        None => break,
+                    },
+                    change = replicasets.next() => match change {
+                        Some(Change::Resync) => enqueue_all(),
+                        Some(c) => {
+                            let all = caches.deployments.store().state();
+                            for rs in c.objects() {
+                                let Some(uid) = controller_uid(rs) else { continue };
+                                for d in all.iter().filter(|d| d.metadata.uid.as_deref() == Some(uid)) {
+                                    queue.add(Key::of(&**d));
+                                }
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+    };
+    let work = async {
+        // ReplicaSets created (by name) and not yet in the cache, per Deployment.
+        let expected: Mutex<HashMap<Key, (Instant, String)>> = Mutex::new(HashMap::new());
+        loop {
+            for key in queue.take().await {
+                if !caught_up(&caches, &expected, &key) {
+                    queue.add_after(key, Duration::from_millis(200));
+                    continue;
+                }
+                match reconcile(&client, &caches, &key).await {
+                    Ok((created, again)) => {
+                        queue.forget(&key);
+                        if let Some(name) = created {
+                            expected
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(key.clone(), (Instant::now(), name));
+                        }
+                        if let Some(after) = again {
+                            queue.add_after(key, after);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(deployment = %key, error = %e, "syncing deployment");
+                        queue.retry(key);
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = dispatch => {}
+        () = work => {}
+    }
+}
+
+fn caught_up(
+    caches: &Caches,
+    expected: &Mutex<HashMap<Key, (Instant, String)>>,
+    key: &Key,
+) -> bool {
+    let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((at, name)) = all.get(key) else {
+        return true;
+    };
+    let seen = at.elapsed() > EXPECTATION_TIMEOUT
+        || caches
+            .replicasets
+            .store()
+            .get(
+                &Key {
+                    namespace: key.namespace.clone(),
+                    name: name.clone(),
+                }
+                .object_ref(),
+            )
+            .is_some();
+    if seen {
+        all.remove(key);
+    }
+    seen
+}
+
+/// Whether `d`'s rollout is still under way according to `status`.
+fn rolling(d: &Deployment, status: &k8s_openapi::api::apps::v1::DeploymentStatus) -> bool {
+    let want = d.spec.replicas.unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    updated != want
+        || status.replicas.unwrap_or(0) != updated
+        || status.available_replicas.unwrap_or(0) != updated
+}
+
+/// One pass over one Deployment: returns the ReplicaSet it created, if any, and when to look
+/// again without an event.
+async fn reconcile(
+    client: &Client,
+    caches: &Caches,
+    key: &Key,
+) -> Result<(Option<String>, Option<Duration>), kube::Error> {
+    let Some(d) = caches.deployments.store().get(&key.object_ref()) else {
+        return Ok((None, None));
+    };
+    // A Deployment being deleted leaves its ReplicaSets to the garbage collector.
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok((None, None));
+    }
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let all = caches.replicasets.store().state();
+    let owned: Vec<&ReplicaSet> = all
+        .iter()
+        .map(|rs| &**rs)
+        .filter(|rs| {
+            rs.metadata.namespace == d.metadata.namespace
+                && controller_uid(rs) == Some(uid.as_str())
+        })
+        .collect();
+    let plan = workload::plan_deployment(&d, &owned, jiff::Timestamp::now());
+    tracing::debug!(
+        deployment = %key,
+        owned = owned.len(),
+        create = plan.create.is_some(),
+        scale = plan.scale.len(),
+        delete = plan.delete.len(),
+        "planned"
+    );
+    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &key.namespace);
+    let mut created = None;
+    if let Some(rs) = &plan.create {
+        let pp = PostParams {
+            field_manager: Some("deployment-controller".into()),
+            ..PostParams::default()
+        };
+        match rs_api.create(&pp, rs).await {
+            Ok(made) => {
+                tracing::info!(deployment = %key, replicaset = made.metadata.name.as_deref().unwrap_or(""), "created replica set");
+                created = made.metadata.name;
+            }
+            // The name is taken by a ReplicaSet this Deployment does not own (a hash collision):
+            // Kubernetes bumps status.collisionCount so the next name differs.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let count = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.collision_count)
+                    .unwrap_or(0)
+                    .saturating_add(1);
+                let api: Api<Deployment> = Api::namespaced(client.clone(), &key.namespace);
+                let patch = json!({"status": {"collisionCount": count}});
+                api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                return Ok((None, Some(Duration::ZERO)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for change in &plan.scale {
+        let mut patch = json!({
+            "metadata": {"annotations": change.annotations},
+            "spec": {"replicas": change.replicas},
+        });
+        if let Some(n) = change.min_ready_seconds {
+            patch["spec"]["minReadySeconds"] = json!(n);
+        }
+        match rs_api
+            .patch(&change.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(deployment = %key, replicaset = change.name, replicas = change.replicas, "scaled")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for name in &plan.delete {
+        match rs_api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => tracing::debug!(deployment = %key, replicaset = name, "old revision pruned"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &key.namespace);
+    if let Some(revision) = &plan.revision {
+        let patch = json!({"metadata": {"annotations": {workload::REVISION_ANNOTATION: revision}}});
+        match api
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok((created, None)),
+            Err(e) => return Err(e),
+        }
+    }
+    if d.status.as_ref() != Some(&plan.status) {
+        let mut next = match api.get_opt(&key.name).await? {
+            Some(fresh) if plan.revision.is_some() => fresh,
+            Some(_) | None if plan.revision.is_some() => return Ok((created, None)),
+            _ => (*d).clone(),
+        };
+        next.status = Some(plan.status.clone());
+        super::replace_status(&api, &key.name, &next).await?;
+    }
+    let again = if rolling(&d, &plan.status) {
+        Some(
+            plan.requeue_after
+                .map_or(ROLLOUT_RESYNC, |t| t.min(ROLLOUT_RESYNC)),
+        )
+    } else {
+        plan.requeue_after
+    };
+    Ok((created, again))
+}

@@ -1,0 +1,324 @@
+//! The ReplicaSet controller: keeps `spec.replicas` pods of each ReplicaSet, replacing pods that
+//! die or are deleted, and reports counts in its status. The decisions are
+//! [`workload::plan_replicaset`]; this module is the loop around it.
+//!
+//! Like kube-controller-manager it creates pods in batches that grow 1, 2, 4, … (a failing
+//! template fails once, not `replicas` times), adopts orphan pods its selector matches, and
+//! remembers the pods it created or deleted until its cache shows them, so a slow watch never
+//! makes it create a pod twice.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Pod};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use super::{
+    informer::{Change, Informer, Key, WorkQueue},
+    workload,
+};
+
+/// The caches the controller reads.
+#[derive(Clone)]
+pub struct Caches {
+    /// ReplicaSets.
+    pub replicasets: Arc<Informer<ReplicaSet>>,
+    /// Pods.
+    pub pods: Arc<Informer<Pod>>,
+}
+
+/// How long creations and deletions are waited for before the cache is trusted anyway
+/// (kube-controller-manager's expectations time out after 5 minutes; a watch is never that slow
+/// here).
+const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Pods created (by name) and deleted that the cache has not shown yet.
+#[derive(Default)]
+struct Expected {
+    at: Option<Instant>,
+    created: BTreeSet<String>,
+    deleted: BTreeSet<String>,
+}
+
+/// The controller's owner reference UID of `pod`, if any.
+fn controller_uid(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
+/// Runs the controller until the informers end.
+pub async fn run(client: Client, caches: Caches) {
+    let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
+    let mut replicasets = caches.replicasets.subscribe();
+    let mut pods = caches.pods.subscribe();
+    caches.replicasets.synced().await;
+    caches.pods.synced().await;
+    let enqueue_all = {
+        let caches = caches.clone();
+        let queue = queue.clone();
+        move || {
+            for rs in caches.replicasets.store().state() {
+                queue.add(Key::of(&*rs));
+            }
+        }
+    };
+    enqueue_all();
+    let dispatch = {
+        let caches = caches.clone();
+        let queue = queue.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    change = replicasets.next() => match change {
+                        Some(Change::Resync) => enqueue_all(),
+                        Some(c) => c.objects().for_each(|r| queue.add(Key::of(&**r))),
+                        None => break,
+                    },
+                    change = pods.next() => match change {
+                        Some(Change::Resync) => enqueue_all(),
+                        Some(c) => {
+                            for pod in c.objects() {
+                                for key in owners_of(&caches, pod) {
+                                    queue.add(key);
+                                }
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+    };
+    let work = async {
+        let expected: Mutex<HashMap<Key, Expected>> = Mutex::new(HashMap::new());
+        loop {
+            for key in queue.take().await {
+                if !caught_up(&caches, &expected, &key) {
+                    queue.add_after(key, Duration::from_millis(500));
+                    continue;
+                }
+                match reconcile(&client, &caches, &key).await {
+                    Ok((exp, requeue)) => {
+                        queue.forget(&key);
+                        let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
+                        if exp.created.is_empty() && exp.deleted.is_empty() {
+                            all.remove(&key);
+                        } else {
+                            all.insert(key.clone(), exp);
+                        }
+                        if let Some(after) = requeue {
+                            queue.add_after(key, after);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(replicaset = %key, error = %e, "syncing replica set");
+                        queue.retry(key);
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = dispatch => {}
+        () = work => {}
+    }
+}
+
+/// ReplicaSets to look at when `pod` changes: its controller, or for an orphan every
+/// ReplicaSet of its namespace whose selector matches (to adopt it).
+fn owners_of(caches: &Caches, pod: &Pod) -> Vec<Key> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let rss = caches.replicasets.store().state();
+    match controller_uid(pod) {
+        Some(uid) => rss
+            .iter()
+            .filter(|rs| rs.metadata.uid.as_deref() == Some(uid))
+            .map(|rs| Key::of(&**rs))
+            .collect(),
+        None => {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            rss.iter()
+                .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .filter(|rs| workload::selector_matches(&rs.spec.selector, &labels))
+                .map(|rs| Key::of(&**rs))
+                .collect()
+        }
+    }
+}
+
+fn caught_up(caches: &Caches, expected: &Mutex<HashMap<Key, Expected>>, key: &Key) -> bool {
+    let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(exp) = all.get(key) else {
+        return true;
+    };
+    if exp.at.is_some_and(|at| at.elapsed() > EXPECTATION_TIMEOUT) {
+        all.remove(key);
+        return true;
+    }
+    let store = caches.pods.store();
+    let pod = |name: &String| {
+        store.get(
+            &Key {
+                namespace: key.namespace.clone(),
+                name: name.clone(),
+            }
+            .object_ref(),
+        )
+    };
+    let seen = exp.created.iter().all(|n| pod(n).is_some())
+        && exp
+            .deleted
+            .iter()
+            .all(|n| pod(n).is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
+    if seen {
+        all.remove(key);
+    }
+    seen
+}
+
+/// One pass over one ReplicaSet: returns what it expects to see, and when to look again.
+async fn reconcile(
+    client: &Client,
+    caches: &Caches,
+    key: &Key,
+) -> Result<(Expected, Option<Duration>), kube::Error> {
+    let mut exp = Expected {
+        at: Some(Instant::now()),
+        ..Expected::default()
+    };
+    let Some(rs) = caches.replicasets.store().get(&key.object_ref()) else {
+        return Ok((exp, None));
+    };
+    // A ReplicaSet being deleted keeps its pods for the garbage collector to handle.
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok((exp, None));
+    }
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let all = caches.pods.store().state();
+    let selector = rs.spec.selector.clone();
+    // Adopt orphans the selector matches (not ones being deleted).
+    for pod in all.iter().filter(|p| {
+        p.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+            && workload::should_adopt(&selector, &p.metadata)
+    }) {
+        let mut owners = pod.metadata.owner_references.clone().unwrap_or_default();
+        owners.push(workload::owner_reference(
+            "apps/v1",
+            "ReplicaSet",
+            &rs.metadata,
+        ));
+        let patch = json!({"metadata": {
+            "ownerReferences": owners,
+            "resourceVersion": pod.metadata.resource_version,
+        }});
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match pods_api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => tracing::info!(replicaset = %key, pod = name, "adopted pod"),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+        // The adoption shows up as a pod change, which queues this ReplicaSet again.
+        exp.created.insert(name);
+    }
+    if !exp.created.is_empty() {
+        return Ok((exp, None));
+    }
+    let owned: Vec<&Pod> = all
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| controller_uid(p) == Some(uid.as_str()))
+        .collect();
+    let now = jiff::Timestamp::now();
+    let plan = workload::plan_replicaset(&rs, &owned, now);
+    let pp = PostParams {
+        field_manager: Some("replicaset-controller".into()),
+        ..PostParams::default()
+    };
+    let mut failure = None;
+    if plan.create > 0 {
+        let template = workload::new_pod(&rs);
+        let mut left = plan.create;
+        let mut batch = 1;
+        'batches: while left > 0 {
+            let n = batch.min(left);
+            let results =
+                futures::future::join_all((0..n).map(|_| pods_api.create(&pp, &template))).await;
+            for r in results {
+                match r {
+                    Ok(pod) => {
+                        exp.created.extend(pod.metadata.name);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break 'batches;
+                    }
+                }
+            }
+            left -= n;
+            batch *= 2;
+        }
+        tracing::debug!(replicaset = %key, created = exp.created.len(), "created pods");
+    }
+    for name in &plan.delete {
+        match pods_api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {
+                exp.deleted.insert(name.clone());
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &key.namespace);
+    let mut status = plan.status.clone();
+    if let Some(conditions) = status.conditions.as_mut() {
+        conditions.retain(|c| c.type_.as_deref() != Some("ReplicaFailure"));
+    }
+    if let Some(e) = &failure {
+        // Kubernetes' ReplicaFailure condition says why pods could not be made.
+        let reason = if plan.create > 0 {
+            "FailedCreate"
+        } else {
+            "FailedDelete"
+        };
+        status.conditions.get_or_insert_with(Vec::new).push(
+            k8s_openapi::api::apps::v1::ReplicaSetCondition {
+                type_: Some("ReplicaFailure".into()),
+                status: Some("True".into()),
+                reason: Some(reason.into()),
+                message: Some(e.to_string()),
+                last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    now,
+                )),
+            },
+        );
+    }
+    if rs.status.as_ref() != Some(&status) {
+        let mut next = (*rs).clone();
+        next.status = Some(status.clone());
+        super::replace_status(&rs_api, &key.name, &next).await?;
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    // Pods ready but not yet available for minReadySeconds: look again when they will be.
+    let requeue = plan.requeue_after;
+    Ok((exp, requeue))
+}
