@@ -21,7 +21,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    informer::{Change, Informer, Key, WorkQueue},
+    informer::{Change, Informer, Key, WorkQueue, work},
     workload,
 };
 
@@ -93,36 +93,24 @@ pub async fn run(client: Client, caches: Caches) {
             }
         }
     };
-    let work = async {
-        // ReplicaSets created (by name) and not yet in the cache, per Deployment.
-        let expected: Mutex<HashMap<Key, (Instant, String)>> = Mutex::new(HashMap::new());
-        loop {
-            for key in queue.take().await {
-                if !caught_up(&caches, &expected, &key) {
-                    queue.add_after(key, Duration::from_millis(200));
-                    continue;
-                }
-                match reconcile(&client, &caches, &key).await {
-                    Ok((created, again)) => {
-                        queue.forget(&key);
-                        if let Some(name) = created {
-                            expected
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(key.clone(), (Instant::now(), name));
-                        }
-                        if let Some(after) = again {
-                            queue.add_after(key, after);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(deployment = %key, error = %e, "syncing deployment");
-                        queue.retry(key);
-                    }
-                }
+    // ReplicaSets created (by name) and not yet in the cache, per Deployment.
+    let expected: Mutex<HashMap<Key, (Instant, String)>> = Mutex::new(HashMap::new());
+    let work = work(queue, "syncing deployment", |key| {
+        let (client, caches, expected) = (&client, &caches, &expected);
+        async move {
+            if !caught_up(caches, expected, &key) {
+                return Ok(Some(Duration::from_millis(200)));
             }
+            let (created, again) = reconcile(client, caches, &key).await?;
+            if let Some(name) = created {
+                expected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, (Instant::now(), name));
+            }
+            Ok(again)
         }
-    };
+    });
     tokio::select! {
         () = dispatch => {}
         () = work => {}

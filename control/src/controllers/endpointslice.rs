@@ -51,7 +51,7 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 
-use super::informer::{Change, Informer, Key, WorkQueue};
+use super::informer::{Change, Informer, Key, WorkQueue, work};
 
 /// Label naming a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -531,32 +531,23 @@ pub async fn run(client: Client, caches: Caches) {
             }
         }
     };
-    let work = async {
-        let expected: Mutex<Expectations> = Mutex::new(HashMap::new());
-        loop {
-            for key in queue.take().await {
-                if !caught_up(&caches, &expected, &key) {
-                    queue.add_after(key, Duration::from_millis(200));
-                    continue;
-                }
-                match reconcile(&client, &caches, &key).await {
-                    Ok(written) => {
-                        queue.forget(&key);
-                        let mut exp = expected.lock().unwrap_or_else(|e| e.into_inner());
-                        if written.is_empty() {
-                            exp.remove(&key);
-                        } else {
-                            exp.insert(key, (Instant::now(), written));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = %key, error = %e, "syncing endpoints");
-                        queue.retry(key);
-                    }
-                }
+    let expected: Mutex<Expectations> = Mutex::new(HashMap::new());
+    let work = work(queue, "syncing endpoints", |key| {
+        let (client, caches, expected) = (&client, &caches, &expected);
+        async move {
+            if !caught_up(caches, expected, &key) {
+                return Ok(Some(Duration::from_millis(200)));
             }
+            let written = reconcile(client, caches, &key).await?;
+            let mut exp = expected.lock().unwrap_or_else(|e| e.into_inner());
+            if written.is_empty() {
+                exp.remove(&key);
+            } else {
+                exp.insert(key, (Instant::now(), written));
+            }
+            Ok(None)
         }
-    };
+    });
     tokio::select! {
         () = dispatch => {}
         () = work => {}

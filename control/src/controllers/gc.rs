@@ -36,7 +36,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::informer::{Change, Informer, Key, WorkQueue};
+use super::informer::{Change, Informer, Key, WorkQueue, work};
 
 /// The finalizer that makes an owner wait for its dependents to be orphaned.
 pub const ORPHAN: &str = "orphan";
@@ -79,6 +79,12 @@ pub struct Item {
     pub kind: Kind,
     /// Namespace and name.
     pub key: Key,
+}
+
+impl std::fmt::Display for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} {}", self.kind, self.key)
+    }
 }
 
 /// What became of an owner.
@@ -433,19 +439,13 @@ pub async fn run(client: Client, caches: Caches) {
             }
         }
     };
-    let work = async {
-        loop {
-            for item in queue.take().await {
-                match process(&client, &caches, &index, &item).await {
-                    Ok(()) => queue.forget(&item),
-                    Err(e) => {
-                        tracing::warn!(kind = ?item.kind, object = %item.key, error = %e, "garbage collection");
-                        queue.retry(item);
-                    }
-                }
-            }
+    let work = work(queue, "garbage collection", |item| {
+        let (client, caches, index) = (&client, &caches, &index);
+        async move {
+            process(client, caches, index, &item).await?;
+            Ok(None)
         }
-    };
+    });
     tokio::select! {
         () = dispatch => {}
         () = work => {}

@@ -310,6 +310,33 @@ impl<Q: Ord + Clone + Hash + Send + 'static> WorkQueue<Q> {
     }
 }
 
+/// A controller's worker: reconciles queued keys one at a time, forever. `Ok(Some(d))` looks at
+/// the key again after `d` (a timer, a cache still catching up); an error is logged with `what`
+/// and retried with back-off.
+pub async fn work<Q, F, Fut>(queue: Arc<WorkQueue<Q>>, what: &'static str, mut reconcile: F)
+where
+    Q: Ord + Clone + Hash + Send + std::fmt::Display + 'static,
+    F: FnMut(Q) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Duration>, kube::Error>>,
+{
+    loop {
+        for key in queue.take().await {
+            match reconcile(key.clone()).await {
+                Ok(again) => {
+                    queue.forget(&key);
+                    if let Some(after) = again {
+                        queue.add_after(key, after);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(object = %key, error = %e, "{what}");
+                    queue.retry(key);
+                }
+            }
+        }
+    }
+}
+
 /// `namespace/name` of an object, the key most controllers queue.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {

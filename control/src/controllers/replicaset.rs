@@ -21,7 +21,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    informer::{Change, Informer, Key, WorkQueue},
+    informer::{Change, Informer, Key, WorkQueue, work},
     workload,
 };
 
@@ -100,35 +100,23 @@ pub async fn run(client: Client, caches: Caches) {
             }
         }
     };
-    let work = async {
-        let expected: Mutex<HashMap<Key, Expected>> = Mutex::new(HashMap::new());
-        loop {
-            for key in queue.take().await {
-                if !caught_up(&caches, &expected, &key) {
-                    queue.add_after(key, Duration::from_millis(500));
-                    continue;
-                }
-                match reconcile(&client, &caches, &key).await {
-                    Ok((exp, requeue)) => {
-                        queue.forget(&key);
-                        let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
-                        if exp.created.is_empty() && exp.deleted.is_empty() {
-                            all.remove(&key);
-                        } else {
-                            all.insert(key.clone(), exp);
-                        }
-                        if let Some(after) = requeue {
-                            queue.add_after(key, after);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(replicaset = %key, error = %e, "syncing replica set");
-                        queue.retry(key);
-                    }
-                }
+    let expected: Mutex<HashMap<Key, Expected>> = Mutex::new(HashMap::new());
+    let work = work(queue, "syncing replica set", |key| {
+        let (client, caches, expected) = (&client, &caches, &expected);
+        async move {
+            if !caught_up(caches, expected, &key) {
+                return Ok(Some(Duration::from_millis(500)));
             }
+            let (exp, again) = reconcile(client, caches, &key).await?;
+            let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
+            if exp.created.is_empty() && exp.deleted.is_empty() {
+                all.remove(&key);
+            } else {
+                all.insert(key, exp);
+            }
+            Ok(again)
         }
-    };
+    });
     tokio::select! {
         () = dispatch => {}
         () = work => {}
