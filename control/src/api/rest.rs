@@ -1261,10 +1261,16 @@ pub async fn delete(
             return Ok(json_response(StatusCode::OK, &old));
         }
         // Orphan and Foreground deletion: a finalizer keeps the object until the garbage
-        // collector has orphaned or deleted its dependents. (Pods and Namespaces own nothing the
-        // collector follows; for them the policy changes nothing.)
+        // collector has orphaned or deleted its dependents.
+        // Only kinds the collector follows get them: any other object would wait forever.
+        let collected = matches!(
+            (rt.group.as_str(), rt.kind.as_str()),
+            ("apps", "ReplicaSet" | "Deployment")
+                | ("", "Service")
+                | ("discovery.k8s.io", "EndpointSlice")
+        );
         let gc_finalizer = match opts.propagation.as_deref() {
-            _ if is_pod || is_namespace => None,
+            _ if !collected => None,
             Some("Orphan") => Some("orphan"),
             Some("Foreground") => Some("foregroundDeletion"),
             _ => None,

@@ -101,14 +101,16 @@ pub async fn run(client: Client, caches: Caches) {
             if !caught_up(caches, expected, &key) {
                 return Ok(Some(Duration::from_millis(200)));
             }
-            let (created, again) = reconcile(client, caches, &key).await?;
+            // A created ReplicaSet is remembered even when a later write failed.
+            let mut created = None;
+            let result = reconcile(client, caches, &key, &mut created).await;
             if let Some(name) = created {
                 expected
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(key, (Instant::now(), name));
             }
-            Ok(again)
+            result
         }
     });
     tokio::select! {
@@ -153,19 +155,21 @@ fn rolling(d: &Deployment, status: &k8s_openapi::api::apps::v1::DeploymentStatus
         || status.available_replicas.unwrap_or(0) != updated
 }
 
-/// One pass over one Deployment: returns the ReplicaSet it created, if any, and when to look
+/// One pass over one Deployment: records the ReplicaSet it created in `created`, and returns when
+/// to look
 /// again without an event.
 async fn reconcile(
     client: &Client,
     caches: &Caches,
     key: &Key,
-) -> Result<(Option<String>, Option<Duration>), kube::Error> {
+    created: &mut Option<String>,
+) -> Result<Option<Duration>, kube::Error> {
     let Some(d) = caches.deployments.store().get(&key.object_ref()) else {
-        return Ok((None, None));
+        return Ok(None);
     };
     // A Deployment being deleted leaves its ReplicaSets to the garbage collector.
     if d.metadata.deletion_timestamp.is_some() {
-        return Ok((None, None));
+        return Ok(None);
     }
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let all = caches.replicasets.store().state();
@@ -187,7 +191,6 @@ async fn reconcile(
         "planned"
     );
     let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), &key.namespace);
-    let mut created = None;
     if let Some(rs) = &plan.create {
         let pp = PostParams {
             field_manager: Some("deployment-controller".into()),
@@ -196,11 +199,19 @@ async fn reconcile(
         match rs_api.create(&pp, rs).await {
             Ok(made) => {
                 tracing::info!(deployment = %key, replicaset = made.metadata.name.as_deref().unwrap_or(""), "created replica set");
-                created = made.metadata.name;
+                *created = made.metadata.name;
             }
-            // The name is taken by a ReplicaSet this Deployment does not own (a hash collision):
-            // Kubernetes bumps status.collisionCount so the next name differs.
+            // The name is taken. If by this Deployment's own ReplicaSet (made by an earlier pass
+            // whose write the cache has not shown yet), it is done; otherwise it is a hash
+            // collision and, as in Kubernetes, status.collisionCount changes the next name.
             Err(kube::Error::Api(s)) if s.code == 409 => {
+                let name = rs.metadata.name.clone().unwrap_or_default();
+                if let Some(existing) = rs_api.get_opt(&name).await?
+                    && controller_uid(&existing) == Some(uid.as_str())
+                {
+                    *created = Some(name);
+                    return Ok(Some(Duration::ZERO));
+                }
                 let count = d
                     .status
                     .as_ref()
@@ -211,7 +222,7 @@ async fn reconcile(
                 let patch = json!({"status": {"collisionCount": count}});
                 api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
-                return Ok((None, Some(Duration::ZERO)));
+                return Ok(Some(Duration::ZERO));
             }
             Err(e) => return Err(e),
         }
@@ -250,14 +261,14 @@ async fn reconcile(
             .await
         {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok((created, None)),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(e) => return Err(e),
         }
     }
     if d.status.as_ref() != Some(&plan.status) {
         let mut next = match api.get_opt(&key.name).await? {
             Some(fresh) if plan.revision.is_some() => fresh,
-            Some(_) | None if plan.revision.is_some() => return Ok((created, None)),
+            Some(_) | None if plan.revision.is_some() => return Ok(None),
             _ => (*d).clone(),
         };
         next.status = Some(plan.status.clone());
@@ -271,5 +282,5 @@ async fn reconcile(
     } else {
         plan.requeue_after
     };
-    Ok((created, again))
+    Ok(again)
 }

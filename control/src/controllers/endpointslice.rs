@@ -5,7 +5,8 @@
 //! - A pod counts once it has an IP and while it is not terminal (Succeeded/Failed).
 //! - Conditions: `serving` = the pod's Ready condition; `terminating` = it has a
 //!   `deletionTimestamp`; `ready` = serving and not terminating. `publishNotReadyAddresses`
-//!   makes every endpoint ready.
+//!   makes every endpoint ready. A Service with an empty selector gets no slices (as in
+//!   Kubernetes, it does not select every pod); one being deleted gets no new ones.
 //! - A named `targetPort` is looked up among the pod's container ports (name and protocol); pods
 //!   that lack it get no endpoint for that port. Pods are grouped by the ports they resolve to:
 //!   one group of slices per distinct port set, at most [`MAX_ENDPOINTS`] endpoints per slice.
@@ -75,9 +76,11 @@ struct PodEndpoint {
 
 /// Whether the controller manages slices for `svc`.
 pub fn managed(svc: &Service) -> bool {
-    svc.spec
-        .as_ref()
-        .is_some_and(|s| s.selector.is_some() && s.type_.as_deref() != Some("ExternalName"))
+    svc.spec.as_ref().is_some_and(|s| {
+        // An empty selector selects nothing here, as in Kubernetes (not every pod).
+        s.selector.as_ref().is_some_and(|sel| !sel.is_empty())
+            && s.type_.as_deref() != Some("ExternalName")
+    })
 }
 
 /// Whether `svc` selects `pod` (same namespace, every selector label equal).
@@ -176,7 +179,7 @@ fn pod_endpoint(svc: &Service, pod: &Pod) -> Option<PodEndpoint> {
             addresses: vec![ip.clone()],
             conditions: Some(EndpointConditions {
                 ready: Some(ready),
-                serving: Some(serving || publish),
+                serving: Some(serving),
                 terminating: Some(terminating),
             }),
             hostname: hostname.clone(),
@@ -480,6 +483,7 @@ pub async fn run(client: Client, caches: Caches) {
     let mut services = caches.services.subscribe();
     let mut pods = caches.pods.subscribe();
     let mut slices = caches.slices.subscribe();
+    let mut endpoints = caches.endpoints.subscribe();
     caches.services.synced().await;
     caches.pods.synced().await;
     caches.slices.synced().await;
@@ -527,6 +531,12 @@ pub async fn run(client: Client, caches: Caches) {
                         Some(c) => c.objects().filter_map(|s| slice_owner(s)).for_each(|k| queue.add(k)),
                         None => break,
                     },
+                    // Endpoints are named like their Service: a changed or deleted one is checked.
+                    change = endpoints.next() => match change {
+                        Some(Change::Resync) => enqueue_all(),
+                        Some(c) => c.objects().for_each(|e| queue.add(Key::of(&**e))),
+                        None => break,
+                    },
                 }
             }
         }
@@ -538,14 +548,16 @@ pub async fn run(client: Client, caches: Caches) {
             if !caught_up(caches, expected, &key) {
                 return Ok(Some(Duration::from_millis(200)));
             }
-            let written = reconcile(client, caches, &key).await?;
+            // What was written is remembered even if a later write fails.
+            let mut written = BTreeMap::new();
+            let result = reconcile(client, caches, &key, &mut written).await;
             let mut exp = expected.lock().unwrap_or_else(|e| e.into_inner());
             if written.is_empty() {
                 exp.remove(&key);
             } else {
                 exp.insert(key, (Instant::now(), written));
             }
-            Ok(None)
+            result.map(|()| None)
         }
     });
     tokio::select! {
@@ -600,12 +612,14 @@ fn caught_up(caches: &Caches, expected: &Mutex<Expectations>, key: &Key) -> bool
     seen
 }
 
-/// Brings one Service's slices and Endpoints up to date; returns the slice versions written.
+/// Brings one Service's slices and Endpoints up to date, recording the slice versions it writes
+/// in `written` as it goes.
 async fn reconcile(
     client: &Client,
     caches: &Caches,
     key: &Key,
-) -> Result<BTreeMap<String, Option<u64>>, kube::Error> {
+    written: &mut BTreeMap<String, Option<u64>>,
+) -> Result<(), kube::Error> {
     let svc = caches.services.store().get(&key.object_ref());
     let existing: Vec<Arc<EndpointSlice>> = caches
         .slices
@@ -617,7 +631,11 @@ async fn reconcile(
     let existing_refs: Vec<&EndpointSlice> = existing.iter().map(|s| &**s).collect();
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &key.namespace);
     let endpoints_api: Api<Endpoints> = Api::namespaced(client.clone(), &key.namespace);
-    let (plan, endpoints) = match svc.as_deref().filter(|s| managed(s)) {
+    // A Service being deleted gets no new slices: they would hold up its deletion.
+    let live = svc
+        .as_deref()
+        .filter(|s| managed(s) && s.metadata.deletion_timestamp.is_none());
+    let (plan, endpoints) = match live {
         Some(svc) => {
             let all = caches.pods.store().state();
             let pods: Vec<&Pod> = all
@@ -641,7 +659,6 @@ async fn reconcile(
             None,
         ),
     };
-    let mut written = BTreeMap::new();
     let pp = PostParams {
         field_manager: Some("endpointslice-controller".into()),
         ..PostParams::default()
@@ -674,8 +691,7 @@ async fn reconcile(
             "endpoint slices synced"
         );
     }
-    sync_endpoints(&endpoints_api, caches, key, svc.as_deref(), endpoints, &pp).await?;
-    Ok(written)
+    sync_endpoints(&endpoints_api, caches, key, svc.as_deref(), endpoints, &pp).await
 }
 
 async fn sync_endpoints(
@@ -693,12 +709,8 @@ async fn sync_endpoints(
                 return Ok(());
             }
             want.metadata.resource_version = have.metadata.resource_version.clone();
-            match api.replace(&key.name, pp, &want).await {
-                Ok(_) => Ok(()),
-                // The cache was stale; the watch event that follows queues the Service again.
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-                Err(e) => Err(e),
-            }
+            // A conflict (stale cache) is an error: retried after a back-off.
+            api.replace(&key.name, pp, &want).await.map(|_| ())
         }
         (Some(want), None) => match api.create(pp, &want).await {
             Ok(_) => Ok(()),
@@ -830,7 +842,7 @@ mod tests {
         let plan = plan_slices(&s, &refs, &[]);
         assert_eq!(
             summary(&plan.create[0].endpoints.clone().unwrap()[0]),
-            "10.244.0.3 ready=true serving=true terminating=false"
+            "10.244.0.3 ready=true serving=false terminating=false"
         );
     }
 
@@ -977,5 +989,8 @@ mod tests {
         s.spec.as_mut().unwrap().selector = None;
         assert!(!managed(&s));
         assert!(!managed(&svc(json!({"spec": {"type": "ExternalName"}}))));
+        let mut empty = svc(json!({}));
+        empty.spec.as_mut().unwrap().selector = Some(BTreeMap::new());
+        assert!(!managed(&empty), "an empty selector selects nothing");
     }
 }

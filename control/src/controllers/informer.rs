@@ -153,7 +153,15 @@ where
                         }
                     }
                     for o in now {
-                        let prev = old.get(&ObjectRef::from_obj(&*o)).cloned();
+                        let mut prev = old.get(&ObjectRef::from_obj(&*o)).cloned();
+                        // Deleted and made again under the same name while unwatched: two
+                        // changes, so the old object's dependents learn it is gone.
+                        if prev.as_ref().is_some_and(|p| p.meta().uid != o.meta().uid) {
+                            let _ = tx.send(Change::Object {
+                                old: prev.take(),
+                                new: None,
+                            });
+                        }
                         let _ = tx.send(Change::Object {
                             old: prev,
                             new: Some(o),

@@ -107,14 +107,19 @@ pub async fn run(client: Client, caches: Caches) {
             if !caught_up(caches, expected, &key) {
                 return Ok(Some(Duration::from_millis(500)));
             }
-            let (exp, again) = reconcile(client, caches, &key).await?;
+            // What was written is remembered even when a later write failed.
+            let mut exp = Expected {
+                at: Some(Instant::now()),
+                ..Expected::default()
+            };
+            let result = reconcile(client, caches, &key, &mut exp).await;
             let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
             if exp.created.is_empty() && exp.deleted.is_empty() {
                 all.remove(&key);
             } else {
                 all.insert(key, exp);
             }
-            Ok(again)
+            result
         }
     });
     tokio::select! {
@@ -175,22 +180,20 @@ fn caught_up(caches: &Caches, expected: &Mutex<HashMap<Key, Expected>>, key: &Ke
     seen
 }
 
-/// One pass over one ReplicaSet: returns what it expects to see, and when to look again.
+/// One pass over one ReplicaSet: records in `exp` what it expects to see, and returns when to
+/// look again.
 async fn reconcile(
     client: &Client,
     caches: &Caches,
     key: &Key,
-) -> Result<(Expected, Option<Duration>), kube::Error> {
-    let mut exp = Expected {
-        at: Some(Instant::now()),
-        ..Expected::default()
-    };
+    exp: &mut Expected,
+) -> Result<Option<Duration>, kube::Error> {
     let Some(rs) = caches.replicasets.store().get(&key.object_ref()) else {
-        return Ok((exp, None));
+        return Ok(None);
     };
     // A ReplicaSet being deleted keeps its pods for the garbage collector to handle.
     if rs.metadata.deletion_timestamp.is_some() {
-        return Ok((exp, None));
+        return Ok(None);
     }
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
@@ -224,7 +227,7 @@ async fn reconcile(
         exp.created.insert(name);
     }
     if !exp.created.is_empty() {
-        return Ok((exp, None));
+        return Ok(None);
     }
     let owned: Vec<&Pod> = all
         .iter()
@@ -246,16 +249,17 @@ async fn reconcile(
             let n = batch.min(left);
             let results =
                 futures::future::join_all((0..n).map(|_| pods_api.create(&pp, &template))).await;
+            // Every success of the batch is recorded before the first error stops the rest.
             for r in results {
                 match r {
                     Ok(pod) => {
                         exp.created.extend(pod.metadata.name);
                     }
-                    Err(e) => {
-                        failure = Some(e);
-                        break 'batches;
-                    }
+                    Err(e) => failure = failure.or(Some(e)),
                 }
+            }
+            if failure.is_some() {
+                break 'batches;
             }
             left -= n;
             batch *= 2;
@@ -292,9 +296,22 @@ async fn reconcile(
                 status: Some("True".into()),
                 reason: Some(reason.into()),
                 message: Some(e.to_string()),
-                last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    now,
-                )),
+                // The transition time stays while the failure does: a status that changed on
+                // every pass would requeue itself past the back-off.
+                last_transition_time: rs
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|cs| {
+                        cs.iter().find(|c| {
+                            c.type_.as_deref() == Some("ReplicaFailure")
+                                && c.reason.as_deref() == Some(reason)
+                        })
+                    })
+                    .and_then(|c| c.last_transition_time.clone())
+                    .or(Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        now,
+                    ))),
             },
         );
     }
@@ -308,5 +325,5 @@ async fn reconcile(
     }
     // Pods ready but not yet available for minReadySeconds: look again when they will be.
     let requeue = plan.requeue_after;
-    Ok((exp, requeue))
+    Ok(requeue)
 }

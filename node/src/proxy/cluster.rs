@@ -28,6 +28,15 @@ use crate::runtime::network::LinkHook;
 /// How often stale conntrack entries are swept.
 pub const GC_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How soon a failed sync is tried again.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+fn log_error<T>(what: &str, event: Result<T, watcher::Error>) {
+    if let Err(e) = event {
+        tracing::warn!(watch = what, error = %e, "watch failed; retrying");
+    }
+}
+
 /// A [`Proxy`] shared by the sync loop and the pod network.
 #[derive(Clone)]
 pub struct SharedProxy(Arc<Mutex<Proxy>>);
@@ -69,16 +78,17 @@ pub async fn run(client: Client, proxy: SharedProxy, node: String) {
     )
     .default_backoff()
     .reflect(svc_writer)
-    .map(|_| ());
+    .map(|e| log_error("services", e));
     let slice_events = watcher(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(slice_writer)
-    .map(|_| ());
+    .map(|e| log_error("endpointslices", e));
     let mut events = stream::select(svc_events, slice_events).boxed();
     let mut gc = tokio::time::interval(GC_INTERVAL);
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
     let mut ready = false;
     let mut last_error: Option<String> = None;
     loop {
@@ -89,11 +99,10 @@ pub async fn run(client: Client, proxy: SharedProxy, node: String) {
                 if swept > 0 {
                     tracing::debug!(swept, "conntrack entries swept");
                 }
-                // A failed sync is retried here; otherwise nothing changed.
-                if last_error.is_none() {
-                    continue;
-                }
+                continue;
             }
+            // A failed sync is retried; otherwise nothing changed.
+            _ = retry.tick() => if last_error.is_none() { continue },
         }
         // Take whatever else already arrived: one sync for a burst.
         while let Some(Some(())) = events.next().now_or_never() {}
