@@ -39,15 +39,6 @@ const ROLLOUT_RESYNC: Duration = Duration::from_secs(5);
 /// How long a created ReplicaSet is waited for in the cache.
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn controller_uid(rs: &ReplicaSet) -> Option<&str> {
-    rs.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))
-        .map(|r| r.uid.as_str())
-}
-
 /// Runs the controller until the informers end.
 pub async fn run(client: Client, caches: Caches) {
     let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
@@ -81,7 +72,8 @@ pub async fn run(client: Client, caches: Caches) {
                         Some(c) => {
                             let all = caches.deployments.store().state();
                             for rs in c.objects() {
-                                let Some(uid) = controller_uid(rs) else { continue };
+                                let Some(owner) = workload::controller_of(&rs.metadata) else { continue };
+                                let uid = owner.uid.as_str();
                                 for d in all.iter().filter(|d| d.metadata.uid.as_deref() == Some(uid)) {
                                     queue.add(Key::of(&**d));
                                 }
@@ -146,15 +138,6 @@ fn caught_up(
     seen
 }
 
-/// Whether `d`'s rollout is still under way according to `status`.
-fn rolling(d: &Deployment, status: &k8s_openapi::api::apps::v1::DeploymentStatus) -> bool {
-    let want = d.spec.replicas.unwrap_or(1);
-    let updated = status.updated_replicas.unwrap_or(0);
-    updated != want
-        || status.replicas.unwrap_or(0) != updated
-        || status.available_replicas.unwrap_or(0) != updated
-}
-
 /// One pass over one Deployment: records the ReplicaSet it created in `created`, and returns when
 /// to look
 /// again without an event.
@@ -178,7 +161,7 @@ async fn reconcile(
         .map(|rs| &**rs)
         .filter(|rs| {
             rs.metadata.namespace == d.metadata.namespace
-                && controller_uid(rs) == Some(uid.as_str())
+                && workload::is_controlled_by(&rs.metadata, &uid)
         })
         .collect();
     let plan = workload::plan_deployment(&d, &owned, jiff::Timestamp::now());
@@ -207,7 +190,7 @@ async fn reconcile(
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let name = rs.metadata.name.clone().unwrap_or_default();
                 if let Some(existing) = rs_api.get_opt(&name).await?
-                    && controller_uid(&existing) == Some(uid.as_str())
+                    && workload::is_controlled_by(&existing.metadata, &uid)
                 {
                     *created = Some(name);
                     return Ok(Some(Duration::ZERO));
@@ -254,27 +237,24 @@ async fn reconcile(
         }
     }
     let api: Api<Deployment> = Api::namespaced(client.clone(), &key.namespace);
+    // The status is written at the version the revision patch (if any) returned.
+    let mut next = (*d).clone();
     if let Some(revision) = &plan.revision {
         let patch = json!({"metadata": {"annotations": {workload::REVISION_ANNOTATION: revision}}});
         match api
             .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => {}
+            Ok(patched) => next = patched,
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(e) => return Err(e),
         }
     }
     if d.status.as_ref() != Some(&plan.status) {
-        let mut next = match api.get_opt(&key.name).await? {
-            Some(fresh) if plan.revision.is_some() => fresh,
-            Some(_) | None if plan.revision.is_some() => return Ok(None),
-            _ => (*d).clone(),
-        };
         next.status = Some(plan.status.clone());
         super::replace_status(&api, &key.name, &next).await?;
     }
-    let again = if rolling(&d, &plan.status) {
+    let again = if !workload::rollout_complete(&d, &plan.status) {
         Some(
             plan.requeue_after
                 .map_or(ROLLOUT_RESYNC, |t| t.min(ROLLOUT_RESYNC)),

@@ -724,9 +724,6 @@ async fn sync_endpoints(
                 .labels
                 .as_ref()
                 .is_some_and(|l| l.contains_key(SKIP_MIRROR_LABEL));
-            if svc.is_some_and(|s| !managed(s)) && !ours {
-                return Ok(());
-            }
             if svc.is_some() && !ours {
                 return Ok(());
             }

@@ -140,12 +140,10 @@ where
                         .map(|o| (ObjectRef::from_obj(&*o), o))
                         .collect();
                     let now = store.state();
-                    let present: BTreeSet<String> = now
-                        .iter()
-                        .map(|o| ObjectRef::from_obj(&**o).to_string())
-                        .collect();
+                    let present: std::collections::HashSet<ObjectRef<K>> =
+                        now.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
                     for (key, o) in &old {
-                        if !present.contains(&key.to_string()) {
+                        if !present.contains(key) {
                             let _ = tx.send(Change::Object {
                                 old: Some(o.clone()),
                                 new: None,

@@ -47,16 +47,6 @@ struct Expected {
     deleted: BTreeSet<String>,
 }
 
-/// The controller's owner reference UID of `pod`, if any.
-fn controller_uid(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))
-        .map(|r| r.uid.as_str())
-}
-
 /// Runs the controller until the informers end.
 pub async fn run(client: Client, caches: Caches) {
     let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
@@ -133,7 +123,7 @@ pub async fn run(client: Client, caches: Caches) {
 fn owners_of(caches: &Caches, pod: &Pod) -> Vec<Key> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let rss = caches.replicasets.store().state();
-    match controller_uid(pod) {
+    match workload::controller_of(&pod.metadata).map(|r| r.uid.as_str()) {
         Some(uid) => rss
             .iter()
             .filter(|rs| rs.metadata.uid.as_deref() == Some(uid))
@@ -232,7 +222,7 @@ async fn reconcile(
     let owned: Vec<&Pod> = all
         .iter()
         .map(|p| &**p)
-        .filter(|p| controller_uid(p) == Some(uid.as_str()))
+        .filter(|p| workload::is_controlled_by(&p.metadata, &uid))
         .collect();
     let now = jiff::Timestamp::now();
     let plan = workload::plan_replicaset(&rs, &owned, now);

@@ -352,6 +352,16 @@ pub fn is_controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
     controller_of(meta).is_some_and(|r| r.uid == uid)
 }
 
+/// Kubernetes' `DeploymentComplete`: with `status`, every replica of `d` runs the current
+/// template and is available (the loop keeps looking at a Deployment until this holds).
+pub fn rollout_complete(d: &Deployment, status: &DeploymentStatus) -> bool {
+    let replicas = d.spec.replicas.unwrap_or(1).max(0);
+    status.updated_replicas.unwrap_or(0) == replicas
+        && status.replicas.unwrap_or(0) == replicas
+        && status.available_replicas.unwrap_or(0) == replicas
+        && status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+}
+
 /// Should an owner with `selector` adopt the object (a pod, or a ReplicaSet for a Deployment)?
 /// Yes when it has no controller, is not being deleted and its labels match a non-empty selector.
 /// The caller adopts only while the owner itself is not being deleted, by adding
@@ -1527,11 +1537,7 @@ impl<'a> Planner<'a> {
 
     /// Kubernetes' `DeploymentComplete`.
     fn complete(&self, status: &DeploymentStatus) -> bool {
-        let replicas = self.cfg.replicas;
-        status.updated_replicas.unwrap_or(0) == replicas
-            && status.replicas.unwrap_or(0) == replicas
-            && status.available_replicas.unwrap_or(0) == replicas
-            && status.observed_generation.unwrap_or(0) >= self.d.metadata.generation.unwrap_or(0)
+        rollout_complete(self.d, status)
     }
 
     /// Kubernetes' `DeploymentProgressing`: more updated, ready or available pods, or fewer old
