@@ -4,7 +4,11 @@
 //! the dataplane under test → two backend pod namespaces. Subjects:
 //! - `none`: the client talks to a backend's own address; nothing to translate. The physical
 //!   limit of this machine.
-//! - `iptables`: kube-proxy's chains written with `iptables-restore` (the peer).
+//! - `iptables`: kube-proxy's chains written with `iptables-restore` (the peer every ratio is
+//!   taken against).
+//! - `nftables`: kube-proxy's nftables mode (verdict maps, one lookup per packet whatever the
+//!   number of services), loaded with `nft -f`.
+//! - `ipvs`: reported as skipped when the kernel has no IP_VS (this machine's has none).
 //! - `ebpf-tc`: rudder's TC program on the pods' host-side veths.
 //! - `ebpf-xdp`: rudder's XDP program on the node's uplink; the client is outside the node (the
 //!   lab's uplink namespace) and talks to the node address and the service's NodePorts; replies
@@ -17,9 +21,10 @@
 //! The service under test is one of `services` services; the others are realistic filler
 //! (a ClusterIP with two backends each), which is what makes iptables' first packet slower as
 //! the count grows. Metrics (names from DESIGN.md): `new_conns_per_s` (connect, one 1-byte
-//! request/response, close; 8 in flight), `first_packet_p99_us` (connect() time, one at a time),
+//! request/response, close; 32 in flight on one event loop), `first_packet_p99_us` (connect() time, one at a time),
 //! `rr_p50_us`/`rr_p99_us` (1-byte ping-pong on one connection), `throughput_gbps` (one TCP
-//! stream), `udp_pps` (18-byte datagrams from one socket, counted at the backend),
+//! stream), `udp_pps` (18-byte datagrams from one socket, 64 per
+//! `sendmmsg`, counted at the backend),
 //! `cpu_ns_per_packet` (all CPU time on the machine during the UDP run / datagrams delivered),
 //! `update_one_service_us` (one service's backends change at N services until the dataplane
 //! holds it), `state_memory_bytes` (kernel memory of rudder's maps as bpftool reports it; for
@@ -30,13 +35,10 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
@@ -49,11 +51,15 @@ use rudder_node::{
         ebpf::Datapath,
         iptables::Iptables,
         model::{Backend, DesiredState, Frontend, Protocol, ServicePortName},
+        nftables::Nftables,
         plan::{Planner, Settings},
     },
 };
 
-use crate::results::Results;
+use crate::{
+    loadgen::{self, Servers},
+    results::Results,
+};
 
 /// Every subject the contract names; those not built yet are reported as skipped.
 pub const ALL_SUBJECTS: [&str; 7] = [
@@ -88,9 +94,16 @@ impl Options {
     pub fn full() -> Self {
         Self {
             services: vec![1, 1000, 10000],
-            dataplanes: ["none", "iptables", "ebpf-tc", "ebpf-xdp", "socket-lb"]
-                .map(String::from)
-                .to_vec(),
+            dataplanes: [
+                "none",
+                "iptables",
+                "nftables",
+                "ebpf-tc",
+                "ebpf-xdp",
+                "socket-lb",
+            ]
+            .map(String::from)
+            .to_vec(),
             seconds: 3.0,
             connects: 2000,
             round_trips: 20000,
@@ -115,6 +128,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const RR_PORT: u16 = 8080;
 const SINK_PORT: u16 = 8081;
 const UDP_PORT: u16 = 5353;
+/// Short connections kept in flight by the load generator.
+const CRR_IN_FLIGHT: usize = 32;
 /// NodePorts of the service under test (rr, sink, udp).
 const NODE_PORTS: (u16, u16, u16) = (30080, 30081, 30053);
 
@@ -198,95 +213,11 @@ pub fn filler(i: usize, generation: u32) -> Frontend {
     )
 }
 
-/// Servers in one backend pod: TCP echo (rr and short connections), TCP sink, UDP counter.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    udp_received: Arc<AtomicU64>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Servers {
-    fn start(pod: &Pod) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let udp_received = Arc::new(AtomicU64::new(0));
-        let (rr, sink, udp) = in_ns(&pod.ns, || -> std::io::Result<_> {
-            Ok((
-                TcpListener::bind((Ipv4Addr::UNSPECIFIED, RR_PORT))?,
-                TcpListener::bind((Ipv4Addr::UNSPECIFIED, SINK_PORT))?,
-                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT))?,
-            ))
-        })??;
-        let mut threads = Vec::new();
-        for (listener, echo) in [(rr, true), (sink, false)] {
-            listener.set_nonblocking(true)?;
-            let stop = stop.clone();
-            threads.push(thread::spawn(move || accept_loop(&listener, echo, &stop)));
-        }
-        udp.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let (stop2, count) = (stop.clone(), udp_received.clone());
-        threads.push(thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop2.load(Ordering::Relaxed) {
-                if udp.recv(&mut buf).is_ok() {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-        Ok(Self {
-            stop,
-            udp_received,
-            threads,
-        })
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn accept_loop(listener: &TcpListener, echo: bool, stop: &Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((conn, _)) => {
-                let stop = stop.clone();
-                thread::spawn(move || serve(conn, echo, &stop));
-            }
-            Err(_) => thread::sleep(Duration::from_micros(200)),
-        }
-    }
-}
-
-fn serve(mut conn: TcpStream, echo: bool, stop: &AtomicBool) {
-    let _ = conn.set_nodelay(true);
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = vec![0u8; 256 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        match conn.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if echo && conn.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-        }
-    }
-}
-
 /// The dataplane under test, kept alive while measuring.
 enum Dataplane {
     None,
     Iptables(Iptables),
+    Nftables(Nftables),
     Ebpf {
         datapath: Box<Datapath>,
         planner: Planner,
@@ -323,7 +254,7 @@ fn build_bed(subject: &str, n: usize) -> Result<Bed> {
     let mut backends = Vec::new();
     for _ in 0..2 {
         let pod = lab.add_pod()?;
-        servers.push(Servers::start(&pod)?);
+        servers.push(Servers::start(&pod.ns, RR_PORT, SINK_PORT, UDP_PORT)?);
         backends.push(pod.ip);
     }
     let desired = state(n, &backends, 0);
@@ -334,6 +265,12 @@ fn build_bed(subject: &str, n: usize) -> Result<Bed> {
             let iptables = Iptables::new(Some(&lab.node));
             iptables.sync(&desired)?;
             (Dataplane::Iptables(iptables), VIP, (80, 81, 53))
+        }
+        "nftables" => {
+            lab.route_services_to_sink()?;
+            let mut nftables = Nftables::new(Some(&lab.node));
+            nftables.sync(&desired)?;
+            (Dataplane::Nftables(nftables), VIP, (80, 81, 53))
         }
         "ebpf-tc" | "socket-lb" | "ebpf-xdp" => {
             let config = Config {
@@ -468,33 +405,15 @@ fn measure(
     results.push(subject, &case, "first_packet_p99_us", p99, "µs");
     eprintln!("  {subject:9} services={n:<6} first_packet_p99_us {p99:.1}");
 
-    // New connections per second: 8 in flight, each connect + 1-byte round trip + close.
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let mut workers = Vec::new();
-    for _ in 0..8 {
-        let (ns, done) = (ns.clone(), done.clone());
-        workers.push(thread::spawn(move || {
-            in_ns(&ns, || {
-                let mut byte = [0u8; 1];
-                while Instant::now() < deadline {
-                    let Ok(mut c) = TcpStream::connect_timeout(&rr, Duration::from_secs(3)) else {
-                        continue;
-                    };
-                    let _ = c.set_nodelay(true);
-                    if c.write_all(b"x").is_ok() && c.read_exact(&mut byte).is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        }));
-    }
-    for w in workers {
-        let _ = w.join();
-    }
-    let rate = done.load(Ordering::Relaxed) as f64 / secs;
+    // New connections per second: many in flight on one event loop, each connect + 1-byte
+    // round trip + close.
+    let outcome = loadgen::crr(&ns, rr, Duration::from_secs_f64(secs), CRR_IN_FLIGHT)?;
+    let rate = outcome.completed as f64 / secs;
     results.push(subject, &case, "new_conns_per_s", rate, "1/s");
-    eprintln!("  {subject:9} services={n:<6} new_conns_per_s {rate:.0}");
+    eprintln!(
+        "  {subject:9} services={n:<6} new_conns_per_s {rate:.0} ({} failed)",
+        outcome.failed
+    );
 
     // Request/response on one connection.
     let mut samples = in_ns(&ns, || -> Result<Vec<Duration>> {
@@ -541,18 +460,7 @@ fn measure(
         .map(|s| s.udp_received.load(Ordering::Relaxed))
         .sum();
     let cpu_before = busy_ns();
-    in_ns(&ns, || -> Result<()> {
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        socket.connect(udp)?;
-        let payload = [0u8; 18];
-        let deadline = Instant::now() + Duration::from_secs_f64(secs);
-        while Instant::now() < deadline {
-            for _ in 0..64 {
-                let _ = socket.send(&payload);
-            }
-        }
-        Ok(())
-    })??;
+    let sent = loadgen::udp_blast(&ns, udp, Duration::from_secs_f64(secs))?;
     thread::sleep(Duration::from_millis(200));
     let cpu = busy_ns().saturating_sub(cpu_before);
     let after: u64 = bed
@@ -572,7 +480,10 @@ fn measure(
             "ns",
         );
     }
-    eprintln!("  {subject:9} services={n:<6} udp_pps {pps:.0}");
+    eprintln!(
+        "  {subject:9} services={n:<6} udp_pps {pps:.0} ({:.0}% of {sent} sent)",
+        100.0 * delivered as f64 / sent.max(1) as f64
+    );
 
     // One service change at n services, and the state's memory.
     match &mut bed.dataplane {
@@ -588,6 +499,31 @@ fn measure(
             let p99 = percentile_us(&mut samples, 99.0);
             results.push(subject, &case, "update_one_service_us", p99, "µs");
             let rules = exec(&bed.lab.node, "iptables-save", &[], None)?;
+            results.push(
+                subject,
+                &case,
+                "state_memory_bytes",
+                rules.len() as f64,
+                "bytes",
+            );
+            eprintln!("  {subject:9} services={n:<6} update_one_service_us {p99:.0}");
+        }
+        Dataplane::Nftables(nftables) => {
+            let mut samples = Vec::new();
+            for g in 1..=o.updates.min(10) {
+                let desired = state(n.max(2), &bed.backends, u32::try_from(g).unwrap_or(1));
+                let started = Instant::now();
+                nftables.sync(&desired)?;
+                samples.push(started.elapsed());
+            }
+            let p99 = percentile_us(&mut samples, 99.0);
+            results.push(subject, &case, "update_one_service_us", p99, "µs");
+            let rules = exec(
+                &bed.lab.node,
+                "nft",
+                &["list", "table", "ip", "kube-proxy"],
+                None,
+            )?;
             results.push(
                 subject,
                 &case,
@@ -662,9 +598,14 @@ pub fn run(out: &Path, o: &Options) -> Result<Results> {
     }
     for &n in &o.services {
         for subject in &o.dataplanes {
-            if !["none", "iptables", "ebpf-tc", "ebpf-xdp", "socket-lb"].contains(&subject.as_str())
-            {
-                eprintln!("  {subject:9} skipped: not built yet");
+            if subject == "ipvs" {
+                // kube-proxy's ipvs mode needs the kernel's IP_VS, which not every kernel has
+                // (this machine's does not); it is reported as skipped rather than faked.
+                if !Path::new("/proc/net/ip_vs").exists() {
+                    eprintln!("  ipvs      skipped: this kernel has no IP_VS (no /proc/net/ip_vs)");
+                } else {
+                    eprintln!("  ipvs      skipped: not built yet");
+                }
                 continue;
             }
             eprintln!(
@@ -688,6 +629,10 @@ pub fn run(out: &Path, o: &Options) -> Result<Results> {
             Some(v) => report.push_str(&format!("- {goal}: **{v:.2}**\n")),
             None => report.push_str(&format!("- {goal}: not measured in this run\n")),
         }
+    }
+    match crate::plots::write_plots(&results, "services", &out.join("plots")) {
+        Ok(files) => report.push_str(&crate::plots::report_section(&files, "plots")),
+        Err(e) => eprintln!("plots skipped: {:#}", anyhow::Error::from(e)),
     }
     std::fs::write(out.join("report.md"), report)?;
     Ok(results)

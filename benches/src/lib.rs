@@ -4,12 +4,16 @@
 //!   (`target/bench/<name>/results.json`) and its markdown report.
 //! - [`control`]: the control-plane benchmark (embedded store vs etcd, through the real apiserver
 //!   and the kube-rs client).
-//! - [`forwarding`]: Service forwarding through each dataplane in network namespaces.
+//! - [`forwarding`]: Service forwarding through each dataplane in network namespaces, with the
+//!   event-driven servers and clients of [`loadgen`].
+//! - [`plots`]: PNG plots of a results file, one per metric, beside the report.
 //! - [`stats`] computes percentiles.
 //!
 //! Criterion micro-benchmarks of the datapath's user-side hot paths live in `benches/datapath.rs`.
 
 pub mod control;
 pub mod forwarding;
+pub mod loadgen;
+pub mod plots;
 pub mod results;
 pub mod stats;

@@ -15,10 +15,13 @@ pub struct Tools {
     pub kubectl: PathBuf,
 }
 
-/// Commands the tests run, and the Debian package that provides each.
+/// Commands the tests run (or, given as an absolute path, files they read), and the Debian
+/// package that provides each.
 const DEBIAN: &[(&str, &str)] = &[
     ("etcd", "etcd-server"),
     ("iptables-restore", "iptables"),
+    // kube-proxy's nftables mode, the benchmark's second peer.
+    ("nft", "nftables"),
     ("bpftool", "bpftool"),
     ("dig", "dnsutils"),
     ("ip", "iproute2"),
@@ -29,6 +32,11 @@ const DEBIAN: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     // etcd-client compiles etcd's protobuf definitions at build time.
     ("protoc", "protobuf-compiler"),
+    // The font benchmark plots are labelled with (rudder_benches::plots::FONT).
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";
@@ -43,6 +51,9 @@ pub fn ensure() -> Result<Tools> {
 }
 
 fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return std::path::Path::new(cmd).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .stdout(Stdio::null())

@@ -19,11 +19,13 @@
 //! | `RUDDER_SERVICES4` | hash | [`ServiceKey4`] → [`Service`] |
 //! | `RUDDER_BACKENDS4` | hash | backend id (`u32`) → [`Backend4`] |
 //! | `RUDDER_MAGLEV` | hash, no prealloc | service id (`u32`) → [`MaglevTable`] |
+//! | `RUDDER_MAGLEV_SMALL` | hash, no prealloc | service id (`u32`) → [`MaglevSmall`] |
 //! | `RUDDER_CT4` | LRU hash | [`CtKey4`] → [`CtEntry4`] |
 //! | `RUDDER_AFFINITY4` | LRU hash | [`AffinityKey4`] → [`AffinityEntry`] |
 //! | `RUDDER_SOCK_REVNAT4` | LRU hash | [`SockRevKey4`] → [`SockRevEntry4`] |
 //! | `RUDDER_REASONS` | per-CPU array | [`Reason`] → [`Counter`] |
 //! | `RUDDER_SERVICE_COUNTERS` | per-CPU array | service id → [`Counter`] |
+//! | `RUDDER_POD_LINKS` | hash, no prealloc | host-side veth ifindex (`u32`) → `1` (`u32`) |
 //! | `RUDDER_CONFIG` | array, 1 entry | `0` → [`Config`] |
 #![no_std]
 
@@ -31,11 +33,23 @@
 /// removing one of `N` backends moves about `1/N` of the new flows and no others.
 pub const MAGLEV_TABLE_SIZE: usize = 16381;
 
+/// Slots in the small Maglev table of a service with at most [`MAGLEV_SMALL_MAX_BACKENDS`]
+/// backends: a prime giving each backend at least 100 slots, which keeps Maglev's balance and
+/// minimal disruption, in 4 KiB instead of 64 KiB. Most Services have a handful of pods, so
+/// this is what keeps 10,000 Services from costing 640 MB of kernel memory.
+pub const MAGLEV_SMALL_SIZE: usize = 1021;
+
+/// Most backends a service may have and still use a small Maglev table.
+pub const MAGLEV_SMALL_MAX_BACKENDS: usize = 10;
+
 /// Most frontends (service key entries) a node holds; service ids are below this.
 pub const MAX_SERVICES: u32 = 65_536;
 
 /// Most backends a node holds.
 pub const MAX_BACKENDS: u32 = 262_144;
+
+/// Most pod links (host-side veths) a node's datapath delivers to directly.
+pub const MAX_POD_LINKS: u32 = 4096;
 
 /// Default conntrack size (entries; each flow uses two: forward and reply).
 pub const CT_ENTRIES: u32 = 262_144;
@@ -76,11 +90,14 @@ pub enum Reason {
     /// XDP NodePort picked a backend on another node; SNAT for those is not built yet, so the
     /// packet went on untranslated (and is refused by the node).
     RemoteBackend = 10,
+    /// Counted besides the packet's reason: the packet was delivered straight into a pod on this
+    /// node (`bpf_redirect_peer`), skipping the node's IP stack.
+    PeerRedirect = 11,
 }
 
 impl Reason {
     /// Number of reasons, the size of the counters array.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     /// Every reason with its stable lower-case name, in index order.
     pub const ALL: [(Reason, &'static str); Self::COUNT as usize] = [
@@ -95,6 +112,7 @@ impl Reason {
         (Reason::CtNew, "ct_new"),
         (Reason::CtFull, "ct_full"),
         (Reason::RemoteBackend, "remote_backend"),
+        (Reason::PeerRedirect, "peer_redirect"),
     ];
 }
 
@@ -151,6 +169,8 @@ pub struct ServiceKey4 {
 pub const SVC_RANDOM: u32 = 1;
 /// `Service::flags`: a NodePort/external frontend (XDP may SNAT to remote backends).
 pub const SVC_EXTERNAL: u32 = 2;
+/// `Service::flags`: the service's Maglev table is the small one (`RUDDER_MAGLEV_SMALL`).
+pub const SVC_SMALL_TABLE: u32 = 4;
 
 /// What a frontend balances over.
 #[repr(C)]
@@ -191,6 +211,21 @@ pub struct Backend4 {
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MaglevTable(pub [u32; MAGLEV_TABLE_SIZE]);
+
+/// A small service's Maglev lookup table ([`MAGLEV_SMALL_SIZE`] slots): slot → backend id.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MaglevSmall(pub [u32; MAGLEV_SMALL_SIZE]);
+
+impl core::fmt::Debug for MaglevSmall {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "MaglevSmall([{}, {}, {}, ...])",
+            self.0[0], self.0[1], self.0[2]
+        )
+    }
+}
 
 impl core::fmt::Debug for MaglevTable {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -355,6 +390,7 @@ mod user {
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Backend4 {}
     unsafe impl aya::Pod for MaglevTable {}
+    unsafe impl aya::Pod for MaglevSmall {}
     unsafe impl aya::Pod for CtKey4 {}
     unsafe impl aya::Pod for CtEntry4 {}
     unsafe impl aya::Pod for AffinityKey4 {}

@@ -49,7 +49,7 @@ pub fn select(svc: &Service, client: u32, hash: u32, now: u64) -> Option<(u32, B
     } else {
         hash
     };
-    let id = maglev::lookup(svc.id, hash)?;
+    let id = maglev::lookup(svc, hash)?;
     let chosen = backend(id, svc.id)?;
     if svc.affinity_timeout != 0 {
         remember(&key, id, now);

@@ -4,7 +4,8 @@
 //! - [`sock`]: cgroup socket-LB for the node's own processes;
 //! - [`nodeport`]: XDP on the node's uplink for NodePort traffic from outside the node;
 //! - [`lb`] and [`maglev`]: backend choice; [`conntrack`]: flow state; [`nat`]: rewriting and
-//!   rejecting; [`counters`]; [`maps`]: every map, pinned by name.
+//!   rejecting; [`route`]: delivery straight into pods on this node; [`counters`]; [`maps`]:
+//!   every map, pinned by name.
 #![no_std]
 #![no_main]
 
@@ -16,6 +17,7 @@ mod maps;
 mod nat;
 mod nodeport;
 mod pod;
+mod route;
 mod sock;
 
 use aya_ebpf::{

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use rudder_ebpf_common::{
     AFFINITY_ENTRIES, AffinityEntry, AffinityKey4, Backend4, CT_ENTRIES, Config, Counter, CtEntry4,
-    CtKey4, MAX_BACKENDS, MAX_SERVICES, MaglevTable, Reason, Service, ServiceKey4, SockRevEntry4,
-    SockRevKey4,
+    CtKey4, MAX_BACKENDS, MAX_POD_LINKS, MAX_SERVICES, MaglevSmall, MaglevTable, Reason, Service,
+    ServiceKey4, SockRevEntry4, SockRevKey4,
 };
 
 /// Frontends: service address, port and protocol → service. Not preallocated: memory follows
@@ -27,6 +27,12 @@ pub static BACKENDS4: HashMap<u32, Backend4> = HashMap::pinned(MAX_BACKENDS, BPF
 /// backends have one.
 #[map(name = "RUDDER_MAGLEV")]
 pub static MAGLEV: HashMap<u32, MaglevTable> = HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Small Maglev tables (4 KiB) by service id, for services with few backends
+/// (`SVC_SMALL_TABLE`).
+#[map(name = "RUDDER_MAGLEV_SMALL")]
+pub static MAGLEV_SMALL: HashMap<u32, MaglevSmall> =
+    HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 /// Connection tracking (LRU: under pressure the least recently used flows go first).
 #[map(name = "RUDDER_CT4")]
@@ -48,6 +54,12 @@ pub static REASONS: PerCpuArray<Counter> = PerCpuArray::pinned(Reason::COUNT, 0)
 /// Per-CPU counters by service id (packets translated towards the service and back).
 #[map(name = "RUDDER_SERVICE_COUNTERS")]
 pub static SERVICE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+/// The node's pod links: host-side veth ifindex → 1. The pod program delivers packets for these
+/// interfaces straight into the pod's namespace (see `route`); anything else goes through the
+/// node's stack.
+#[map(name = "RUDDER_POD_LINKS")]
+pub static POD_LINKS: HashMap<u32, u32> = HashMap::pinned(MAX_POD_LINKS, BPF_F_NO_PREALLOC);
 
 /// Datapath-wide settings, one entry.
 #[map(name = "RUDDER_CONFIG")]

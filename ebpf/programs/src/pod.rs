@@ -9,7 +9,8 @@
 //! - A frontend without backends answers with ICMP port unreachable.
 //! - Everything else passes untouched.
 //!
-//! After translation the kernel routes the packet as usual. Fragments addressed to a service are
+//! After translation, a packet for a pod on this node goes straight into that pod (see
+//! [`crate::route`]); anything else is routed by the kernel as usual. Fragments addressed to a service are
 //! dropped (the ports are only in the first fragment; fragment tracking is not built yet).
 
 use aya_ebpf::{
@@ -24,6 +25,7 @@ use crate::{
     conntrack, counters, lb,
     maps::{SERVICES4, config},
     nat::{self, ETH_LEN, IP_DADDR, IP_SADDR},
+    route,
 };
 
 const OK: i32 = TC_ACT_OK as i32;
@@ -56,7 +58,11 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
     if let Some(id) = service {
         counters::service(id, len);
     }
-    action
+    if action == OK && matches!(reason, Reason::Pass | Reason::Forward | Reason::ReplyNat) {
+        route::to_local_pod(ctx)
+    } else {
+        action
+    }
 }
 
 #[inline(always)]

@@ -28,7 +28,8 @@ use aya::{
     },
 };
 use rudder_ebpf_common::{
-    Backend4, Config, Counter, CtEntry4, CtKey4, MaglevTable, Reason, Service, ServiceKey4,
+    Backend4, Config, Counter, CtEntry4, CtKey4, MaglevSmall, MaglevTable, Reason, Service,
+    ServiceKey4,
 };
 
 use super::plan::{Op, Planner, Settings};
@@ -66,6 +67,15 @@ pub enum Error {
     Sysctl {
         /// The `/proc/sys` file.
         path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A pod interface could not be found.
+    #[error("interface {name}")]
+    Interface {
+        /// Its name.
+        name: String,
         /// The cause.
         #[source]
         source: io::Error,
@@ -114,8 +124,10 @@ pub struct Datapath {
     services: HashMap<MapData, ServiceKey4, Service>,
     backends: HashMap<MapData, u32, Backend4>,
     maglev: HashMap<MapData, u32, MaglevTable>,
+    maglev_small: HashMap<MapData, u32, MaglevSmall>,
     ct: HashMap<MapData, CtKey4, CtEntry4>,
     reasons: PerCpuArray<MapData, Counter>,
+    pod_links: HashMap<MapData, u32, u32>,
 }
 
 fn prog_err(name: &'static str, what: impl Into<String>) -> impl FnOnce(ProgramError) -> Error {
@@ -214,6 +226,23 @@ pub fn netns_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// The index of interface `name` in this thread's network namespace.
+fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: a valid NUL-terminated name.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
+/// Whether an interface with this index exists in this thread's network namespace.
+fn interface_exists(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes the call may write.
+    !unsafe { libc::if_indextoname(index, name.as_mut_ptr()) }.is_null()
+}
+
 /// Seconds on `CLOCK_MONOTONIC`, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_s() -> u64 {
     let mut ts = libc::timespec {
@@ -248,8 +277,10 @@ impl Datapath {
             services: take(&mut ebpf, "RUDDER_SERVICES4")?,
             backends: take(&mut ebpf, "RUDDER_BACKENDS4")?,
             maglev: take(&mut ebpf, "RUDDER_MAGLEV")?,
+            maglev_small: take(&mut ebpf, "RUDDER_MAGLEV_SMALL")?,
             ct: take(&mut ebpf, "RUDDER_CT4")?,
             reasons: take(&mut ebpf, "RUDDER_REASONS")?,
+            pod_links: take(&mut ebpf, "RUDDER_POD_LINKS")?,
             ebpf,
             pin_dir: pin_dir.into(),
         })
@@ -317,7 +348,31 @@ impl Datapath {
                 .map_err(attach_err(format!("attach to {ifname}")))?,
         };
         let link = prog.take_link(id).map_err(attach_err("take link".into()))?;
-        pin_link(link, &pin, was_replaced)
+        pin_link(link, &pin, was_replaced)?;
+        // Listed last: packets are only redirected to a pod whose own program is in place.
+        let index = ifindex(ifname).map_err(|source| Error::Interface {
+            name: ifname.into(),
+            source,
+        })?;
+        self.pod_links
+            .insert(index, 1, 0)
+            .map_err(map_err("RUDDER_POD_LINKS"))
+    }
+
+    /// Removes pod links whose interface is gone from the direct-delivery list (the pod program
+    /// only ever redirects to listed interfaces, and a stale index could one day name another
+    /// device).
+    fn prune_pod_links(&mut self) -> Result<(), Error> {
+        let gone: Vec<u32> = self
+            .pod_links
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !interface_exists(*i))
+            .collect();
+        for index in gone {
+            ignore_missing(self.pod_links.remove(&index)).map_err(map_err("RUDDER_POD_LINKS"))?;
+        }
+        Ok(())
     }
 
     /// Attaches the NodePort program to XDP of `ifname` (the node's uplink), in native (driver)
@@ -358,6 +413,10 @@ impl Datapath {
 
     /// Detaches the pod program from `ifname` (when the pod goes away).
     pub fn detach_pod(&mut self, ifname: &str) -> Result<(), Error> {
+        if let Ok(index) = ifindex(ifname) {
+            ignore_missing(self.pod_links.remove(&index)).map_err(map_err("RUDDER_POD_LINKS"))?;
+        }
+        self.prune_pod_links()?;
         let pin = self.pin_dir.join("links").join(format!("tc-{ifname}"));
         unpin(&pin)
     }
@@ -414,6 +473,10 @@ impl Datapath {
                     .maglev
                     .insert(id, t.as_ref(), 0)
                     .map_err(map_err("RUDDER_MAGLEV"))?,
+                Op::MaglevSmall(id, t) => self
+                    .maglev_small
+                    .insert(id, t.as_ref(), 0)
+                    .map_err(map_err("RUDDER_MAGLEV_SMALL"))?,
                 Op::Service(k, s) => self
                     .services
                     .insert(k, s, 0)
@@ -424,6 +487,8 @@ impl Datapath {
                 Op::RemoveMaglev(id) => {
                     ignore_missing(self.maglev.remove(id)).map_err(map_err("RUDDER_MAGLEV"))?
                 }
+                Op::RemoveMaglevSmall(id) => ignore_missing(self.maglev_small.remove(id))
+                    .map_err(map_err("RUDDER_MAGLEV_SMALL"))?,
                 Op::RemoveBackend(id) => {
                     ignore_missing(self.backends.remove(id)).map_err(map_err("RUDDER_BACKENDS4"))?
                 }
@@ -485,7 +550,25 @@ impl Datapath {
         self.test_run_program(XDP_NODEPORT, packet)
     }
 
+    /// Runs the pod program `repeat` times on `packet` in the kernel and returns the mean time
+    /// of one run in nanoseconds, as `BPF_PROG_TEST_RUN` measures it. The kernel reuses one
+    /// packet buffer, so every run after the first sees the first run's output.
+    pub fn time_pod_program(&self, packet: &[u8], repeat: u32) -> io::Result<u32> {
+        self.run_program(TC_POD, packet, repeat)
+            .map(|(_, _, ns)| ns)
+    }
+
     fn test_run_program(&self, name: &str, packet: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+        self.run_program(name, packet, 1)
+            .map(|(verdict, out, _)| (verdict, out))
+    }
+
+    fn run_program(
+        &self,
+        name: &str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> io::Result<(u32, Vec<u8>, u32)> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let prog = self
             .ebpf
@@ -501,7 +584,7 @@ impl Datapath {
             data_size_out: u32::try_from(out.len()).map_err(io::Error::other)?,
             data_in: packet.as_ptr() as u64,
             data_out: out.as_mut_ptr() as u64,
-            repeat: 1,
+            repeat,
             ..TestRunAttr::default()
         };
         // SAFETY: `attr` is a valid BPF_PROG_TEST_RUN attribute block whose pointers reference
@@ -518,7 +601,7 @@ impl Datapath {
             return Err(io::Error::last_os_error());
         }
         out.truncate(usize::try_from(attr.data_size_out).unwrap_or(0));
-        Ok((attr.retval, out))
+        Ok((attr.retval, out, attr.duration))
     }
 
     /// Detaches everything and deletes every pin under `pin_dir`: programs leave the kernel once

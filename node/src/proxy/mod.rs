@@ -5,6 +5,7 @@
 //! - [`plan`] and [`maglev`]: the eBPF dataplane's map contents and minimal updates;
 //! - [`ebpf`]: the aya loader, attachment and map writes for the programs in `ebpf/programs`;
 //! - [`iptables`]: kube-proxy-compatible rules (the comparison peer);
+//! - [`nftables`]: kube-proxy's nftables mode with incremental updates (the second peer);
 //! - [`standalone`]: either dataplane behind one `Proxy` (what `rudder proxy` runs);
 //! - [`cluster`]: the same `Proxy` fed from apiserver watches (what the node agent runs).
 
@@ -13,5 +14,6 @@ pub mod ebpf;
 pub mod iptables;
 pub mod maglev;
 pub mod model;
+pub mod nftables;
 pub mod plan;
 pub mod standalone;

@@ -19,8 +19,9 @@ use std::{
 };
 
 use rudder_ebpf_common::{
-    BACKEND_LOCAL, Backend4, MAGLEV_TABLE_SIZE, MAX_SERVICES, MaglevTable, SVC_EXTERNAL,
-    SVC_RANDOM, Service, ServiceKey4,
+    BACKEND_LOCAL, Backend4, MAGLEV_SMALL_MAX_BACKENDS, MAGLEV_SMALL_SIZE, MAGLEV_TABLE_SIZE,
+    MAX_SERVICES, MaglevSmall, MaglevTable, SVC_EXTERNAL, SVC_RANDOM, SVC_SMALL_TABLE, Service,
+    ServiceKey4,
 };
 
 use super::{
@@ -52,14 +53,18 @@ pub struct Settings {
 pub enum Op {
     /// Insert or replace a backend.
     Backend(u32, Backend4),
-    /// Insert or replace a service's Maglev table.
+    /// Insert or replace a service's (full-size) Maglev table.
     Maglev(u32, Box<MaglevTable>),
+    /// Insert or replace a service's small Maglev table (few backends).
+    MaglevSmall(u32, Box<MaglevSmall>),
     /// Insert or replace a frontend.
     Service(ServiceKey4, Service),
     /// Delete a frontend.
     RemoveService(ServiceKey4),
-    /// Delete a service's Maglev table.
+    /// Delete a service's (full-size) Maglev table.
     RemoveMaglev(u32),
+    /// Delete a service's small Maglev table.
+    RemoveMaglevSmall(u32),
     /// Delete a backend.
     RemoveBackend(u32),
 }
@@ -365,15 +370,19 @@ impl Planner {
             backends.insert(at, (id, flags));
         }
 
-        // Maglev table over the selectable backends.
+        // Maglev table over the selectable backends: a small one for a few backends. When a
+        // service changes size, the new table and the frontend pointing at it are written
+        // first and the old table is removed after.
         let selectable: Vec<u32> = want
             .selectable
             .iter()
             .filter_map(|b| backends.get(&(addr(b.ip), port(b.port))).map(|(id, _)| *id))
             .collect();
+        let small = !selectable.is_empty() && selectable.len() <= MAGLEV_SMALL_MAX_BACKENDS;
+        let was_small = current.service.flags & SVC_SMALL_TABLE != 0;
         if current.selectable.as_ref() != Some(&selectable) {
             if selectable.is_empty() {
-                removes.push(Op::RemoveMaglev(service_id));
+                removes.push(remove_table(service_id, was_small));
             } else {
                 let named: Vec<(u32, String)> = want
                     .selectable
@@ -381,10 +390,20 @@ impl Planner {
                     .zip(&selectable)
                     .map(|(b, id)| (*id, format!("{}:{}", b.ip, b.port)))
                     .collect();
-                let cells = maglev::build(&named, MAGLEV_TABLE_SIZE);
-                let mut table = Box::new(MaglevTable([0; MAGLEV_TABLE_SIZE]));
-                table.0.copy_from_slice(&cells);
-                puts.push(Op::Maglev(service_id, table));
+                if small {
+                    let cells = maglev::build(&named, MAGLEV_SMALL_SIZE);
+                    let mut table = Box::new(MaglevSmall([0; MAGLEV_SMALL_SIZE]));
+                    table.0.copy_from_slice(&cells);
+                    puts.push(Op::MaglevSmall(service_id, table));
+                } else {
+                    let cells = maglev::build(&named, MAGLEV_TABLE_SIZE);
+                    let mut table = Box::new(MaglevTable([0; MAGLEV_TABLE_SIZE]));
+                    table.0.copy_from_slice(&cells);
+                    puts.push(Op::Maglev(service_id, table));
+                }
+                if !is_new && current.service.count > 0 && was_small != small {
+                    removes.push(remove_table(service_id, was_small));
+                }
             }
         }
 
@@ -393,7 +412,7 @@ impl Planner {
             id: service_id,
             count: u32::try_from(selectable.len()).unwrap_or(u32::MAX),
             affinity_timeout: want.affinity,
-            flags: want.flags,
+            flags: want.flags | if small { SVC_SMALL_TABLE } else { 0 },
         };
         if is_new || service != current.service {
             puts.push(Op::Service(key, service));
@@ -417,7 +436,10 @@ impl Planner {
             return;
         };
         removes.push(Op::RemoveService(key));
-        removes.push(Op::RemoveMaglev(p.service.id));
+        removes.push(remove_table(
+            p.service.id,
+            p.service.flags & SVC_SMALL_TABLE != 0,
+        ));
         for (id, _) in p.backends.values() {
             removes.push(Op::RemoveBackend(*id));
         }
@@ -433,6 +455,15 @@ fn serving(f: &Frontend, local_only: bool) -> Vec<Backend> {
         .filter(|b| !local_only || b.local)
         .cloned()
         .collect()
+}
+
+/// The op deleting service `id`'s Maglev table of the given size.
+fn remove_table(id: u32, small: bool) -> Op {
+    if small {
+        Op::RemoveMaglevSmall(id)
+    } else {
+        Op::RemoveMaglev(id)
+    }
 }
 
 fn backend4((addr, port): (u32, u16), flags: u8, service_id: u32) -> Backend4 {
@@ -492,7 +523,7 @@ endpoints:
         ops.iter()
             .map(|op| match op {
                 Op::Backend(id, _) => format!("backend {id}"),
-                Op::Maglev(id, _) => format!("maglev {id}"),
+                Op::Maglev(id, _) | Op::MaglevSmall(id, _) => format!("maglev {id}"),
                 Op::Service(k, s) => format!(
                     "service {:x}:{} -> {} x{}",
                     k.addr,
@@ -501,7 +532,7 @@ endpoints:
                     s.count
                 ),
                 Op::RemoveService(k) => format!("-service {:x}:{}", k.addr, u16::from_be(k.port)),
-                Op::RemoveMaglev(id) => format!("-maglev {id}"),
+                Op::RemoveMaglev(id) | Op::RemoveMaglevSmall(id) => format!("-maglev {id}"),
                 Op::RemoveBackend(id) => format!("-backend {id}"),
             })
             .collect()
@@ -597,6 +628,54 @@ endpoints:
             ]
         );
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn tables_are_small_for_few_backends_and_switch_safely() {
+        let ips = |n: u8| -> Vec<String> { (1..=n).map(|i| format!("10.244.0.{i}")).collect() };
+        fn refs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let tables = |ops: &[Op]| -> Vec<&'static str> {
+            ops.iter()
+                .filter_map(|op| match op {
+                    Op::Maglev(..) => Some("big"),
+                    Op::MaglevSmall(..) => Some("small"),
+                    Op::RemoveMaglev(..) => Some("-big"),
+                    Op::RemoveMaglevSmall(..) => Some("-small"),
+                    _ => None,
+                })
+                .collect()
+        };
+        let flags = |ops: &[Op]| -> Vec<bool> {
+            ops.iter()
+                .filter_map(|op| match op {
+                    Op::Service(_, s) => Some(s.flags & SVC_SMALL_TABLE != 0),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut p = Planner::new(settings());
+        let few = ips(u8::try_from(MAGLEV_SMALL_MAX_BACKENDS).unwrap());
+        let ops = p.sync(&state(&refs(&few), &[])).unwrap();
+        assert_eq!(tables(&ops), ["small", "small"]);
+        assert_eq!(flags(&ops), [true, true]);
+        // One more backend: a full table, the frontend pointing at it, then the small table goes.
+        let many = ips(u8::try_from(MAGLEV_SMALL_MAX_BACKENDS + 1).unwrap());
+        let ops = p.sync(&state(&refs(&many), &[])).unwrap();
+        assert_eq!(tables(&ops), ["big", "big", "-small", "-small"]);
+        assert_eq!(flags(&ops), [false, false]);
+        let service_at = ops.iter().position(|op| matches!(op, Op::Service(..)));
+        let removed_at = ops
+            .iter()
+            .position(|op| matches!(op, Op::RemoveMaglevSmall(..)));
+        assert!(service_at < removed_at, "{:?}", kinds(&ops));
+        // And back.
+        let ops = p.sync(&state(&refs(&few), &[])).unwrap();
+        assert_eq!(tables(&ops), ["small", "small", "-big", "-big"]);
+        // Removing the service removes the table it has.
+        let ops = p.sync(&DesiredState::default()).unwrap();
+        assert_eq!(tables(&ops), ["-small", "-small"]);
     }
 
     #[test]
