@@ -489,49 +489,26 @@ fn measure(
     match &mut bed.dataplane {
         Dataplane::None => {}
         Dataplane::Iptables(iptables) => {
-            let mut samples = Vec::new();
-            for g in 1..=o.updates.min(5) {
-                let desired = state(n.max(2), &bed.backends, u32::try_from(g).unwrap_or(1));
-                let started = Instant::now();
-                iptables.sync(&desired)?;
-                samples.push(started.elapsed());
-            }
-            let p99 = percentile_us(&mut samples, 99.0);
-            results.push(subject, &case, "update_one_service_us", p99, "µs");
+            let p99 = rule_updates(
+                n,
+                &bed.backends,
+                o.updates.min(5),
+                |d| Ok(iptables.sync(d)?),
+            )?;
             let rules = exec(&bed.lab.node, "iptables-save", &[], None)?;
-            results.push(
-                subject,
-                &case,
-                "state_memory_bytes",
-                rules.len() as f64,
-                "bytes",
-            );
-            eprintln!("  {subject:9} services={n:<6} update_one_service_us {p99:.0}");
+            push_rules(results, subject, n, p99, &rules);
         }
         Dataplane::Nftables(nftables) => {
-            let mut samples = Vec::new();
-            for g in 1..=o.updates.min(10) {
-                let desired = state(n.max(2), &bed.backends, u32::try_from(g).unwrap_or(1));
-                let started = Instant::now();
-                nftables.sync(&desired)?;
-                samples.push(started.elapsed());
-            }
-            let p99 = percentile_us(&mut samples, 99.0);
-            results.push(subject, &case, "update_one_service_us", p99, "µs");
+            let p99 = rule_updates(n, &bed.backends, o.updates.min(10), |d| {
+                Ok(nftables.sync(d)?)
+            })?;
             let rules = exec(
                 &bed.lab.node,
                 "nft",
                 &["list", "table", "ip", "kube-proxy"],
                 None,
             )?;
-            results.push(
-                subject,
-                &case,
-                "state_memory_bytes",
-                rules.len() as f64,
-                "bytes",
-            );
-            eprintln!("  {subject:9} services={n:<6} update_one_service_us {p99:.0}");
+            push_rules(results, subject, n, p99, &rules);
         }
         Dataplane::Ebpf { datapath, planner } => {
             if subject == "ebpf-tc" {
@@ -562,6 +539,37 @@ fn measure(
         }
     }
     Ok(())
+}
+
+/// p99 of `rounds` one-service changes at `n` services, written by a rule-based peer's `sync`.
+fn rule_updates(
+    n: usize,
+    backends: &[Ipv4Addr],
+    rounds: usize,
+    mut sync: impl FnMut(&DesiredState) -> Result<()>,
+) -> Result<f64> {
+    let mut samples = Vec::new();
+    for g in 1..=rounds {
+        let desired = state(n.max(2), backends, u32::try_from(g).unwrap_or(1));
+        let started = Instant::now();
+        sync(&desired)?;
+        samples.push(started.elapsed());
+    }
+    Ok(percentile_us(&mut samples, 99.0))
+}
+
+/// Records a rule-based peer's update time and, as its state size, the length of its rules.
+fn push_rules(results: &mut Results, subject: &str, n: usize, p99: f64, rules: &str) {
+    let case = [("services", serde_json::json!(n))];
+    results.push(subject, &case, "update_one_service_us", p99, "µs");
+    results.push(
+        subject,
+        &case,
+        "state_memory_bytes",
+        rules.len() as f64,
+        "bytes",
+    );
+    eprintln!("  {subject:9} services={n:<6} update_one_service_us {p99:.0}");
 }
 
 /// Kernel memory of the maps pinned under `dir`, as bpftool reports it.

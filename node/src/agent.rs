@@ -399,12 +399,20 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<()> {
         let (client, config) = (client.clone(), config.clone());
         tokio::spawn(async move {
             let mut tick = 0u64;
+            let mut cut_off = false;
             loop {
-                if let Err(e) = renew_lease(&client, &config).await {
-                    tracing::warn!(error = %e, "renewing the node lease");
-                }
-                if tick.is_multiple_of(6)
-                    && tick > 0
+                let renewed = match renew_lease(&client, &config).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing the node lease");
+                        false
+                    }
+                };
+                // Status every minute, and at once when the apiserver is reachable again (the
+                // node lifecycle controller may have marked the node Unknown meanwhile).
+                let back = renewed && cut_off;
+                cut_off = !renewed;
+                if ((tick.is_multiple_of(6) && tick > 0) || back)
                     && let Err(e) = post_status(&client, &config).await
                 {
                     tracing::warn!(error = %e, "posting node status");

@@ -8,7 +8,9 @@
 //! - [`endpointslice`]: EndpointSlices and Endpoints follow the pods each Service selects;
 //! - [`gc`]: the garbage collector (ownerReferences, propagation policies);
 //! - [`namespace`]: deletes everything in a Namespace being deleted, then the Namespace;
-//! - [`node_ipam`]: gives each Node a PodCIDR.
+//! - [`node_ipam`]: gives each Node a PodCIDR;
+//! - [`node_lifecycle`]: marks silent nodes `Unknown`, taints nodes by their conditions and
+//!   evicts pods that do not tolerate a node's `NoExecute` taints.
 
 pub mod deployment;
 pub mod endpointslice;
@@ -16,6 +18,7 @@ pub mod gc;
 pub mod informer;
 pub mod namespace;
 pub mod node_ipam;
+pub mod node_lifecycle;
 pub mod replicaset;
 pub mod workload;
 
@@ -45,6 +48,14 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         deployments: deployments.clone(),
         replicasets: replicasets.clone(),
     };
+    let lifecycle_caches = node_lifecycle::Caches {
+        nodes: informer::Informer::start(Api::all(client.clone())),
+        leases: informer::Informer::start(Api::namespaced(
+            client.clone(),
+            node_lifecycle::LEASE_NAMESPACE,
+        )),
+        pods: pods.clone(),
+    };
     let gc_caches = gc::Caches {
         pods,
         replicasets,
@@ -57,6 +68,7 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         tokio::spawn(replicaset::run(client.clone(), rs_caches)),
         tokio::spawn(deployment::run(client.clone(), deployment_caches)),
         tokio::spawn(endpointslice::run(client.clone(), endpoint_caches)),
+        tokio::spawn(node_lifecycle::run(client.clone(), lifecycle_caches)),
         tokio::spawn(gc::run(client, gc_caches)),
     ]
 }

@@ -269,7 +269,10 @@ async fn run(ctx: Arc<Context>, mut rx: watch::Receiver<Arc<Pod>>) {
         let deadline = w.next_deadline();
         tokio::select! {
             changed = rx.changed() => match changed {
-                Ok(()) => w.pod = rx.borrow_and_update().clone(),
+                Ok(()) => {
+                    w.pod = rx.borrow_and_update().clone();
+                    w.resend_if_overwritten();
+                }
                 Err(_) => removed = true,
             },
             Some(event) = events.recv() => w.handle(event),
@@ -1114,6 +1117,30 @@ impl Worker {
             let _ = tokio::task::spawn_blocking(move || network.remove_sandbox(&uid)).await;
         }
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
+
+    /// Forgets what was last sent when the API holds another readiness than this agent sent
+    /// (the node lifecycle controller marks pods not ready while their node is unreachable), so
+    /// the next [`Worker::publish`] puts the truth back, as the kubelet does after a partition.
+    fn resend_if_overwritten(&mut self) {
+        let Some(sent) = &self.last_status else {
+            return;
+        };
+        let sent_ready = sent["conditions"].as_array().and_then(|c| {
+            c.iter()
+                .find(|c| c["type"] == "Ready")
+                .and_then(|c| c["status"].as_str())
+        });
+        let api_ready = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.as_str());
+        if api_ready.is_some() && sent_ready.is_some() && api_ready != sent_ready {
+            self.last_status = None;
+        }
     }
 
     fn publish(&mut self) {
