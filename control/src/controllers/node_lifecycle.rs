@@ -474,7 +474,21 @@ pub fn plan_node(
         if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        match eviction_time(pod, &taints) {
+        // A timed eviction is not due before the controller has watched for one grace period:
+        // a taint left from before a control-plane outage may be stale, and a live agent
+        // reports within that time.
+        let settle = since
+            .checked_add(
+                SignedDuration::try_from(NODE_MONITOR_GRACE).unwrap_or(SignedDuration::ZERO),
+            )
+            .unwrap_or(since);
+        match eviction_time(pod, &taints).map(|at| {
+            if at == Timestamp::MIN {
+                at
+            } else {
+                at.max(settle)
+            }
+        }) {
             None => {}
             Some(at) if at <= now => plan.evict.push(key),
             Some(at) => {
@@ -1120,7 +1134,7 @@ mod tests {
         check(vec![
             Case {
                 name: "a user's NoExecute taint on a ready node",
-                node: node("True", 995, dedicated),
+                node: node("True", 995, dedicated.clone()),
                 lease: lease(995),
                 pods: vec![
                     tolerating(
@@ -1150,6 +1164,14 @@ mod tests {
                 since: 0,
                 want: "evict: default/no-match, default/plain, default/expired, default/daemon; \
                        recheck: 100s",
+            },
+            Case {
+                name: "a timed eviction waits one grace period after the controller starts",
+                node: node("True", 995, dedicated),
+                lease: lease(995),
+                pods: vec![tolerating("expired", seconds(60)), pod("plain", json!({}))],
+                since: 990,
+                want: "evict: default/plain; recheck: 30s",
             },
             Case {
                 name: "a NoExecute taint without timeAdded counts as added long ago",

@@ -9,9 +9,14 @@
 //! the node. Anything else (the node itself, other nodes, the outside, an unresolved neighbour,
 //! a TTL about to expire, a packet too big for the link) goes through the stack unchanged, which
 //! knows how to handle it.
+//!
+//! The FIB must name the pod's veth as the next hop, as with routed pod veths (a /32 route per
+//! pod, the benchmark lab's layout and Cilium's). On a node whose pods hang off a bridge (the
+//! agent's pod network today) the lookup names the bridge, so those packets keep taking the
+//! stack; moving the agent to routed veths is what turns this on there.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, bpf_fib_lookup as FibParams},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams},
     helpers::generated::{bpf_fib_lookup, bpf_redirect_peer},
     programs::TcContext,
 };
@@ -80,12 +85,18 @@ fn redirect(ctx: &TcContext) -> Option<i32> {
     }
     let new = u16::from_ne_bytes([ttl - 1, word.to_ne_bytes()[1]]);
     ctx.store(IP_TTL, &new, 0).ok()?;
-    ctx.l3_csum_replace(IP_CSUM, u64::from(word), u64::from(new), 2)
-        .ok()?;
+    // From here on the packet is half rewritten: a failure drops it rather than hand the
+    // stack a packet with a decremented TTL and a stale checksum.
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&fib.dmac);
     macs[6..].copy_from_slice(&fib.smac);
-    ctx.store(0, &macs, 0).ok()?;
+    if ctx
+        .l3_csum_replace(IP_CSUM, u64::from(word), u64::from(new), 2)
+        .is_err()
+        || ctx.store(0, &macs, 0).is_err()
+    {
+        return Some(TC_ACT_SHOT as i32);
+    }
     counters::reason(Reason::PeerRedirect, ctx.len());
     // SAFETY: plain helper call; it only records the target for after the program returns.
     Some(unsafe { bpf_redirect_peer(out, 0) } as i32)

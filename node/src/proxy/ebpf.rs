@@ -71,15 +71,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A pod interface could not be found.
-    #[error("interface {name}")]
-    Interface {
-        /// Its name.
-        name: String,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
     /// The object could not be parsed or its maps could not be created or reused.
     #[error("loading the eBPF object (pinned maps from an incompatible version? remove {0})")]
     Load(String, #[source] Box<EbpfError>),
@@ -350,13 +341,16 @@ impl Datapath {
         let link = prog.take_link(id).map_err(attach_err("take link".into()))?;
         pin_link(link, &pin, was_replaced)?;
         // Listed last: packets are only redirected to a pod whose own program is in place.
-        let index = ifindex(ifname).map_err(|source| Error::Interface {
-            name: ifname.into(),
-            source,
-        })?;
-        self.pod_links
-            .insert(index, 1, 0)
-            .map_err(map_err("RUDDER_POD_LINKS"))
+        // Best effort: a pod whose link is not listed is still served, through the stack.
+        match ifindex(ifname) {
+            Ok(index) => {
+                if let Err(e) = self.pod_links.insert(index, 1, 0) {
+                    tracing::warn!(ifname, error = %e, "pod link not listed for direct delivery");
+                }
+            }
+            Err(e) => tracing::warn!(ifname, error = %e, "pod link not listed for direct delivery"),
+        }
+        Ok(())
     }
 
     /// Removes pod links whose interface is gone from the direct-delivery list (the pod program

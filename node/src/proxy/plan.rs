@@ -105,6 +105,8 @@ pub struct Planner {
     programmed: HashMap<ServiceKey4, Programmed>,
     next_service: u32,
     free_services: Vec<u32>,
+    /// Ids freed by the plan being made; reusable from the next one.
+    freeing: Vec<u32>,
     next_backend: u32,
 }
 
@@ -127,6 +129,7 @@ impl Planner {
             programmed: HashMap::new(),
             next_service: 1,
             free_services: Vec::new(),
+            freeing: Vec::new(),
             next_backend: 1,
         }
     }
@@ -211,8 +214,23 @@ impl Planner {
         for key in orphans {
             self.remove_key(key, &mut removes);
         }
-        puts.append(&mut removes);
-        Ok(puts)
+        Ok(self.finish(puts, removes))
+    }
+
+    /// Puts the removals after the writes. A frontend key that one service port gave up and
+    /// another took in the same plan (a port renamed when a second port is added, a Service
+    /// deleted and re-created with the same address) is not deleted after its new write, and
+    /// service ids freed by this plan only become reusable in the next, so no removal queued
+    /// here can hit a table written here.
+    fn finish(&mut self, mut puts: Vec<Op>, removes: Vec<Op>) -> Vec<Op> {
+        puts.extend(removes.into_iter().filter(|op| match op {
+            Op::RemoveService(k) => !self.programmed.contains_key(k),
+            _ => true,
+        }));
+        for id in self.freeing.drain(..) {
+            self.free_services.insert(0, id);
+        }
+        puts
     }
 
     /// Plans one service port's change (`None`: it is gone). This is the agent's path for a
@@ -225,8 +243,7 @@ impl Planner {
         let mut puts = Vec::new();
         let mut removes = Vec::new();
         self.update_into(name, frontend, &mut puts, &mut removes)?;
-        puts.append(&mut removes);
-        Ok(puts)
+        Ok(self.finish(puts, removes))
     }
 
     fn update_into(
@@ -443,7 +460,7 @@ impl Planner {
         for (id, _) in p.backends.values() {
             removes.push(Op::RemoveBackend(*id));
         }
-        self.free_services.insert(0, p.service.id);
+        self.freeing.push(p.service.id);
     }
 }
 
@@ -628,6 +645,34 @@ endpoints:
             ]
         );
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_key_passed_to_another_port_name_in_one_sync_stays() {
+        let mut p = Planner::new(settings());
+        let desired = state(&["10.244.0.5"], &[]);
+        p.sync(&desired).unwrap();
+        // The same frontends under new names (as when a Service's only port gets a name).
+        let mut renamed = DesiredState::default();
+        for (name, f) in &desired.frontends {
+            let mut f = f.clone();
+            f.name.port = format!("{}-renamed", name.port);
+            renamed.frontends.insert(f.name.clone(), f);
+        }
+        let ops = p.sync(&renamed).unwrap();
+        assert!(
+            !ops.iter().any(|op| matches!(op, Op::RemoveService(_))),
+            "{:?}",
+            kinds(&ops)
+        );
+        assert_eq!(
+            ops.iter()
+                .filter(|op| matches!(op, Op::Service(..)))
+                .count(),
+            2,
+            "{:?}",
+            kinds(&ops)
+        );
     }
 
     #[test]

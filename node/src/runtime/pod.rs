@@ -246,6 +246,8 @@ struct Worker {
     start_time: String,
     events_tx: mpsc::UnboundedSender<Event>,
     last_status: Option<Value>,
+    /// Per condition type: its status and when it took it (`lastTransitionTime`).
+    transitions: BTreeMap<String, (String, String)>,
 }
 
 async fn run(ctx: Arc<Context>, mut rx: watch::Receiver<Arc<Pod>>) {
@@ -328,6 +330,7 @@ impl Worker {
             start_time,
             events_tx,
             last_status: None,
+            transitions: BTreeMap::new(),
         }
     }
 
@@ -1139,7 +1142,12 @@ impl Worker {
             .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
             .map(|c| c.status.as_str());
         if api_ready.is_some() && sent_ready.is_some() && api_ready != sent_ready {
+            // As the kubelet does, the readiness put back is a transition of its own (from what
+            // the API held), which is how the node lifecycle controller tells it from the
+            // readiness it overrode.
             self.last_status = None;
+            self.transitions.remove("Ready");
+            self.transitions.remove("ContainersReady");
         }
     }
 
@@ -1157,6 +1165,25 @@ impl Worker {
             return;
         }
         self.last_status = Some(status.clone());
+        let mut status = status;
+        if let Some(conditions) = status["conditions"].as_array_mut() {
+            let now = now_rfc3339();
+            for c in conditions {
+                let kind = c["type"].as_str().unwrap_or_default().to_owned();
+                let state = c["status"].as_str().unwrap_or_default().to_owned();
+                let (_, since) = self
+                    .transitions
+                    .entry(kind)
+                    .and_modify(|(old, since)| {
+                        if *old != state {
+                            old.clone_from(&state);
+                            since.clone_from(&now);
+                        }
+                    })
+                    .or_insert_with(|| (state.clone(), now.clone()));
+                c["lastTransitionTime"] = json!(since);
+            }
+        }
         let _ = self.ctx.updates.send(Update::Status {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
