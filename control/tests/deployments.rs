@@ -123,6 +123,12 @@ fn deployments_roll_heal_and_cascade() {
     };
     server.ok(&["set", "env", "deployment/web", "VERSION=2"]);
     rollout("rolling update");
+    // A fast rollout may be over within a few requests; the client keeps going on the new
+    // pods until it has made enough to count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ok.load(Ordering::Relaxed) <= 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop.store(true, Ordering::Relaxed);
     let errors = client.join().unwrap();
     assert!(
