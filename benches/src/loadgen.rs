@@ -90,8 +90,9 @@ impl Servers {
         let (stop2, count) = (stop.clone(), udp_received.clone());
         let udp = thread::spawn(move || {
             let mut buffers = vec![[0u8; 2048]; BATCH];
+            let mut batch = into(&mut buffers);
             while !stop2.load(Ordering::Relaxed) {
-                if let Ok(n) = recv_batch(&udp, &mut buffers) {
+                if let Ok(n) = recv_batch(&udp, &mut batch) {
                     count.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }
@@ -132,32 +133,50 @@ async fn serve(mut conn: tokio::net::TcpStream, reply: bool) {
     }
 }
 
-/// Receives up to [`BATCH`] datagrams with one `recvmmsg`; blocks until the first one or the
-/// socket's read timeout.
-fn recv_batch(socket: &UdpSocket, buffers: &mut [[u8; 2048]]) -> io::Result<usize> {
-    let mut iovecs: Vec<libc::iovec> = buffers
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
-    let mut headers: Vec<libc::mmsghdr> = (0..iovecs.len())
-        .map(|_| unsafe { std::mem::zeroed() })
-        .collect();
-    for (h, iov) in headers.iter_mut().zip(iovecs.iter_mut()) {
-        h.msg_hdr.msg_iov = iov;
-        h.msg_hdr.msg_iovlen = 1;
+/// [`BATCH`] message headers, each over one buffer, built once and reused for every
+/// `recvmmsg`/`sendmmsg` call of a loop (the kernel only updates their lengths and flags).
+struct Batch {
+    /// Pointed at by `headers`; kept alive and never resized.
+    _iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+impl Batch {
+    /// Headers over `buffers` (pointer and length of each); the buffers must outlive the batch
+    /// and stay where they are.
+    fn new(buffers: impl Iterator<Item = (*mut libc::c_void, usize)>) -> Self {
+        let mut iovecs: Vec<libc::iovec> = buffers
+            .map(|(iov_base, iov_len)| libc::iovec { iov_base, iov_len })
+            .collect();
+        // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+        let mut headers: Vec<libc::mmsghdr> = (0..iovecs.len())
+            .map(|_| unsafe { std::mem::zeroed() })
+            .collect();
+        for (h, iov) in headers.iter_mut().zip(iovecs.iter_mut()) {
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        Self {
+            _iovecs: iovecs,
+            headers,
+        }
     }
-    let len = u32::try_from(headers.len()).unwrap_or(u32::MAX);
+
+    fn len(&self) -> u32 {
+        u32::try_from(self.headers.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// Receives up to [`BATCH`] datagrams with one `recvmmsg` into the batch's buffers; blocks until
+/// the first one or the socket's read timeout.
+fn recv_batch(socket: &UdpSocket, batch: &mut Batch) -> io::Result<usize> {
     // SAFETY: every header points at a live iovec over a live buffer of the stated length;
     // MSG_WAITFORONE returns after the first datagram once more would block.
     let n = unsafe {
         libc::recvmmsg(
             socket.as_raw_fd(),
-            headers.as_mut_ptr(),
-            len,
+            batch.headers.as_mut_ptr(),
+            batch.len(),
             libc::MSG_WAITFORONE,
             std::ptr::null_mut(),
         )
@@ -165,26 +184,29 @@ fn recv_batch(socket: &UdpSocket, buffers: &mut [[u8; 2048]]) -> io::Result<usiz
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-/// Sends [`BATCH`] copies of `payload` with one `sendmmsg` on a connected socket; returns how
-/// many the kernel took.
-fn send_batch(socket: &UdpSocket, payload: &[u8]) -> io::Result<usize> {
-    let mut iovecs: Vec<libc::iovec> = (0..BATCH)
-        .map(|_| libc::iovec {
-            iov_base: payload.as_ptr().cast_mut().cast(),
-            iov_len: payload.len(),
-        })
-        .collect();
-    // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
-    let mut headers: Vec<libc::mmsghdr> =
-        (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-    for (h, iov) in headers.iter_mut().zip(iovecs.iter_mut()) {
-        h.msg_hdr.msg_iov = iov;
-        h.msg_hdr.msg_iovlen = 1;
-    }
-    let len = u32::try_from(headers.len()).unwrap_or(u32::MAX);
-    // SAFETY: the headers point at live iovecs over `payload`, which the kernel only reads.
-    let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), len, 0) };
+/// Sends the batch's datagrams with one `sendmmsg` on a connected socket; returns how many the
+/// kernel took.
+fn send_batch(socket: &UdpSocket, batch: &mut Batch) -> io::Result<usize> {
+    // SAFETY: the headers point at live iovecs over live buffers, which the kernel only reads.
+    let n = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            batch.headers.as_mut_ptr(),
+            batch.len(),
+            0,
+        )
+    };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// A batch sending [`BATCH`] copies of `payload`.
+fn copies(payload: &[u8]) -> Batch {
+    Batch::new((0..BATCH).map(|_| (payload.as_ptr().cast_mut().cast(), payload.len())))
+}
+
+/// A batch receiving into `buffers`.
+fn into(buffers: &mut [[u8; 2048]]) -> Batch {
+    Batch::new(buffers.iter_mut().map(|b| (b.as_mut_ptr().cast(), b.len())))
 }
 
 /// Sends 18-byte datagrams to `to` from namespace `ns` for `duration`, [`BATCH`] per system
@@ -194,12 +216,13 @@ pub fn udp_blast(ns: &str, to: SocketAddr, duration: Duration) -> io::Result<u64
         let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         socket.connect(to)?;
         let payload = [0u8; 18];
+        let mut batch = copies(&payload);
         let deadline = Instant::now() + duration;
         let mut sent = 0u64;
         while Instant::now() < deadline {
             // ENOBUFS or ECONNREFUSED (an ICMP error for an earlier datagram) are part of
             // the measurement, not a reason to stop.
-            if let Ok(n) = send_batch(&socket, &payload) {
+            if let Ok(n) = send_batch(&socket, &mut batch) {
                 sent += n as u64;
             }
         }
@@ -276,12 +299,15 @@ mod tests {
         receiver.set_read_timeout(Some(Duration::from_secs(2)))?;
         let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
         sender.connect(receiver.local_addr()?)?;
-        assert_eq!(send_batch(&sender, b"0123456789abcdefgh")?, BATCH);
+        let payload = *b"0123456789abcdefgh";
+        assert_eq!(send_batch(&sender, &mut copies(&payload))?, BATCH);
         let mut buffers = vec![[0u8; 2048]; BATCH];
+        let mut batch = into(&mut buffers);
         let mut got = 0;
         while got < BATCH {
-            got += recv_batch(&receiver, &mut buffers)?;
+            got += recv_batch(&receiver, &mut batch)?;
         }
+        drop(batch);
         assert_eq!(got, BATCH);
         assert_eq!(&buffers[0][..18], b"0123456789abcdefgh");
         Ok(())

@@ -7,11 +7,7 @@
 //! the pods), and every few seconds while a rollout is under way, so that `minReadySeconds` and
 //! `progressDeadlineSeconds` take effect without any other event.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::{
@@ -21,7 +17,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    informer::{Change, Informer, Key, WorkQueue, work},
+    informer::{Change, Expectations, Informer, Key, WorkQueue, work},
     workload,
 };
 
@@ -86,22 +82,16 @@ pub async fn run(client: Client, caches: Caches) {
         }
     };
     // ReplicaSets created (by name) and not yet in the cache, per Deployment.
-    let expected: Mutex<HashMap<Key, (Instant, String)>> = Mutex::new(HashMap::new());
+    let expected = Expectations::new(EXPECTATION_TIMEOUT);
     let work = work(queue, "syncing deployment", |key| {
         let (client, caches, expected) = (&client, &caches, &expected);
         async move {
-            if !caught_up(caches, expected, &key) {
+            if !expected.caught_up(&key, |name: &String| seen(caches, &key, name)) {
                 return Ok(Some(Duration::from_millis(200)));
             }
-            // A created ReplicaSet is remembered even when a later write failed.
             let mut created = None;
             let result = reconcile(client, caches, &key, &mut created).await;
-            if let Some(name) = created {
-                expected
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, (Instant::now(), name));
-            }
+            expected.record(key, created);
             result
         }
     });
@@ -111,31 +101,19 @@ pub async fn run(client: Client, caches: Caches) {
     }
 }
 
-fn caught_up(
-    caches: &Caches,
-    expected: &Mutex<HashMap<Key, (Instant, String)>>,
-    key: &Key,
-) -> bool {
-    let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((at, name)) = all.get(key) else {
-        return true;
-    };
-    let seen = at.elapsed() > EXPECTATION_TIMEOUT
-        || caches
-            .replicasets
-            .store()
-            .get(
-                &Key {
-                    namespace: key.namespace.clone(),
-                    name: name.clone(),
-                }
-                .object_ref(),
-            )
-            .is_some();
-    if seen {
-        all.remove(key);
-    }
-    seen
+/// Whether the ReplicaSet cache shows `created` (a ReplicaSet name) for Deployment `key`.
+fn seen(caches: &Caches, key: &Key, created: &str) -> bool {
+    caches
+        .replicasets
+        .store()
+        .get(
+            &Key {
+                namespace: key.namespace.clone(),
+                name: created.to_owned(),
+            }
+            .object_ref(),
+        )
+        .is_some()
 }
 
 /// One pass over one Deployment: records the ReplicaSet it created in `created`, and returns when

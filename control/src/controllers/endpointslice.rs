@@ -28,11 +28,7 @@
 //! resourceVersions it wrote and is not reconciled again until the cache has caught up, so a
 //! slice is never created twice.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::{
@@ -52,7 +48,7 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 
-use super::informer::{Change, Informer, Key, WorkQueue, work};
+use super::informer::{Change, Expectations, Informer, Key, WorkQueue, version, work};
 
 /// Label naming a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -471,8 +467,9 @@ pub struct Caches {
     pub endpoints: Arc<Informer<Endpoints>>,
 }
 
-/// resourceVersions this controller wrote for a Service (None = deleted), with when.
-type Expectations = HashMap<Key, (Instant, BTreeMap<String, Option<u64>>)>;
+/// resourceVersions this controller wrote for a Service's slices, by slice name (None =
+/// deleted).
+type Written = BTreeMap<String, Option<u64>>;
 
 /// How long written versions are waited for before the cache is trusted anyway.
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -541,22 +538,16 @@ pub async fn run(client: Client, caches: Caches) {
             }
         }
     };
-    let expected: Mutex<Expectations> = Mutex::new(HashMap::new());
+    let expected = Expectations::new(EXPECTATION_TIMEOUT);
     let work = work(queue, "syncing endpoints", |key| {
         let (client, caches, expected) = (&client, &caches, &expected);
         async move {
-            if !caught_up(caches, expected, &key) {
+            if !expected.caught_up(&key, |written| seen(caches, &key, written)) {
                 return Ok(Some(Duration::from_millis(200)));
             }
-            // What was written is remembered even if a later write fails.
-            let mut written = BTreeMap::new();
+            let mut written = Written::new();
             let result = reconcile(client, caches, &key, &mut written).await;
-            let mut exp = expected.lock().unwrap_or_else(|e| e.into_inner());
-            if written.is_empty() {
-                exp.remove(&key);
-            } else {
-                exp.insert(key, (Instant::now(), written));
-            }
+            expected.record(key, (!written.is_empty()).then_some(written));
             result.map(|()| None)
         }
     });
@@ -574,25 +565,10 @@ fn slice_owner(slice: &EndpointSlice) -> Option<Key> {
     })
 }
 
-fn version(meta: &ObjectMeta) -> u64 {
-    meta.resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Whether the slice cache shows everything this controller last wrote for `key`.
-fn caught_up(caches: &Caches, expected: &Mutex<Expectations>, key: &Key) -> bool {
-    let mut exp = expected.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((at, versions)) = exp.get(key) else {
-        return true;
-    };
-    if at.elapsed() > EXPECTATION_TIMEOUT {
-        exp.remove(key);
-        return true;
-    }
+fn seen(caches: &Caches, key: &Key, written: &Written) -> bool {
     let store = caches.slices.store();
-    let seen = versions.iter().all(|(name, rv)| {
+    written.iter().all(|(name, rv)| {
         let cached = store.get(
             &Key {
                 namespace: key.namespace.clone(),
@@ -605,11 +581,7 @@ fn caught_up(caches: &Caches, expected: &Mutex<Expectations>, key: &Key) -> bool
             (Some(_), None) => false,
             (None, cached) => cached.is_none(),
         }
-    });
-    if seen {
-        exp.remove(key);
-    }
-    seen
+    })
 }
 
 /// Brings one Service's slices and Endpoints up to date, recording the slice versions it writes

@@ -11,13 +11,14 @@
 //! [`BUFFER`] changes behind is told so ([`Change::Resync`]) and reconciles everything.
 //!
 //! A [`WorkQueue`] holds keys to reconcile, deduplicated, with per-key retry back-off.
+//! [`Expectations`] remember per key what a controller wrote until its caches show it.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Debug,
     hash::Hash,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt;
@@ -31,6 +32,63 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, broadcast};
+
+/// What a controller wrote for each key that its caches have not shown yet ("expectations"),
+/// so that a lagging watch never makes it write the same thing twice. A key is reconciled only
+/// once the caches caught up with its writes, or when they are older than the timeout (then the
+/// cache is trusted again). Writes are recorded even when a later write of the same pass
+/// failed. `E` is the controller's record of its writes (names, resourceVersions, ...).
+pub struct Expectations<E> {
+    timeout: Duration,
+    entries: Mutex<HashMap<Key, (Instant, E)>>,
+}
+
+impl<E> Expectations<E> {
+    /// No expectations yet; each is given up after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `key` may be reconciled: nothing is expected for it, `seen` says the caches show
+    /// what was written, or that was longer ago than the timeout. The expectation is then
+    /// forgotten.
+    pub fn caught_up(&self, key: &Key, seen: impl FnOnce(&E) -> bool) -> bool {
+        let mut all = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((at, written)) = all.get(key) else {
+            return true;
+        };
+        let done = at.elapsed() > self.timeout || seen(written);
+        if done {
+            all.remove(key);
+        }
+        done
+    }
+
+    /// Records what a pass over `key` wrote (`None`: nothing to wait for).
+    pub fn record(&self, key: Key, written: Option<E>) {
+        let mut all = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match written {
+            Some(w) => {
+                all.insert(key, (Instant::now(), w));
+            }
+            None => {
+                all.remove(&key);
+            }
+        }
+    }
+}
+
+/// An object's resourceVersion as a number (rudder's are store revisions), 0 when absent: what
+/// expectations compare to tell whether a cache shows a write.
+pub fn version(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
 
 /// How many changes a subscriber may fall behind before it must resync.
 pub const BUFFER: usize = 16384;

@@ -58,8 +58,8 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use jiff::{SignedDuration, Timestamp};
@@ -68,7 +68,7 @@ use k8s_openapi::{
         coordination::v1::Lease,
         core::v1::{Node, NodeCondition, Pod, PodCondition, Taint, Toleration},
     },
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
     Api, Client,
@@ -76,7 +76,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::informer::{Change, Informer, Key, WorkQueue, work};
+use super::informer::{Change, Expectations, Informer, Key, WorkQueue, version, work};
 
 /// How long a node may stay silent before its conditions become `Unknown` (the agent renews its
 /// Lease every 10 s, so four renewals may be missed).
@@ -516,8 +516,8 @@ pub struct Caches {
 }
 
 /// What the controller wrote for a node and waits to see in its caches.
+#[derive(Default)]
 struct Expected {
-    at: Instant,
     /// The Node's resourceVersion after the last write.
     node: Option<u64>,
     /// Pods written: `Some(version)` for a status write, `None` for a deletion.
@@ -571,26 +571,17 @@ pub async fn run(client: Client, caches: Caches) {
             }
         }
     };
-    let expected: Mutex<HashMap<Key, Expected>> = Mutex::new(HashMap::new());
+    let expected = Expectations::new(EXPECTATION_TIMEOUT);
     let work = work(queue, "syncing node lifecycle", |key| {
         let (client, caches, expected) = (&client, &caches, &expected);
         async move {
-            if !caught_up(caches, expected, &key) {
+            if !expected.caught_up(&key, |exp| seen(caches, &key, exp)) {
                 return Ok(Some(Duration::from_millis(200)));
             }
-            // What was written is remembered even when a later write failed.
-            let mut exp = Expected {
-                at: Instant::now(),
-                node: None,
-                pods: BTreeMap::new(),
-            };
+            let mut exp = Expected::default();
             let result = reconcile(client, caches, &key, since, &mut exp).await;
-            let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
-            if exp.node.is_none() && exp.pods.is_empty() {
-                all.remove(&key);
-            } else {
-                all.insert(key, exp);
-            }
+            let nothing = exp.node.is_none() && exp.pods.is_empty();
+            expected.record(key, (!nothing).then_some(exp));
             result
         }
     });
@@ -626,23 +617,8 @@ fn pod_node(pod: &Pod) -> Option<Key> {
     })
 }
 
-fn version(meta: &ObjectMeta) -> u64 {
-    meta.resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Whether the caches show everything last written for node `key`.
-fn caught_up(caches: &Caches, expected: &Mutex<HashMap<Key, Expected>>, key: &Key) -> bool {
-    let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(exp) = all.get(key) else {
-        return true;
-    };
-    if exp.at.elapsed() > EXPECTATION_TIMEOUT {
-        all.remove(key);
-        return true;
-    }
+fn seen(caches: &Caches, key: &Key, exp: &Expected) -> bool {
     let node_seen = exp.node.is_none_or(|rv| {
         caches
             .nodes
@@ -659,11 +635,7 @@ fn caught_up(caches: &Caches, expected: &Mutex<HashMap<Key, Expected>>, key: &Ke
             (Some(rv), Some(p)) => version(&p.metadata) >= *rv,
             (None, Some(p)) => p.metadata.deletion_timestamp.is_some(),
         });
-    let seen = node_seen && pods_seen;
-    if seen {
-        all.remove(key);
-    }
-    seen
+    node_seen && pods_seen
 }
 
 fn taint_list(taints: &[Taint]) -> String {

@@ -7,11 +7,7 @@
 //! remembers the pods it created or deleted until its cache shows them, so a slow watch never
 //! makes it create a pod twice.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Pod};
 use kube::{
@@ -21,7 +17,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    informer::{Change, Informer, Key, WorkQueue, work},
+    informer::{Change, Expectations, Informer, Key, WorkQueue, work},
     workload,
 };
 
@@ -42,7 +38,6 @@ const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pods created (by name) and deleted that the cache has not shown yet.
 #[derive(Default)]
 struct Expected {
-    at: Option<Instant>,
     created: BTreeSet<String>,
     deleted: BTreeSet<String>,
 }
@@ -90,25 +85,17 @@ pub async fn run(client: Client, caches: Caches) {
             }
         }
     };
-    let expected: Mutex<HashMap<Key, Expected>> = Mutex::new(HashMap::new());
+    let expected = Expectations::new(EXPECTATION_TIMEOUT);
     let work = work(queue, "syncing replica set", |key| {
         let (client, caches, expected) = (&client, &caches, &expected);
         async move {
-            if !caught_up(caches, expected, &key) {
+            if !expected.caught_up(&key, |exp| seen(caches, &key, exp)) {
                 return Ok(Some(Duration::from_millis(500)));
             }
-            // What was written is remembered even when a later write failed.
-            let mut exp = Expected {
-                at: Some(Instant::now()),
-                ..Expected::default()
-            };
+            let mut exp = Expected::default();
             let result = reconcile(client, caches, &key, &mut exp).await;
-            let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
-            if exp.created.is_empty() && exp.deleted.is_empty() {
-                all.remove(&key);
-            } else {
-                all.insert(key, exp);
-            }
+            let nothing = exp.created.is_empty() && exp.deleted.is_empty();
+            expected.record(key, (!nothing).then_some(exp));
             result
         }
     });
@@ -140,15 +127,8 @@ fn owners_of(caches: &Caches, pod: &Pod) -> Vec<Key> {
     }
 }
 
-fn caught_up(caches: &Caches, expected: &Mutex<HashMap<Key, Expected>>, key: &Key) -> bool {
-    let mut all = expected.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(exp) = all.get(key) else {
-        return true;
-    };
-    if exp.at.is_some_and(|at| at.elapsed() > EXPECTATION_TIMEOUT) {
-        all.remove(key);
-        return true;
-    }
+/// Whether the pod cache shows what `exp` records for ReplicaSet `key`.
+fn seen(caches: &Caches, key: &Key, exp: &Expected) -> bool {
     let store = caches.pods.store();
     let pod = |name: &String| {
         store.get(
@@ -159,15 +139,11 @@ fn caught_up(caches: &Caches, expected: &Mutex<HashMap<Key, Expected>>, key: &Ke
             .object_ref(),
         )
     };
-    let seen = exp.created.iter().all(|n| pod(n).is_some())
+    exp.created.iter().all(|n| pod(n).is_some())
         && exp
             .deleted
             .iter()
-            .all(|n| pod(n).is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
-    if seen {
-        all.remove(key);
-    }
-    seen
+            .all(|n| pod(n).is_none_or(|p| p.metadata.deletion_timestamp.is_some()))
 }
 
 /// One pass over one ReplicaSet: records in `exp` what it expects to see, and returns when to
