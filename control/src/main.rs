@@ -114,8 +114,11 @@ struct ServerArgs {
     /// comparison peer) or none.
     #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "iptables", "none"])]
     dataplane: String,
-    /// Interfaces where the eBPF NodePort program (XDP) serves clients outside the node. The
-    /// node's own processes and pods reach NodePorts without it.
+    /// Interfaces where the eBPF NodePort program (XDP) serves clients outside the node (and
+    /// forwards NodePort flows to backends on other nodes, source-translated). On a cluster of
+    /// several nodes, list the interfaces that reach the other nodes: replies of backends there
+    /// to this node's pods get their service address back on them. The node's own processes and
+    /// pods reach NodePorts without it.
     #[arg(long, value_delimiter = ',')]
     nodeport_interfaces: Vec<String>,
     /// Socket-LB (connect-time translation) only for the node's own processes; pods' service

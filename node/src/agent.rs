@@ -463,8 +463,11 @@ fn bridge_netfilter() {
     }
 }
 
-/// Keeps a route to every other node's PodCIDR via its InternalIP.
+/// Keeps a route to every other node's PodCIDR via its InternalIP. With XDP on uplinks, also a
+/// managed neighbour entry for each other node, which the kernel keeps resolved: XDP forwards
+/// remote NodePort flows itself and can only use next hops whose link address is known.
 async fn follow_routes(client: Client, config: AgentConfig) {
+    let xdp = config.proxy.as_ref().is_some_and(|p| !p.uplinks.is_empty());
     let nodes: Api<Node> = Api::all(client);
     let mut routes: HashMap<String, (String, String)> = HashMap::new();
     let mut stream = watcher(nodes, watcher::Config::default()).boxed();
@@ -473,9 +476,17 @@ async fn follow_routes(client: Client, config: AgentConfig) {
             Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => vec![n],
             Ok(watcher::Event::Delete(n)) => {
                 if let Some(name) = &n.metadata.name
-                    && let Some((cidr, _)) = routes.remove(name)
+                    && let Some((cidr, ip)) = routes.remove(name)
                 {
                     let _ = crate::command::run(None, "ip", &["route", "del", &cidr], None);
+                    if xdp && let Some(dev) = route_device(&ip) {
+                        let _ = crate::command::run(
+                            None,
+                            "ip",
+                            &["neigh", "del", &ip, "dev", &dev],
+                            None,
+                        );
+                    }
                 }
                 continue;
             }
@@ -509,12 +520,46 @@ async fn follow_routes(client: Client, config: AgentConfig) {
                 ) {
                     Ok(_) => {
                         tracing::info!(node = name, cidr, via = ip, "route to node's pods");
+                        if xdp {
+                            keep_neighbour(&ip);
+                        }
                         routes.insert(name, (cidr, ip));
                     }
                     Err(e) => tracing::warn!(node = name, error = %e, "adding a route to its pods"),
                 }
             }
         }
+    }
+}
+
+/// The interface the node uses to reach `ip`.
+fn route_device(ip: &str) -> Option<String> {
+    let out = crate::command::run(None, "ip", &["-o", "route", "get", ip], None).ok()?;
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "dev")?;
+    words.next().map(str::to_owned)
+}
+
+/// Asks the kernel to keep `ip`'s link address resolved (a managed neighbour entry).
+fn keep_neighbour(ip: &str) {
+    let Some(dev) = route_device(ip) else {
+        return;
+    };
+    if let Err(e) = crate::command::run(
+        None,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            ip,
+            "dev",
+            &dev,
+            "managed",
+            "extern_learn",
+        ],
+        None,
+    ) {
+        tracing::warn!(ip, dev, error = %e, "managed neighbour entry; XDP may drop the first packets of remote NodePort flows");
     }
 }
 

@@ -42,6 +42,10 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 /// The outside client's address on the uplink.
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+/// A second node's address on the uplink's segment ([`Lab::add_remote_pod`]).
+pub const REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 3);
+/// The second node's PodCIDR; the lab's own pods are in `10.244.0.0/24`.
+pub const REMOTE_POD_CIDR: &str = "10.244.1.0/24";
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup/unified` on hybrid hosts like these).
 fn cgroup2_root() -> PathBuf {
     crate::proxy::ebpf::cgroup2_mount().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
@@ -75,6 +79,10 @@ pub struct Lab {
     pub cgroup: PathBuf,
     /// The outside client's namespace, once [`Lab::add_uplink`] made it.
     pub external: Option<Pod>,
+    /// Pods on the second node ([`Lab::add_remote_pod`]).
+    pub remote_pods: Vec<Pod>,
+    /// The second node's namespace, once a remote pod exists.
+    pub remote_node: Option<String>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -104,6 +112,69 @@ pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
         .join()
         .map_err(|_| io::Error::other("namespace thread panicked"))?
     })
+}
+
+/// Makes `pod`'s namespace and wires it to the node namespace `node`: a veth, the pod's /32
+/// address, a default route through the link-local gateway on the host side, and the node's
+/// route to the pod.
+fn wire_pod(node: &str, pod: &Pod) -> io::Result<()> {
+    let (ns, host, ip_addr) = (&pod.ns, &pod.host_if, pod.ip);
+    ip(&["netns", "add", ns])?;
+    ip(&[
+        "-n", node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{ip_addr}/32"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ])?;
+    ip(&[
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ])?;
+    // The pod's gateway address lives on every host-side veth, so ARP just works both ways.
+    ip(&["-n", node, "addr", "add", "169.254.1.1/32", "dev", host])?;
+    ip(&["-n", node, "link", "set", host, "up"])?;
+    exec(
+        node,
+        "sysctl",
+        &["-qw", &format!("net.ipv4.conf.{host}.rp_filter=0")],
+        None,
+    )?;
+    ip(&[
+        "-n",
+        node,
+        "route",
+        "add",
+        &format!("{ip_addr}/32"),
+        "dev",
+        host,
+    ])?;
+    Ok(())
 }
 
 /// Removes what crashed labs left behind (their process is gone).
@@ -160,6 +231,8 @@ impl Lab {
             id,
             pods: Vec::new(),
             external: None,
+            remote_pods: Vec::new(),
+            remote_node: None,
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
         };
@@ -188,62 +261,7 @@ impl Lab {
             ip: ip_addr,
             host_if: format!("p{index}"),
         };
-        let (node, ns, host) = (&self.node, &pod.ns, &pod.host_if);
-        ip(&["netns", "add", ns])?;
-        ip(&[
-            "-n", node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{ip_addr}/32"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n",
-            ns,
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ])?;
-        ip(&[
-            "-n",
-            ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ])?;
-        // The pod's gateway address lives on every host-side veth, so ARP just works both ways.
-        ip(&["-n", node, "addr", "add", "169.254.1.1/32", "dev", host])?;
-        ip(&["-n", node, "link", "set", host, "up"])?;
-        exec(
-            node,
-            "sysctl",
-            &["-qw", &format!("net.ipv4.conf.{host}.rp_filter=0")],
-            None,
-        )?;
-        ip(&[
-            "-n",
-            node,
-            "route",
-            "add",
-            &format!("{ip_addr}/32"),
-            "dev",
-            host,
-        ])?;
+        wire_pod(&self.node, &pod)?;
         self.pods.push(pod.clone());
         Ok(pod)
     }
@@ -289,6 +307,94 @@ impl Lab {
         ])?;
         ip(&["-n", &self.node, "link", "set", "up0", "up"])?;
         Ok(ext)
+    }
+
+    /// Adds a pod on a second node, `10.244.1.(10 + index)`. The first call turns the outside
+    /// namespace into a switch: a bridge `br0` (which now carries [`EXTERNAL_IP`]) joins the
+    /// node's uplink and the second node's (`rdr-<lab>-n2`, [`REMOTE_NODE_IP`]). Each node routes
+    /// the other's PodCIDR via the other's address, flannel host-gw style, and the node keeps a
+    /// managed neighbour entry for the second node (the kernel keeps it resolved, so XDP can
+    /// forward to it). The second node runs no datapath of its own. Needs [`Lab::add_uplink`].
+    ///
+    /// Senders in the outside namespace and the remote pod have checksum offload off, as frames
+    /// from a real wire would: the uplink's XDP program sees complete checksums. A node that
+    /// sends frames back out of its uplink with XDP needs `Datapath::attach_veth_peer` on the
+    /// outside namespace's `eth0`.
+    pub fn add_remote_pod(&mut self) -> io::Result<Pod> {
+        let ext = self
+            .external
+            .clone()
+            .ok_or_else(|| io::Error::other("add_uplink before add_remote_pod"))?;
+        let n2 = format!("rdr-{}-n2", self.id);
+        if self.remote_node.is_none() {
+            ip(&["netns", "add", &n2])?;
+            self.remote_node = Some(n2.clone());
+            let e = ext.ns.as_str();
+            let subnet = format!("{EXTERNAL_IP}/24");
+            ip(&["-n", e, "link", "add", "br0", "type", "bridge"])?;
+            ip(&["-n", e, "addr", "del", &subnet, "dev", "eth0"])?;
+            ip(&["-n", e, "addr", "add", &subnet, "dev", "br0"])?;
+            ip(&["-n", e, "link", "set", "eth0", "master", "br0"])?;
+            ip(&[
+                "-n", &n2, "link", "add", "up0", "type", "veth", "peer", "name", "n2", "netns", e,
+            ])?;
+            ip(&["-n", e, "link", "set", "n2", "master", "br0"])?;
+            ip(&["-n", e, "link", "set", "n2", "up"])?;
+            ip(&["-n", e, "link", "set", "br0", "up"])?;
+            exec(e, "ethtool", &["-K", "br0", "tx", "off"], None)?;
+            ip(&["-n", &n2, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &n2,
+                "addr",
+                "add",
+                &format!("{REMOTE_NODE_IP}/24"),
+                "dev",
+                "up0",
+            ])?;
+            ip(&["-n", &n2, "link", "set", "up0", "up"])?;
+            for (key, value) in [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+            ] {
+                exec(&n2, "sysctl", &["-qw", &format!("{key}={value}")], None)?;
+            }
+            let node_ip = NODE_IP.to_string();
+            let remote_ip = REMOTE_NODE_IP.to_string();
+            ip(&["-n", &n2, "route", "add", "10.244.0.0/24", "via", &node_ip])?;
+            ip(&[
+                "-n",
+                &self.node,
+                "route",
+                "add",
+                REMOTE_POD_CIDR,
+                "via",
+                &remote_ip,
+            ])?;
+            ip(&[
+                "-n",
+                &self.node,
+                "neigh",
+                "replace",
+                &remote_ip,
+                "dev",
+                "up0",
+                "managed",
+                "extern_learn",
+            ])?;
+        }
+        let index = self.remote_pods.len();
+        let octet = u8::try_from(10 + index).map_err(|_| io::Error::other("too many pods"))?;
+        let pod = Pod {
+            ns: format!("rdr-{}-r{index}", self.id),
+            ip: Ipv4Addr::new(10, 244, 1, octet),
+            host_if: format!("r{index}"),
+        };
+        wire_pod(&n2, &pod)?;
+        exec(&pod.ns, "ethtool", &["-K", "eth0", "tx", "off"], None)?;
+        self.remote_pods.push(pod.clone());
+        Ok(pod)
     }
 
     /// Replaces the node's blackhole route for the service CIDR with a route into a veth whose
@@ -469,8 +575,16 @@ impl Drop for Lab {
         for server in self.servers.drain(..) {
             let _ = server.join();
         }
-        for pod in self.pods.iter().chain(&self.external) {
+        for pod in self
+            .pods
+            .iter()
+            .chain(&self.remote_pods)
+            .chain(&self.external)
+        {
             let _ = ip(&["netns", "del", &pod.ns]);
+        }
+        if let Some(n2) = &self.remote_node {
+            let _ = ip(&["netns", "del", n2]);
         }
         let _ = ip(&["netns", "del", &self.node]);
         let _ = fs::remove_dir_all(&self.pin_dir);

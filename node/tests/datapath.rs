@@ -275,8 +275,11 @@ fn socket_lb_translates_at_connect_time() {
 #[test]
 #[ignore = "needs root and BPF; run by cargo xtask ci"]
 fn nodeport_from_outside_goes_through_xdp_on_the_uplink() {
-    let (mut lab, _client, backends) = lab_with_backends();
+    let (mut lab, client, backends) = lab_with_backends();
     let outside = lab.add_uplink().unwrap();
+    let far = lab.add_remote_pod().unwrap();
+    lab.serve_tcp(&far, 8080, "far").unwrap();
+    lab.serve_udp(&far, 5353, "far").unwrap();
     let mut datapath = open(&lab);
     let node = lab.node.clone();
     in_ns(&node, || datapath.attach_uplink("up0"))
@@ -289,9 +292,18 @@ fn nodeport_from_outside_goes_through_xdp_on_the_uplink() {
     let mut planner = datapath.planner(settings);
     let ips: Vec<Ipv4Addr> = backends.iter().map(|p| p.ip).collect();
     datapath
-        .apply(&planner.sync(&common::nodeport_services(&ips)).unwrap())
+        .apply(
+            &planner
+                .sync(&common::nodeport_services(&ips, far.ip))
+                .unwrap(),
+        )
         .unwrap();
     let node_port = |port: u16| std::net::SocketAddr::from((lab::NODE_IP, port));
+    // The outside end of the veth uplink needs an XDP program for the node's XDP_TX to arrive.
+    let ext = outside.ns.clone();
+    in_ns(&ext, || datapath.attach_veth_peer("eth0"))
+        .unwrap()
+        .unwrap();
 
     // New TCP connections from outside spread over the backends; each conversation works.
     let mut seen = BTreeMap::new();
@@ -322,10 +334,34 @@ fn nodeport_from_outside_goes_through_xdp_on_the_uplink() {
     };
     refused(30081);
     assert!(datapath.counter(Reason::NoBackend).packets >= 1);
-    // A backend on another node needs SNAT, not built yet: refused and counted, never sent on.
-    refused(30082);
-    assert!(datapath.counter(Reason::RemoteBackend).packets >= 1);
+    // A backend on another node: the node translates the source to itself, so the backend
+    // answers through it. (Without that, the remote node would send the reply straight to the
+    // client, which shares its segment, from the pod's address, and the client would reset it.)
+    for _ in 0..5 {
+        let (mut conn, name) = Client::connect(&outside.ns, node_port(30082)).unwrap();
+        assert_eq!(name, "far");
+        assert_eq!(conn.ask().unwrap(), "far");
+    }
+    for _ in 0..5 {
+        let (name, from) = udp_ask(&outside.ns, node_port(30055)).unwrap();
+        assert_eq!((name.as_str(), from), ("far", node_port(30055)));
+    }
+    assert!(
+        datapath.counter(Reason::RemoteBackend).packets >= 6,
+        "{:?}",
+        datapath.counters()
+    );
+    // A pod on this node reaching the remote backend through the ClusterIP: the reply comes in
+    // on the uplink, where XDP gives it the service address back.
+    let (mut conn, name) = Client::connect(&client.ns, vip(32, 80)).unwrap();
+    assert_eq!(name, "far");
+    assert_eq!(conn.ask().unwrap(), "far");
+    let (name, from) = udp_ask(&client.ns, vip(32, 53)).unwrap();
+    assert_eq!((name.as_str(), from), ("far", vip(32, 53)));
     in_ns(&node, || datapath.detach_uplink("up0"))
+        .unwrap()
+        .unwrap();
+    in_ns(&ext, || datapath.detach_veth_peer("eth0"))
         .unwrap()
         .unwrap();
 }

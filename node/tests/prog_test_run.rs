@@ -323,6 +323,10 @@ fn a_service_without_endpoints_answers_icmp_port_unreachable() {
 const XDP_PASS: u32 = 2;
 const OUTSIDE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+/// The NodePort service `far`'s one backend, on another node.
+const FAR: Ipv4Addr = Ipv4Addr::new(10, 244, 9, 9);
+const XDP_DROP: u32 = 1;
+const XDP_REDIRECT: u32 = 4;
 
 /// A datapath with `common::nodeport_services` (NodePorts 30080/30053 → one backend) on
 /// `NODE_IP`.
@@ -337,7 +341,7 @@ fn nodeport_bed(tag: &str) -> Bed {
     datapath
         .apply(
             &planner
-                .sync(&common::nodeport_services(&[BACKEND]))
+                .sync(&common::nodeport_services(&[BACKEND], FAR))
                 .unwrap(),
         )
         .unwrap();
@@ -416,9 +420,105 @@ fn xdp_leaves_everything_else_alone() {
     for len in [14, 20, 33, 36, 40, 50] {
         untouched(full[..len].to_vec());
     }
-    // No endpoints: untranslated, so the node itself refuses; a remote backend: the same.
+    // No endpoints: untranslated, so the node itself refuses.
     untouched(Packet::tcp((OUTSIDE, 6), (NODE_IP, 30081), 0x02).bytes());
     assert!(b.datapath.counter(Reason::NoBackend).packets >= 1);
-    untouched(Packet::tcp((OUTSIDE, 7), (NODE_IP, 30082), 0x02).bytes());
+}
+
+/// Runs the uplink program on `packet` inside namespace `ns` (the test run's ingress interface
+/// is that namespace's loopback, and its FIB is the one looked up).
+fn run_uplink_in(b: &Bed, ns: &str, packet: &[u8]) -> (u32, Vec<u8>) {
+    rudder_node::lab::in_ns(ns, || b.datapath.test_run_uplink(packet))
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask ci"]
+fn xdp_forwards_remote_nodeport_flows_source_translated() {
+    let b = nodeport_bed("xdp-remote");
+    let mut lab = rudder_node::lab::Lab::new().unwrap();
+    let node = lab.node.clone();
+    // Without a route to the backend's node (the lab blackholes the cluster CIDR) the packet
+    // is dropped untouched and counted.
+    let syn = Packet::tcp((OUTSIDE, 7), (NODE_IP, 30082), 0x02).bytes();
+    let (action, out) = run_uplink_in(&b, &node, &syn);
+    assert_eq!((action, &out), (XDP_DROP, &syn));
+    assert!(b.datapath.counter(Reason::NoRoute).packets >= 1);
     assert!(b.datapath.counter(Reason::RemoteBackend).packets >= 1);
+
+    // With a route and a resolved next hop: translated both ways and sent on by XDP itself.
+    lab.add_uplink().unwrap();
+    let gateway = "172.30.0.9";
+    let mac = [0x02, 0, 0, 0, 0x09, 0x09];
+    for args in [
+        vec!["route", "add", "10.244.9.0/24", "via", gateway],
+        vec!["route", "add", "192.0.2.0/24", "via", gateway],
+        vec![
+            "neigh",
+            "replace",
+            gateway,
+            "dev",
+            "up0",
+            "lladdr",
+            "02:00:00:00:09:09",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        let mut full = vec!["-n", node.as_str()];
+        full.extend(args);
+        rudder_node::lab::ip(&full).unwrap();
+    }
+    let client = Ipv4Addr::new(192, 0, 2, 7);
+    for (proto, sport) in [(6u8, 40_001u16), (17, 40_002)] {
+        let (packet, frontend, target) = if proto == 6 {
+            (
+                Packet::tcp((client, sport), (NODE_IP, 30082), 0x02),
+                30082,
+                8080,
+            )
+        } else {
+            (Packet::udp((client, sport), (NODE_IP, 30055)), 30055, 5353)
+        };
+        let (action, out) = run_uplink_in(&b, &node, &packet.bytes());
+        // The lab's loopback received it, the FIB names up0: a redirect.
+        assert_eq!(action, XDP_REDIRECT, "proto {proto}");
+        let ((src, snat_port), dst) = check(&out);
+        assert_eq!((src, dst), (NODE_IP, (FAR, target)), "proto {proto}");
+        assert!(
+            (61_000..=65_535).contains(&snat_port),
+            "SNAT port {snat_port}"
+        );
+        assert_eq!(&out[0..6], &mac, "next hop's MAC");
+        assert_eq!(out[14 + 8], 63, "TTL decremented");
+        // Same flow again: same translation.
+        let (_, again) = run_uplink_in(&b, &node, &packet.bytes());
+        assert_eq!(check(&again), ((NODE_IP, snat_port), (FAR, target)));
+        // The backend's reply to the node's SNAT port goes back to the client from the NodePort.
+        let reply = if proto == 6 {
+            Packet::tcp((FAR, target), (NODE_IP, snat_port), 0x12)
+        } else {
+            Packet::udp((FAR, target), (NODE_IP, snat_port))
+        };
+        let (action, out) = run_uplink_in(&b, &node, &reply.bytes());
+        assert_eq!(action, XDP_REDIRECT, "proto {proto}");
+        assert_eq!(check(&out), ((NODE_IP, frontend), (client, sport)));
+        assert_eq!(out[14 + 8], 63, "TTL decremented");
+    }
+    // A reply to a flow a pod on this node started through a ClusterIP: the service address
+    // comes back and the stack delivers it (the pod program made the conntrack entries).
+    let (verdict, _) = b
+        .datapath
+        .test_run(&Packet::tcp((CLIENT, 43_000), (Ipv4Addr::new(10, 96, 0, 32), 80), 0x02).bytes())
+        .unwrap();
+    assert_eq!(verdict, TC_ACT_OK);
+    let reply = Packet::tcp((FAR, 8080), (CLIENT, 43_000), 0x12).bytes();
+    let (action, out) = run_uplink_in(&b, &node, &reply);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(
+        check(&out),
+        ((Ipv4Addr::new(10, 96, 0, 32), 80), (CLIENT, 43_000))
+    );
+    drop(lab);
 }

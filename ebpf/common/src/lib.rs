@@ -87,17 +87,24 @@ pub enum Reason {
     CtNew = 8,
     /// Conntrack could not store a new flow (the flow is still forwarded, statelessly).
     CtFull = 9,
-    /// XDP NodePort picked a backend on another node; SNAT for those is not built yet, so the
-    /// packet went on untranslated (and is refused by the node).
+    /// Counted besides `forward`: XDP NodePort started a flow to a backend on another node,
+    /// source-translated to the node address and a port of [`SNAT_PORTS`].
     RemoteBackend = 10,
     /// Counted besides the packet's reason: the packet was delivered straight into a pod on this
     /// node (`bpf_redirect_peer`), skipping the node's IP stack.
     PeerRedirect = 11,
+    /// Dropped: XDP translated a packet for another node or an outside client but the node
+    /// has no route to it or has not resolved the next hop's link address yet (the agent keeps
+    /// managed neighbour entries for the other nodes so this stays rare).
+    NoRoute = 12,
+    /// Refused: every SNAT port tried for a new remote NodePort flow was taken (the packet went
+    /// on untranslated and the node refused it).
+    SnatFull = 13,
 }
 
 impl Reason {
     /// Number of reasons, the size of the counters array.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
 
     /// Every reason with its stable lower-case name, in index order.
     pub const ALL: [(Reason, &'static str); Self::COUNT as usize] = [
@@ -113,6 +120,8 @@ impl Reason {
         (Reason::CtFull, "ct_full"),
         (Reason::RemoteBackend, "remote_backend"),
         (Reason::PeerRedirect, "peer_redirect"),
+        (Reason::NoRoute, "no_route"),
+        (Reason::SnatFull, "snat_full"),
     ];
 }
 
@@ -237,6 +246,15 @@ impl core::fmt::Debug for MaglevTable {
     }
 }
 
+/// Source ports XDP NodePort uses when it translates a flow to a backend on another node
+/// (first..=last, host order). They lie above Linux's default ephemeral range (32768–60999), so
+/// they do not clash with the node's own connections; each backend address and port can hold
+/// this many flows from one node address at a time.
+pub const SNAT_PORTS: (u16, u16) = (61_000, 65_535);
+
+/// How many ports XDP tries for a new SNAT flow before it refuses it ([`Reason::SnatFull`]).
+pub const SNAT_TRIES: u32 = 16;
+
 /// `CtKey4::dir`: the key is the client's original tuple (client → frontend).
 pub const CT_FORWARD: u8 = 0;
 /// `CtKey4::dir`: the key is the reply tuple as it leaves the backend (backend → client).
@@ -285,6 +303,11 @@ pub mod ct_lifetime {
 
 /// Conntrack value. A forward entry names the backend; a reply entry names the frontend address
 /// the reply's source must be restored to.
+///
+/// A NodePort flow that XDP sends to a backend on another node is translated both ways: its
+/// forward entry carries the node address and port it leaves with (`snat_addr`, `snat_port`),
+/// and its reply entry, keyed by backend → node address and SNAT port, restores the frontend as
+/// source and the client as destination (`nat_daddr`, `nat_dport`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry4 {
@@ -298,12 +321,21 @@ pub struct CtEntry4 {
     pub nat_daddr: u32,
     /// Reply entries: source port to restore (frontend port, network order).
     pub nat_port: u16,
+    /// Reply entries of remote NodePort flows: destination port to restore (the client's, network
+    /// order); zero otherwise.
+    pub nat_dport: u16,
+    /// Forward entries with hairpin or remote-NodePort SNAT: the source address used (network
+    /// order), else zero.
+    pub snat_addr: u32,
+    /// Forward entries of remote NodePort flows: the source port used (network order), else
+    /// zero (the client's port is kept).
+    pub snat_port: u16,
     /// TCP state bits ([`CT_SYN`], [`CT_FIN`], [`CT_RST`], [`CT_SEEN_REPLY`]).
     pub flags: u8,
     /// Reserved, zero.
     pub pad: u8,
-    /// Forward entries with hairpin SNAT: the source address used (network order), else zero.
-    pub snat_addr: u32,
+    /// Reserved, zero.
+    pub pad2: u32,
     /// When the entry expires, `bpf_ktime_get_ns` seconds.
     pub expires: u64,
 }
@@ -410,7 +442,7 @@ mod tests {
         assert_eq!(size_of::<Service>(), 16);
         assert_eq!(size_of::<Backend4>(), 12);
         assert_eq!(size_of::<CtKey4>(), 16);
-        assert_eq!(size_of::<CtEntry4>(), 32);
+        assert_eq!(size_of::<CtEntry4>(), 40);
         assert_eq!(size_of::<AffinityKey4>(), 8);
         assert_eq!(size_of::<AffinityEntry>(), 16);
         assert_eq!(size_of::<SockRevKey4>(), 16);

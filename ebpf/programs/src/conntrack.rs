@@ -6,9 +6,10 @@
 //! (at most once a second, to spare cache lines); TCP flags shorten it when a connection closes.
 //! The agent sweeps expired entries and entries whose backend is gone.
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use rudder_ebpf_common::{
     Backend4, CT_FIN, CT_REPLY, CT_RST, CT_SEEN_REPLY, CT_SYN, CtEntry4, CtKey4, Reason,
-    ct_lifetime, proto,
+    SNAT_PORTS, SNAT_TRIES, ct_lifetime, proto,
 };
 
 use crate::{counters, lb, maps::CT4};
@@ -154,4 +155,87 @@ pub fn open(
         },
         0,
     );
+}
+
+/// Tracks a new NodePort flow `forward` (the client's tuple as it arrived at the node) to a
+/// backend on another node. The flow leaves with the node address it arrived at
+/// (`forward.daddr`) as source and a port from [`SNAT_PORTS`], starting at one derived from
+/// `hash` and trying [`SNAT_TRIES`] ports; a port is free when no live reply entry uses it for
+/// this backend. The reply entry (backend → node address:port) restores the frontend as source
+/// and the client as destination. Returns the SNAT port (network order), or `None` when every
+/// port tried was taken or the entries could not be stored.
+#[inline(always)]
+pub fn open_remote(
+    forward: &CtKey4,
+    backend_id: u32,
+    service_id: u32,
+    backend: &Backend4,
+    hash: u32,
+    tcp: u8,
+    now: u64,
+) -> Option<u16> {
+    let bits = state_bits(tcp, false);
+    let expires = now + lifetime(forward.proto, bits, tcp);
+    let rev = CtEntry4 {
+        backend_id,
+        service_id,
+        nat_addr: forward.daddr,
+        nat_port: forward.dport,
+        nat_daddr: forward.saddr,
+        nat_dport: forward.sport,
+        expires,
+        ..CtEntry4::default()
+    };
+    let (first, last) = SNAT_PORTS;
+    let span = u32::from(last - first) + 1;
+    let mut port = 0u16;
+    let mut i = 0;
+    while i < SNAT_TRIES {
+        // Consecutive tries walk a stride through the range from the flow's own start.
+        let candidate = first + ((hash.wrapping_add(i.wrapping_mul(7919))) % span) as u16;
+        let reply = CtKey4 {
+            saddr: backend.addr,
+            daddr: forward.daddr,
+            sport: backend.port,
+            dport: candidate.to_be(),
+            proto: forward.proto,
+            dir: CT_REPLY,
+            pad: 0,
+        };
+        if CT4.insert(&reply, &rev, u64::from(BPF_NOEXIST)).is_ok() {
+            port = candidate.to_be();
+            break;
+        }
+        // Taken: reusable only once its flow expired (the agent's sweep may not have run yet).
+        if let Some(old) = get(&reply) {
+            // SAFETY: pointer from a successful lookup in this run.
+            if unsafe { (*old).expires } < now && CT4.insert(&reply, &rev, 0).is_ok() {
+                port = candidate.to_be();
+                break;
+            }
+        }
+        i += 1;
+    }
+    if port == 0 {
+        return None;
+    }
+    let fwd = CtEntry4 {
+        backend_id,
+        service_id,
+        flags: bits,
+        snat_addr: forward.daddr,
+        snat_port: port,
+        expires,
+        ..CtEntry4::default()
+    };
+    let stored = CT4.insert(forward, &fwd, 0).is_ok();
+    counters::reason(
+        if stored {
+            Reason::CtNew
+        } else {
+            Reason::CtFull
+        },
+        0,
+    );
+    stored.then_some(port)
 }

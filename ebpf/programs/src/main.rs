@@ -37,6 +37,13 @@ pub fn rudder_xdp_nodeport(ctx: XdpContext) -> u32 {
     nodeport::nodeport(&ctx)
 }
 
+/// XDP that passes everything, for the far end of a veth uplink: native-mode `XDP_TX` on a veth
+/// reaches its peer only if the peer runs an XDP program.
+#[xdp]
+pub fn rudder_xdp_pass(_ctx: XdpContext) -> u32 {
+    aya_ebpf::bindings::xdp_action::XDP_PASS
+}
+
 /// cgroup `connect4`: TCP (and connected UDP) sockets to a service connect to a backend.
 #[cgroup_sock_addr(connect4)]
 pub fn rudder_sock_connect4(ctx: SockAddrContext) -> i32 {

@@ -43,6 +43,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/rudder";
 /// The TC program for pods' host-side veths.
 const TC_POD: &str = "rudder_from_pod";
 const XDP_NODEPORT: &str = "rudder_xdp_nodeport";
+const XDP_PASS: &str = "rudder_xdp_pass";
 /// The socket-LB programs.
 const SOCK: [&str; 3] = [
     "rudder_sock_connect4",
@@ -245,19 +246,108 @@ pub fn monotonic_s() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0)
 }
 
+/// Every pinned map with its key size, value size and capacity, as this build defines them.
+fn map_layouts() -> [(&'static str, usize, usize, u32); 11] {
+    use rudder_ebpf_common::{
+        AFFINITY_ENTRIES, AffinityEntry, AffinityKey4, CT_ENTRIES, MAX_BACKENDS, MAX_POD_LINKS,
+        MAX_SERVICES, SockRevEntry4, SockRevKey4,
+    };
+    use std::mem::size_of;
+    [
+        (
+            "RUDDER_SERVICES4",
+            size_of::<ServiceKey4>(),
+            size_of::<Service>(),
+            MAX_SERVICES,
+        ),
+        ("RUDDER_BACKENDS4", 4, size_of::<Backend4>(), MAX_BACKENDS),
+        ("RUDDER_MAGLEV", 4, size_of::<MaglevTable>(), MAX_SERVICES),
+        (
+            "RUDDER_MAGLEV_SMALL",
+            4,
+            size_of::<MaglevSmall>(),
+            MAX_SERVICES,
+        ),
+        (
+            "RUDDER_CT4",
+            size_of::<CtKey4>(),
+            size_of::<CtEntry4>(),
+            CT_ENTRIES,
+        ),
+        (
+            "RUDDER_AFFINITY4",
+            size_of::<AffinityKey4>(),
+            size_of::<AffinityEntry>(),
+            AFFINITY_ENTRIES,
+        ),
+        (
+            "RUDDER_SOCK_REVNAT4",
+            size_of::<SockRevKey4>(),
+            size_of::<SockRevEntry4>(),
+            CT_ENTRIES,
+        ),
+        ("RUDDER_REASONS", 4, size_of::<Counter>(), Reason::COUNT),
+        (
+            "RUDDER_SERVICE_COUNTERS",
+            4,
+            size_of::<Counter>(),
+            MAX_SERVICES,
+        ),
+        ("RUDDER_POD_LINKS", 4, 4, MAX_POD_LINKS),
+        ("RUDDER_CONFIG", 4, size_of::<Config>(), 1),
+    ]
+}
+
+/// Removes pinned maps an older build left with another layout (key or value size, capacity),
+/// so the loader creates them afresh instead of failing. Their state (conntrack, affinity,
+/// counters) is lost, which is logged; maps whose layout did not change keep theirs. Programs
+/// still attached keep using the old maps until the new programs replace them.
+fn drop_stale_pins(pin_dir: &Path) {
+    for (name, key, value, entries) in map_layouts() {
+        let pin = pin_dir.join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let found = MapData::from_pin(&pin).and_then(|m| m.info()).map(|info| {
+            (
+                info.key_size() as usize,
+                info.value_size() as usize,
+                info.max_entries(),
+            )
+        });
+        match found {
+            Ok(layout) if layout == (key, value, entries) => {}
+            other => {
+                tracing::warn!(
+                    map = name,
+                    found = ?other.as_ref().ok(),
+                    expected = ?(key, value, entries),
+                    "pinned map from another build has a different layout; starting it afresh (its entries are lost)"
+                );
+                if let Err(e) = fs::remove_file(&pin) {
+                    tracing::warn!(map = name, error = %e, "removing the stale pin");
+                }
+            }
+        }
+    }
+}
+
 impl Datapath {
     /// Loads the programs and opens (or creates) the pinned maps under `pin_dir`, then writes
     /// `config`. Needs root. Nothing is attached yet.
     pub fn open(pin_dir: &Path, config: Config) -> Result<Self, Error> {
         prepare_bpffs(pin_dir)?;
+        drop_stale_pins(pin_dir);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
             .map_err(|e| Error::Load(pin_dir.display().to_string(), Box::new(e)))?;
         let prog: &mut SchedClassifier = program(&mut ebpf, TC_POD)?;
         prog.load().map_err(prog_err(TC_POD, "load"))?;
-        let prog: &mut Xdp = program(&mut ebpf, XDP_NODEPORT)?;
-        prog.load().map_err(prog_err(XDP_NODEPORT, "load"))?;
+        for name in [XDP_NODEPORT, XDP_PASS] {
+            let prog: &mut Xdp = program(&mut ebpf, name)?;
+            prog.load().map_err(prog_err(name, "load"))?;
+        }
         for name in SOCK {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().map_err(prog_err(name, "load"))?;
@@ -372,10 +462,36 @@ impl Datapath {
     /// Attaches the NodePort program to XDP of `ifname` (the node's uplink), in native (driver)
     /// mode when the driver has it, else generic. A program a previous agent attached there is
     /// replaced atomically through its pinned link.
+    ///
+    /// When the uplink is a veth (namespace labs, nodes in containers), the NodePort program's
+    /// `XDP_TX` to other nodes reaches the veth's other end only if an XDP program runs there
+    /// too: see [`Datapath::attach_veth_peer`].
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), Error> {
-        let pin = self.pin_dir.join("links").join(format!("xdp-{ifname}"));
-        let prog: &mut Xdp = program(&mut self.ebpf, XDP_NODEPORT)?;
-        let attach_err = |what: String| prog_err(XDP_NODEPORT, what);
+        self.attach_xdp(XDP_NODEPORT, "xdp", ifname)
+    }
+
+    /// Attaches a program that passes every packet to XDP of `ifname`, the other end of a veth
+    /// uplink. In native mode a veth delivers frames that XDP sends back out (`XDP_TX`, remote
+    /// NodePort flows) only to a peer that runs an XDP program itself; turning on GRO there is
+    /// not enough on the kernels we run. Detach with [`Datapath::detach_veth_peer`].
+    pub fn attach_veth_peer(&mut self, ifname: &str) -> Result<(), Error> {
+        self.attach_xdp(XDP_PASS, "xdp-pass", ifname)
+    }
+
+    /// Detaches the pass-through program from `ifname`.
+    pub fn detach_veth_peer(&mut self, ifname: &str) -> Result<(), Error> {
+        unpin(
+            &self
+                .pin_dir
+                .join("links")
+                .join(format!("xdp-pass-{ifname}")),
+        )
+    }
+
+    fn attach_xdp(&mut self, name: &'static str, tag: &str, ifname: &str) -> Result<(), Error> {
+        let pin = self.pin_dir.join("links").join(format!("{tag}-{ifname}"));
+        let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+        let attach_err = |what: String| prog_err(name, what);
         let replaced = match PinnedLink::from_pin(&pin) {
             Ok(old) => XdpLink::try_from(FdLink::from(old))
                 .ok()
@@ -700,6 +816,55 @@ mod tests {
     }
 
     /// Needs root and a BPF-capable kernel: run by `cargo xtask ci`.
+    #[test]
+    #[ignore = "needs root and BPF; run by cargo xtask ci"]
+    fn pinned_maps_of_another_layout_are_started_afresh() {
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/rudder-test-stale-{}",
+            std::process::id()
+        ));
+        prepare_bpffs(&dir).unwrap();
+        // What an older build left: a conntrack map with 32-byte entries, fewer reason counters.
+        pin_map(&dir.join("RUDDER_CT4"), 1, 16, 32, 16);
+        pin_map(&dir.join("RUDDER_REASONS"), 6, 4, 16, 12);
+        let loaded = Datapath::open(&dir, Config::default());
+        let info = |name: &str| {
+            let info = MapData::from_pin(dir.join(name)).unwrap().info().unwrap();
+            (info.value_size(), info.max_entries())
+        };
+        let layouts = loaded
+            .is_ok()
+            .then(|| (info("RUDDER_CT4"), info("RUDDER_REASONS")));
+        let removed = Datapath::remove(&dir);
+        loaded.expect("load the datapath over stale pins");
+        removed.unwrap();
+        assert_eq!(
+            layouts,
+            Some((
+                (size_of::<CtEntry4>() as u32, rudder_ebpf_common::CT_ENTRIES),
+                (size_of::<Counter>() as u32, Reason::COUNT)
+            ))
+        );
+    }
+
+    /// Creates a map with the raw `bpf(2)` call and pins it at `path`.
+    fn pin_map(path: &Path, map_type: u32, key: u32, value: u32, entries: u32) {
+        let mut attr = [0u32; 32];
+        attr[..4].copy_from_slice(&[map_type, key, value, entries]);
+        // SAFETY: BPF_MAP_CREATE (0) reads the zero-padded attribute block it is given.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), 128) };
+        assert!(fd >= 0, "{}", io::Error::last_os_error());
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let mut pin = [0u64; 16];
+        pin[0] = c_path.as_ptr() as u64;
+        pin[1] = fd as u64;
+        // SAFETY: BPF_OBJ_PIN (6) reads the path pointer and fd; both outlive the call.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_ptr(), 128) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        // SAFETY: the fd was created above and is closed once; the pin keeps the map.
+        unsafe { libc::close(fd as i32) };
+    }
+
     #[test]
     #[ignore = "needs root and BPF; run by cargo xtask ci"]
     fn programs_pass_the_verifier() {

@@ -63,13 +63,14 @@ endpoints: {}
 }
 
 /// NodePort services for the uplink test: `web` (TCP 30080, UDP 30053 → the three backends),
-/// `empty` (30081, no endpoints), `far` (30082, its one endpoint on another node).
-pub fn nodeport_services(backends: &[Ipv4Addr]) -> DesiredState {
+/// `empty` (30081, no endpoints), `far` (30082 and UDP 30055, its one endpoint `far` on another
+/// node).
+pub fn nodeport_services(backends: &[Ipv4Addr], far: Ipv4Addr) -> DesiredState {
     let eps: Vec<String> = backends
         .iter()
         .map(|ip| format!("{{addresses: [\"{ip}\"], nodeName: {}}}", NODE))
         .collect();
-    let far = "{addresses: [\"10.244.9.9\"], nodeName: elsewhere}".to_owned();
+    let far = format!("{{addresses: [\"{far}\"], nodeName: elsewhere}}");
     let mut docs = Vec::new();
     for (name, ip, http, dns, endpoints) in [
         (
