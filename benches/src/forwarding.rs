@@ -150,6 +150,7 @@ fn frontend(
         cluster_ip: ip,
         port,
         node_port: None,
+        external_ips: Vec::new(),
         affinity_timeout: None,
         internal_local: false,
         external_local: false,

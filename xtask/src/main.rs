@@ -190,9 +190,13 @@ fn cargo() -> Command {
     cmd
 }
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (xtask lives one level below it). `cargo run` tells the binary where its
+/// manifest is at run time; the compile-time path is only the fallback, because two clones
+/// sharing one `CARGO_TARGET_DIR` may run an xtask binary the other clone built.
 fn workspace_root() -> std::path::PathBuf {
-    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     manifest.parent().map(ToOwned::to_owned).unwrap_or(manifest)
 }
 

@@ -390,6 +390,7 @@ mod tests {
             cluster_ip: std::net::Ipv4Addr::UNSPECIFIED,
             port: 0,
             node_port: None,
+            external_ips: Vec::new(),
             affinity_timeout: None,
             internal_local: false,
             external_local: false,

@@ -102,6 +102,11 @@ pub struct Frontend {
     pub port: u16,
     /// NodePort, for NodePort and LoadBalancer services.
     pub node_port: Option<u16>,
+    /// Other addresses that reach the service on its port from outside, treated like the
+    /// NodePort (external backends, `externalTrafficPolicy`): `spec.externalIPs` and, for
+    /// LoadBalancer services, `status.loadBalancer.ingress[].ip`. Only the eBPF dataplane
+    /// programs them; the iptables and nftables peers serve ClusterIPs and NodePorts.
+    pub external_ips: Vec<Ipv4Addr>,
     /// `sessionAffinity: ClientIP` timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// `internalTrafficPolicy: Local`.
@@ -232,6 +237,25 @@ pub fn build_from<'a>(
         else {
             continue; // headless or not yet allocated
         };
+        let mut external_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        if ty == "LoadBalancer" {
+            external_ips.extend(
+                svc.status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+            );
+        }
+        external_ips.sort();
+        external_ips.dedup();
         let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             spec.session_affinity_config
                 .as_ref()
@@ -321,6 +345,7 @@ pub fn build_from<'a>(
                     cluster_ip,
                     port,
                     node_port,
+                    external_ips: external_ips.clone(),
                     affinity_timeout,
                     internal_local,
                     external_local,
@@ -443,6 +468,49 @@ spec:
             .find(|f| f.name.name == "drain")
             .unwrap();
         assert_eq!(ips(&drain.cluster_backends), [("10.244.3.3".into(), 8080)]);
+    }
+
+    #[test]
+    fn external_and_load_balancer_ips_are_frontends_too() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: shop}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.40
+  externalIPs: [192.0.2.10, not-an-ip]
+  ports: [{port: 443, targetPort: 8443, nodePort: 30443}]
+status:
+  loadBalancer:
+    ingress: [{ip: 198.51.100.7}, {hostname: lb.example.com}, {ip: 192.0.2.10}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: shop}
+spec:
+  clusterIP: 10.96.0.41
+  ports: [{port: 80}]
+status:
+  loadBalancer:
+    ingress: [{ip: 198.51.100.8}]
+"#;
+        let state = build(&Objects::from_yaml(yaml).unwrap(), "n1");
+        let ips = |name: &str| {
+            state
+                .frontends
+                .values()
+                .find(|f| f.name.name == name)
+                .unwrap()
+                .external_ips
+                .clone()
+        };
+        assert_eq!(
+            ips("lb"),
+            [Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(198, 51, 100, 7)]
+        );
+        // A load-balancer status on a ClusterIP service is not an address of the service.
+        assert!(ips("plain").is_empty());
     }
 
     #[test]

@@ -750,6 +750,7 @@ mod tests {
             cluster_ip: Ipv4Addr::from(cluster_ip),
             port,
             node_port: None,
+            external_ips: Vec::new(),
             affinity_timeout: None,
             internal_local: false,
             external_local: false,

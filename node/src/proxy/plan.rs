@@ -282,8 +282,8 @@ impl Planner {
         Ok(())
     }
 
-    /// The frontend keys a model frontend produces: its ClusterIP, and its NodePort on each node
-    /// address.
+    /// The frontend keys a model frontend produces: its ClusterIP, its NodePort on each node
+    /// address, and its port on each external address (externalIPs, load-balancer IPs).
     fn wanted(&self, f: &Frontend) -> Vec<(ServiceKey4, Wanted)> {
         let proto = f.name.protocol.number();
         let random = if self.settings.algorithm == Algorithm::Random {
@@ -323,6 +323,22 @@ impl Planner {
                     },
                 ));
             }
+        }
+        for ip in &f.external_ips {
+            keys.push((
+                ServiceKey4 {
+                    addr: addr(*ip),
+                    port: port(f.port),
+                    proto,
+                    pad: 0,
+                },
+                Wanted {
+                    flags: random | SVC_EXTERNAL,
+                    affinity,
+                    selectable: f.external_backends.clone(),
+                    serving: serving(f, f.external_local),
+                },
+            ));
         }
         keys
     }
@@ -578,6 +594,28 @@ endpoints:
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn external_ips_are_external_frontends() {
+        let mut p = Planner::new(settings());
+        let mut desired = state(&["10.244.0.5"], &[]);
+        for f in desired.frontends.values_mut() {
+            f.external_ips = vec![Ipv4Addr::new(192, 0, 2, 10)];
+        }
+        let ops = p.sync(&desired).unwrap();
+        let external: Vec<&Service> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Service(k, s) if k.addr == addr(Ipv4Addr::new(192, 0, 2, 10)) => {
+                    assert_eq!(k.port, port(80), "the service port, not the NodePort");
+                    Some(s)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(external.len(), 1, "{}", kinds(&ops).join(", "));
+        assert_ne!(external[0].flags & SVC_EXTERNAL, 0);
     }
 
     #[test]
