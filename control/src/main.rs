@@ -121,6 +121,10 @@ struct ServerArgs {
     /// pods reach NodePorts without it.
     #[arg(long, value_delimiter = ',')]
     nodeport_interfaces: Vec<String>,
+    /// Port where the local node agent serves container logs to the apiserver (`kubectl
+    /// logs`), on the node address; 0 picks a free port (tests running several servers).
+    #[arg(long, default_value_t = rudder_node::kubelet_api::PORT)]
+    kubelet_port: u16,
     /// Socket-LB (connect-time translation) only for the node's own processes; pods' service
     /// traffic is then translated per packet on their veths (for sidecar meshes that must see
     /// the ClusterIP, like Cilium's bpf-lb-sock-hostns-only).
@@ -283,6 +287,8 @@ async fn start_cluster_parts(
         agent.api_service = (args.service_cidr.nth(1), 443);
         agent.bridge = args.pod_bridge.clone();
         agent.netns_prefix = args.pod_netns_prefix.clone();
+        agent.kubelet_port = args.kubelet_port;
+        agent.kubelet_token = Some(server.state.credentials.node_token.clone());
         agent.proxy = match args.dataplane.as_str() {
             "none" => None,
             dataplane => Some(rudder_node::proxy::standalone::ProxyConfig {

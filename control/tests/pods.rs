@@ -90,6 +90,36 @@ fn pods_run_on_the_local_node() {
     });
     assert_eq!(http_get(&ip, 8080, "/hostname").unwrap(), "netexec");
 
+    // kubectl logs: streamed from the node agent; the current run, the one before the restart,
+    // the tail, a followed log cut at a byte limit, and a container that is not there.
+    let logs = server.ok(&["logs", "netexec"]);
+    assert!(logs.contains("Started HTTP server on port 8080"), "{logs}");
+    let previous = server.ok(&["logs", "netexec", "--previous"]);
+    assert!(previous.contains("Started HTTP server"), "{previous}");
+    assert_eq!(
+        server.ok(&["logs", "netexec", "--tail=1"]).lines().count(),
+        1
+    );
+    assert!(
+        !logs.contains(" stderr F "),
+        "CRI framing is not shown: {logs}"
+    );
+    let stamped = server.ok(&["logs", "netexec", "--timestamps", "--since=1h"]);
+    assert!(
+        stamped.starts_with("20") && stamped.contains("Z Started HTTP server"),
+        "{stamped}"
+    );
+    assert_eq!(
+        server.ok(&["logs", "-f", "netexec", "--limit-bytes=7"]),
+        logs[..7]
+    );
+    let bad = server.kubectl(&["logs", "netexec", "-c", "nope"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("container nope is not valid for pod netexec"),
+        "{stderr}"
+    );
+
     // Pods that cannot run say why.
     server.wait_for("ErrImagePull on no-command", || {
         server

@@ -65,6 +65,18 @@ pub enum Error {
     /// The service proxy could not start.
     #[error("starting the service proxy")]
     Proxy(#[source] std::io::Error),
+    /// The kubelet API (container logs) could not start.
+    #[error("starting the kubelet API")]
+    KubeletApi(#[source] std::io::Error),
+}
+
+/// Aborts a background task when dropped (the agent's helpers end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Result of this module.
@@ -97,6 +109,14 @@ pub struct AgentConfig {
     pub netns_prefix: String,
     /// The service proxy to run (`None`: no service load balancing on this node).
     pub proxy: Option<ProxyConfig>,
+    /// Port of the kubelet API that serves container logs to the apiserver (0: any free port;
+    /// the port in use is reported in the Node's `daemonEndpoints`).
+    pub kubelet_port: u16,
+    /// The bearer token the kubelet API requires (the cluster's node token); `None`: the API
+    /// is not served and `kubectl logs` cannot reach this node.
+    pub kubelet_token: Option<String>,
+    /// Set by [`run`]: the fingerprint of the kubelet API's certificate, published on the Node.
+    pub kubelet_fingerprint: Option<String>,
 }
 
 impl AgentConfig {
@@ -116,6 +136,9 @@ impl AgentConfig {
             bridge: "rudder0".into(),
             netns_prefix: "rdrpod-".into(),
             proxy: None,
+            kubelet_port: crate::kubelet_api::PORT,
+            kubelet_token: None,
+            kubelet_fingerprint: None,
         }
     }
 }
@@ -243,7 +266,7 @@ fn node_status(config: &AgentConfig) -> serde_json::Value {
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "rudder agent is posting ready status"),
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": config.kubelet_port}},
         "nodeInfo": {
             "machineID": boot.replace('-', ""),
             "systemUUID": boot,
@@ -281,6 +304,17 @@ async fn register(client: &Client, config: &AgentConfig) -> Result<Node> {
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(Error::Api(format!("registering node {name}"), e)),
         }
+    }
+    if let Some(fingerprint) = &config.kubelet_fingerprint {
+        let annotate = json!({"metadata": {"annotations": {
+            crate::kubelet_api::CERT_ANNOTATION: fingerprint,
+        }}});
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&annotate))
+            .await
+            .map_err(api_err(format!(
+                "publishing node {name}'s serving certificate"
+            )))?;
     }
     post_status(client, config).await?;
     // Wait for the PodCIDR.
@@ -347,6 +381,28 @@ async fn renew_lease(client: &Client, config: &AgentConfig) -> Result<(), kube::
 
 /// Runs the agent until the client's connection fails for good or the future is dropped.
 pub async fn run(client: Client, config: AgentConfig) -> Result<()> {
+    let mut config = config;
+    let kubelet_api = match config.kubelet_token.clone() {
+        Some(token) => {
+            let identity = crate::kubelet_api::Identity::new(&config.node_name, config.node_ip)
+                .map_err(Error::KubeletApi)?;
+            let (listener, port) = crate::kubelet_api::bind(config.node_ip, config.kubelet_port)
+                .await
+                .map_err(Error::KubeletApi)?;
+            config.kubelet_port = port;
+            config.kubelet_fingerprint = Some(identity.fingerprint.clone());
+            tracing::info!(port, "kubelet API (container logs) listening");
+            Some(tokio::spawn(crate::kubelet_api::serve(
+                listener,
+                identity,
+                config.root.clone(),
+                token,
+            )))
+        }
+        None => None,
+    };
+    let _kubelet_api = kubelet_api.map(AbortOnDrop);
+    let config = config;
     let node = register(&client, &config).await?;
     let pod_cidr = node
         .spec

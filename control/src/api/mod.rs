@@ -9,11 +9,13 @@
 //! - [`registry`]: every served resource type; [`discovery`]: `/api`, `/apis`, `/version`,
 //!   OpenAPI documents; [`watch`]: watch streams; [`selectors`]: label and field selectors;
 //!   [`status`]: errors as `Status` objects; [`object`]: JSON metadata helpers.
+//! - [`logs`]: `pods/log`, streamed from the pod's node agent.
 
 pub mod allocator;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;
+pub mod logs;
 pub mod object;
 pub mod patch;
 pub mod protobuf;

@@ -294,7 +294,7 @@ async fn dispatch(
         let allowed = match sub {
             "status" => rt.status,
             "scale" => rt.scale.is_some(),
-            "binding" => rt.plural == "pods" && rt.group.is_empty(),
+            "binding" | "log" => rt.plural == "pods" && rt.group.is_empty(),
             "finalize" => rt.plural == "namespaces",
             _ => false,
         };
@@ -305,6 +305,9 @@ async fn dispatch(
     match (req.method.clone(), info.name.as_deref()) {
         (Method::GET, None) if req.flag("watch") => watch::serve(state, rt, ns, req).await,
         (Method::GET, None) => rest::list(state, rt, ns, req).await,
+        (Method::GET, Some(name)) if sub == Some("log") => {
+            super::logs::serve(state, rt, ns.unwrap_or_default(), name, req).await
+        }
         (Method::GET, Some(name)) => rest::get(state, rt, ns, name, sub, req).await,
         (Method::POST, None) => rest::create(state, rt, ns, req).await,
         (Method::POST, Some(name)) if sub == Some("binding") => {

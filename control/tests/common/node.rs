@@ -56,6 +56,8 @@ impl Node {
             &netns_prefix,
             "--bpf-pin-dir",
             &pin_dir.display().to_string(),
+            "--kubelet-port",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())
