@@ -139,3 +139,119 @@ fn pods_run_on_the_local_node() {
     server.wait_for("the sandboxes to go", || node.sandboxes().is_empty());
     assert!(http_get(&ip, 8080, "/hostname").is_err());
 }
+
+#[test]
+#[ignore = "needs root, iproute2 and kubectl 1.37; run by cargo xtask ci"]
+fn volumes_are_mounted_into_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("data"), 1, &[]);
+    let server = &node.server;
+    // Containers run on the node's file system: mount paths are node paths, made on demand.
+    let base = format!("/run/rudder-test-volumes-{}", std::process::id());
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: app-config}}
+data: {{greeting: hello, other: ignored}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: app-secret}}
+stringData: {{token: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: volumes}}
+spec:
+  containers:
+  - name: app
+    image: registry.k8s.io/e2e-test-images/agnhost:2.47
+    args: [netexec, --http-port=8080]
+    volumeMounts:
+    - {{name: cfg, mountPath: {base}/cfg, readOnly: true}}
+    - {{name: sec, mountPath: {base}/sec}}
+    - {{name: scratch, mountPath: {base}/scratch}}
+    - {{name: scratch, mountPath: {base}/sub, subPath: inner}}
+  volumes:
+  - name: cfg
+    configMap:
+      name: app-config
+      items: [{{key: greeting, path: conf/greeting.txt}}]
+  - name: sec
+    secret: {{secretName: app-secret, defaultMode: 0400}}
+  - name: scratch
+    emptyDir: {{}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: broken-volume}}
+spec:
+  containers:
+  - name: app
+    image: registry.k8s.io/e2e-test-images/agnhost:2.47
+    args: [pause]
+    volumeMounts: [{{name: cfg, mountPath: {base}/missing}}]
+  volumes:
+  - name: cfg
+    configMap: {{name: missing}}
+"#
+    );
+    let applied = server.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let waited = server.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/volumes",
+        "--timeout=60s",
+    ]);
+    assert!(
+        waited.status.success(),
+        "{}\n{}",
+        server.ok(&["describe", "pod", "volumes"]),
+        server.log()
+    );
+    let ip = server.ok(&["get", "pod", "volumes", "-o", "jsonpath={.status.podIP}"]);
+    let shell = |cmd: &str| {
+        let query: String = form_urlencoded::byte_serialize(cmd.as_bytes()).collect();
+        http_get(&ip, 8080, &format!("/shell?shellCommand={query}")).unwrap()
+    };
+    assert!(shell(&format!("cat {base}/cfg/conf/greeting.txt")).contains("hello"));
+    assert!(
+        !shell(&format!("ls {base}/cfg")).contains("other"),
+        "only the listed item"
+    );
+    assert!(shell(&format!("cat {base}/sec/token")).contains("s3cret"));
+    assert!(shell(&format!("stat -c %a {base}/sec/token")).contains("400"));
+    // The configMap volume is read-only; the emptyDir is writable and its subPath is a part of it.
+    assert!(shell(&format!("touch {base}/cfg/x 2>&1")).contains("Read-only"));
+    shell(&format!("echo shared > {base}/sub/file"));
+    assert!(shell(&format!("cat {base}/scratch/inner/file")).contains("shared"));
+    // The node's own paths stay empty: the mounts live in the container's mount namespace.
+    assert!(
+        std::fs::read_dir(format!("{base}/scratch"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    );
+
+    server.wait_for(
+        "CreateContainerConfigError for the missing configmap",
+        || {
+            server
+                .ok(&[
+                    "get",
+                    "pod",
+                    "broken-volume",
+                    "-o",
+                    "jsonpath={.status.containerStatuses[0].state.waiting}",
+                ])
+                .contains("configmap \\\"missing\\\" not found")
+        },
+    );
+    server.ok(&["delete", "pod", "volumes", "broken-volume", "--timeout=30s"]);
+    let _ = std::fs::remove_dir_all(&base);
+}

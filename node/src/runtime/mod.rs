@@ -16,3 +16,4 @@ pub mod pod;
 pub mod probe;
 pub mod process;
 pub mod shim;
+pub mod volumes;

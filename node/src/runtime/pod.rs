@@ -46,6 +46,7 @@ use super::{
     probe::{self, Target, Timing},
     process::{self, Running, Started},
     shim::{ExitRecord, Mount, ShimArgs, now_rfc3339},
+    volumes,
 };
 
 /// A boxed future, for the [`Sources`] trait.
@@ -545,6 +546,66 @@ impl Worker {
         next
     }
 
+    /// Prepares the volumes `c` mounts and returns their bind mounts (see [`volumes`]).
+    async fn volume_mounts(&self, c: &Container) -> Result<Vec<Mount>, String> {
+        let declared = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_deref())
+            .unwrap_or_default();
+        let mut mounts = Vec::new();
+        for vm in c.volume_mounts.iter().flatten() {
+            let Some(v) = declared.iter().find(|v| v.name == vm.name) else {
+                return Err(format!(
+                    "volumeMount {:?} names no volume of the pod",
+                    vm.name
+                ));
+            };
+            let dir = self.dir.join("volumes").join(&v.name);
+            let source = if let Some(hp) = &v.host_path {
+                volumes::host_path(hp)?
+            } else if v.empty_dir.is_some() {
+                std::fs::create_dir_all(&dir).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                dir
+            } else if let Some(cm) = &v.config_map {
+                let data = self
+                    .ctx
+                    .sources
+                    .config_map(&self.namespace, &cm.name)
+                    .await?;
+                let files = volumes::project(
+                    data.as_ref(),
+                    cm.items.as_deref(),
+                    cm.default_mode,
+                    cm.optional.unwrap_or(false),
+                    &format!("configmap {:?}", cm.name),
+                )?;
+                volumes::write(&dir, &files).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                dir
+            } else if let Some(secret) = &v.secret {
+                let name = secret.secret_name.clone().unwrap_or_default();
+                let data = self.ctx.sources.secret(&self.namespace, &name).await?;
+                let files = volumes::project(
+                    data.as_ref(),
+                    secret.items.as_deref(),
+                    secret.default_mode,
+                    secret.optional.unwrap_or(false),
+                    &format!("secret {name:?}"),
+                )?;
+                volumes::write(&dir, &files).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                dir
+            } else {
+                return Err(format!(
+                    "volume {:?}: only emptyDir, hostPath, configMap and secret volumes are supported",
+                    v.name
+                ));
+            };
+            mounts.push(volumes::bind(&source, vm)?);
+        }
+        Ok(mounts)
+    }
+
     async fn resolve_env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
         let cfg = &self.ctx.config;
         let mut env: Vec<(String, String)> = vec![
@@ -735,6 +796,15 @@ impl Worker {
                 return;
             }
         };
+        let volume_mounts = match self.volume_mounts(&c).await {
+            Ok(mounts) => mounts,
+            Err(message) => {
+                let slot = &mut self.slots[index];
+                slot.waiting = Some(("CreateContainerConfigError".into(), message));
+                slot.next_start = Some(Instant::now() + Duration::from_secs(2));
+                return;
+            }
+        };
         let argv = match self.argv(&c, &env) {
             Ok(argv) => argv,
             Err(waiting) => {
@@ -781,6 +851,7 @@ impl Worker {
                 read_only: false,
             });
         }
+        mounts.extend(volume_mounts);
         let args = ShimArgs {
             netns: self.netns_path(),
             hostname: self.hostname(),
