@@ -295,7 +295,6 @@ mod tests {
         let at = |p: &str, t: &str| HostPathVolumeSource {
             path: dir.path().join(p).display().to_string(),
             type_: Some(t.into()),
-            ..HostPathVolumeSource::default()
         };
         assert!(host_path(&at("d", "Directory")).is_err());
         assert!(host_path(&at("d", "DirectoryOrCreate")).unwrap().is_dir());
