@@ -11,7 +11,11 @@
 mod common;
 
 use common::{fixture, node::Node};
-use rudder_node::lab::http_get;
+use rudder_node::{
+    lab::http_get,
+    runtime::cgroups::{self, Layout},
+};
+use std::path::Path;
 
 #[test]
 #[ignore = "needs root, iproute2 and kubectl 1.37; run by cargo xtask ci"]
@@ -142,7 +146,7 @@ fn pods_run_on_the_local_node() {
 
 #[test]
 #[ignore = "needs root, iproute2 and kubectl 1.37; run by cargo xtask ci"]
-fn volumes_are_mounted_into_containers() {
+fn volumes_and_limits_apply_to_containers() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(&dir.path().join("data"), 1, &[]);
     let server = &node.server;
@@ -168,6 +172,8 @@ spec:
   - name: app
     image: registry.k8s.io/e2e-test-images/agnhost:2.47
     args: [netexec, --http-port=8080]
+    resources:
+      limits: {{memory: 64Mi, cpu: 500m}}
     volumeMounts:
     - {{name: cfg, mountPath: {base}/cfg, readOnly: true}}
     - {{name: sec, mountPath: {base}/sec}}
@@ -238,6 +244,31 @@ spec:
             .unwrap_or(true)
     );
 
+    // Limits: the container runs in its own cgroup with the kernel settings for them.
+    let uid = server.ok(&["get", "pod", "volumes", "-o", "jsonpath={.metadata.uid}"]);
+    let layout = Layout::detect(Path::new(cgroups::ROOT));
+    let (memory_dir, memory_file) = match &layout {
+        Layout::Unified(root) => (root.join("rudder").join(&uid).join("app"), "memory.max"),
+        Layout::PerController {
+            memory: Some(root), ..
+        } => (
+            root.join("rudder").join(&uid).join("app"),
+            "memory.limit_in_bytes",
+        ),
+        other => panic!("no memory cgroup hierarchy on this host: {other:?}"),
+    };
+    assert_eq!(
+        std::fs::read_to_string(memory_dir.join(memory_file))
+            .unwrap()
+            .trim(),
+        (64u64 << 20).to_string()
+    );
+    let procs = std::fs::read_to_string(memory_dir.join("cgroup.procs")).unwrap();
+    assert!(
+        !procs.trim().is_empty(),
+        "the container's processes are in it"
+    );
+
     server.wait_for(
         "CreateContainerConfigError for the missing configmap",
         || {
@@ -254,4 +285,5 @@ spec:
     );
     server.ok(&["delete", "pod", "volumes", "broken-volume", "--timeout=30s"]);
     let _ = std::fs::remove_dir_all(&base);
+    server.wait_for("the pod's cgroup to go", || !memory_dir.exists());
 }

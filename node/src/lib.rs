@@ -9,6 +9,7 @@
 //! - [`agnhost`]: the built-in test image (agnhost's netexec, serve-hostname and pause).
 //! - [`lab`]: throw-away namespace networks for tests and benchmarks.
 //! - [`command`]: running system tools, optionally inside a network namespace.
+//! - [`quantity`]: Kubernetes resource quantities.
 //!
 //! This crate never depends on `rudder-control`: it reaches the apiserver through kube-rs like any
 //! outside client.
@@ -19,4 +20,5 @@ pub mod command;
 pub mod kubelet_api;
 pub mod lab;
 pub mod proxy;
+pub mod quantity;
 pub mod runtime;

@@ -38,32 +38,7 @@ pub struct Resources {
     pub pods: i64,
 }
 
-/// Parses a Kubernetes quantity into an integer of `scale` (1000 for millicores, 1 for bytes).
-pub fn quantity(text: &str, scale: f64) -> Option<i64> {
-    let text = text.trim();
-    let suffixes: [(&str, f64); 13] = [
-        ("Ki", 1024.0),
-        ("Mi", 1024f64.powi(2)),
-        ("Gi", 1024f64.powi(3)),
-        ("Ti", 1024f64.powi(4)),
-        ("Pi", 1024f64.powi(5)),
-        ("Ei", 1024f64.powi(6)),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    let (number, factor) = suffixes
-        .iter()
-        .find_map(|(s, f)| text.strip_suffix(s).map(|n| (n, *f)))
-        .unwrap_or((text, 1.0));
-    let value: f64 = number.parse().ok()?;
-    let v = (value * factor * scale).ceil();
-    (v.is_finite() && v >= 0.0).then_some(v as i64)
-}
+pub use rudder_node::quantity::quantity;
 
 fn requests(pod: &Pod) -> Resources {
     let Some(spec) = &pod.spec else {

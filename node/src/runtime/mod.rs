@@ -11,6 +11,7 @@
 //! [`agnhost`](crate::agnhost); other images run their `command` on the host's file system in
 //! their own PID, mount, UTS and IPC namespaces and the pod's network namespace.
 
+pub mod cgroups;
 pub mod network;
 pub mod pod;
 pub mod probe;

@@ -42,6 +42,7 @@ use tokio::{
 };
 
 use super::{
+    cgroups,
     network::{Network, Sandbox},
     probe::{self, Target, Timing},
     process::{self, Running, Started},
@@ -852,13 +853,35 @@ impl Worker {
             });
         }
         mounts.extend(volume_mounts);
+        let limits = cgroups::Limits::of(c.resources.as_ref());
+        let cgroup_procs = if limits.is_empty() {
+            Vec::new()
+        } else {
+            let layout = cgroups::Layout::detect(Path::new(cgroups::ROOT));
+            match cgroups::create(&layout, &self.uid, &c.name, &limits) {
+                Ok(procs) => procs,
+                Err(e) => {
+                    let slot = &self.slots[index];
+                    self.event(
+                        "Warning",
+                        "LimitsNotEnforced",
+                        format!(
+                            "container {}: resource limits are not enforced: {e}",
+                            c.name
+                        ),
+                        Some(slot),
+                    );
+                    Vec::new()
+                }
+            }
+        };
         let args = ShimArgs {
             netns: self.netns_path(),
             hostname: self.hostname(),
             log,
             state,
             mounts,
-            cgroups: Vec::new(),
+            cgroups: cgroup_procs,
             workdir: c.working_dir.as_ref().map(PathBuf::from),
             argv,
         };
@@ -1191,6 +1214,10 @@ impl Worker {
             let _ = tokio::task::spawn_blocking(move || network.remove_sandbox(&uid)).await;
         }
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        cgroups::remove(
+            &cgroups::Layout::detect(Path::new(cgroups::ROOT)),
+            &self.uid,
+        );
     }
 
     /// Forgets what was last sent when the API holds another readiness than this agent sent
