@@ -306,29 +306,18 @@ impl Planner {
                 serving: serving(f, f.internal_local),
             },
         )];
-        if let Some(node_port) = f.node_port {
-            for ip in &self.settings.node_ips {
-                keys.push((
-                    ServiceKey4 {
-                        addr: addr(*ip),
-                        port: port(node_port),
-                        proto,
-                        pad: 0,
-                    },
-                    Wanted {
-                        flags: random | SVC_EXTERNAL,
-                        affinity,
-                        selectable: f.external_backends.clone(),
-                        serving: serving(f, f.external_local),
-                    },
-                ));
-            }
-        }
-        for ip in &f.external_ips {
+        // NodePorts on the node's addresses, and the service port on its external addresses:
+        // both reach the external backends.
+        let node_ports = f
+            .node_port
+            .into_iter()
+            .flat_map(|p| self.settings.node_ips.iter().map(move |ip| (*ip, p)));
+        let external = f.external_ips.iter().map(|ip| (*ip, f.port));
+        for (ip, frontend_port) in node_ports.chain(external) {
             keys.push((
                 ServiceKey4 {
-                    addr: addr(*ip),
-                    port: port(f.port),
+                    addr: addr(ip),
+                    port: port(frontend_port),
                     proto,
                     pad: 0,
                 },
