@@ -1262,13 +1262,15 @@ pub async fn delete(
         }
         // Orphan and Foreground deletion: a finalizer keeps the object until the garbage
         // collector has orphaned or deleted its dependents.
-        // Only kinds the collector follows get them: any other object would wait forever.
-        let collected = matches!(
-            (rt.group.as_str(), rt.kind.as_str()),
-            ("apps", "ReplicaSet" | "Deployment")
-                | ("", "Service")
-                | ("discovery.k8s.io", "EndpointSlice")
-        );
+        // Only owner kinds the collector follows get them: any other object would wait forever.
+        // (Pods own nothing; their deletion is the node agent's.)
+        let api_version = if rt.group.is_empty() {
+            rt.version.clone()
+        } else {
+            format!("{}/{}", rt.group, rt.version)
+        };
+        let collected = crate::controllers::gc::Kind::of(&api_version, &rt.kind)
+            .is_some_and(|k| k != crate::controllers::gc::Kind::Pod);
         let gc_finalizer = match opts.propagation.as_deref() {
             _ if !collected => None,
             Some("Orphan") => Some("orphan"),

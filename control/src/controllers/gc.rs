@@ -11,8 +11,8 @@
 //!   is left.
 //!
 //! The collector follows the kinds the built-in controllers create and own: Pods, ReplicaSets,
-//! Deployments, Services and EndpointSlices (a reference to any other kind of owner is left
-//! alone). Before deleting for a missing owner it asks the apiserver, not just its cache, so an
+//! Deployments, DaemonSets, Jobs, CronJobs, Services and EndpointSlices (a reference to any other kind of
+//! owner is left alone). Before deleting for a missing owner it asks the apiserver, not just its cache, so an
 //! owner created a moment ago is never taken for gone. The decisions are a pure function,
 //! [`decide`].
 
@@ -23,7 +23,8 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, ReplicaSet},
+        apps::v1::{DaemonSet, Deployment, ReplicaSet},
+        batch::v1::{CronJob, Job},
         core::v1::{Pod, Service},
         discovery::v1::EndpointSlice,
     },
@@ -52,6 +53,12 @@ pub enum Kind {
     ReplicaSet,
     /// apps/v1 Deployment.
     Deployment,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+    /// batch/v1 Job.
+    Job,
+    /// batch/v1 CronJob.
+    CronJob,
     /// core/v1 Service.
     Service,
     /// discovery.k8s.io/v1 EndpointSlice.
@@ -65,6 +72,9 @@ impl Kind {
             ("v1", "Pod") => Some(Self::Pod),
             ("apps/v1", "ReplicaSet") => Some(Self::ReplicaSet),
             ("apps/v1", "Deployment") => Some(Self::Deployment),
+            ("apps/v1", "DaemonSet") => Some(Self::DaemonSet),
+            ("batch/v1", "Job") => Some(Self::Job),
+            ("batch/v1", "CronJob") => Some(Self::CronJob),
             ("v1", "Service") => Some(Self::Service),
             ("discovery.k8s.io/v1", "EndpointSlice") => Some(Self::EndpointSlice),
             _ => None,
@@ -238,6 +248,12 @@ pub struct Caches {
     pub replicasets: Arc<Informer<ReplicaSet>>,
     /// Deployments.
     pub deployments: Arc<Informer<Deployment>>,
+    /// DaemonSets.
+    pub daemonsets: Arc<Informer<DaemonSet>>,
+    /// Jobs.
+    pub jobs: Arc<Informer<Job>>,
+    /// CronJobs.
+    pub cronjobs: Arc<Informer<CronJob>>,
     /// Services.
     pub services: Arc<Informer<Service>>,
     /// EndpointSlices.
@@ -258,6 +274,18 @@ macro_rules! with_kind {
             }
             Kind::Deployment => {
                 type $k = Deployment;
+                $body
+            }
+            Kind::DaemonSet => {
+                type $k = DaemonSet;
+                $body
+            }
+            Kind::Job => {
+                type $k = Job;
+                $body
+            }
+            Kind::CronJob => {
+                type $k = CronJob;
                 $body
             }
             Kind::Service => {
@@ -288,6 +316,21 @@ impl Caches {
                 .map(|o| o.metadata.clone()),
             Kind::Deployment => self
                 .deployments
+                .store()
+                .get(&r.object_ref())
+                .map(|o| o.metadata.clone()),
+            Kind::DaemonSet => self
+                .daemonsets
+                .store()
+                .get(&r.object_ref())
+                .map(|o| o.metadata.clone()),
+            Kind::Job => self
+                .jobs
+                .store()
+                .get(&r.object_ref())
+                .map(|o| o.metadata.clone()),
+            Kind::CronJob => self
+                .cronjobs
                 .store()
                 .get(&r.object_ref())
                 .map(|o| o.metadata.clone()),
@@ -377,11 +420,17 @@ pub async fn run(client: Client, caches: Caches) {
     let mut pods = caches.pods.subscribe();
     let mut replicasets = caches.replicasets.subscribe();
     let mut deployments = caches.deployments.subscribe();
+    let mut daemonsets = caches.daemonsets.subscribe();
+    let mut jobs = caches.jobs.subscribe();
+    let mut cronjobs = caches.cronjobs.subscribe();
     let mut services = caches.services.subscribe();
     let mut slices = caches.slices.subscribe();
     caches.pods.synced().await;
     caches.replicasets.synced().await;
     caches.deployments.synced().await;
+    caches.daemonsets.synced().await;
+    caches.jobs.synced().await;
+    caches.cronjobs.synced().await;
     caches.services.synced().await;
     caches.slices.synced().await;
     // Start from everything the caches hold.
@@ -408,6 +457,9 @@ pub async fn run(client: Client, caches: Caches) {
             all!(caches.pods, Kind::Pod);
             all!(caches.replicasets, Kind::ReplicaSet);
             all!(caches.deployments, Kind::Deployment);
+            all!(caches.daemonsets, Kind::DaemonSet);
+            all!(caches.jobs, Kind::Job);
+            all!(caches.cronjobs, Kind::CronJob);
             all!(caches.services, Kind::Service);
             all!(caches.slices, Kind::EndpointSlice);
         }
@@ -437,6 +489,9 @@ pub async fn run(client: Client, caches: Caches) {
                     c = pods.next() => on!(c, Kind::Pod),
                     c = replicasets.next() => on!(c, Kind::ReplicaSet),
                     c = deployments.next() => on!(c, Kind::Deployment),
+                    c = daemonsets.next() => on!(c, Kind::DaemonSet),
+                    c = jobs.next() => on!(c, Kind::Job),
+                    c = cronjobs.next() => on!(c, Kind::CronJob),
                     c = services.next() => on!(c, Kind::Service),
                     c = slices.next() => on!(c, Kind::EndpointSlice),
                 }
@@ -720,6 +775,9 @@ mod tests {
     #[test]
     fn followed_kinds() {
         assert_eq!(Kind::of("apps/v1", "ReplicaSet"), Some(Kind::ReplicaSet));
+        assert_eq!(Kind::of("batch/v1", "Job"), Some(Kind::Job));
+        assert_eq!(Kind::of("batch/v1", "CronJob"), Some(Kind::CronJob));
+        assert_eq!(Kind::of("apps/v1", "DaemonSet"), Some(Kind::DaemonSet));
         assert_eq!(Kind::of("v1", "ConfigMap"), None);
         assert_eq!(Kind::of("apps/v1beta1", "ReplicaSet"), None);
     }

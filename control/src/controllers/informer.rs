@@ -33,6 +33,45 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, broadcast};
 
+/// Objects one pass created (by name) or deleted in one namespace, which a cache may not show
+/// yet: the record of pod-owning controllers (ReplicaSet, DaemonSet, Job) for [`Expectations`].
+#[derive(Default)]
+pub struct Writes {
+    /// Names created.
+    pub created: BTreeSet<String>,
+    /// Names deleted.
+    pub deleted: BTreeSet<String>,
+}
+
+impl Writes {
+    /// Whether the pass wrote nothing.
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.deleted.is_empty()
+    }
+
+    /// Whether `store` shows every write: created objects are there, deleted ones are gone or
+    /// being deleted.
+    pub fn shown<K>(&self, store: &Store<K>, namespace: &str) -> bool
+    where
+        K: Resource<DynamicType = ()> + Clone,
+    {
+        let get = |name: &String| {
+            store.get(
+                &Key {
+                    namespace: namespace.to_owned(),
+                    name: name.clone(),
+                }
+                .object_ref(),
+            )
+        };
+        self.created.iter().all(|n| get(n).is_some())
+            && self
+                .deleted
+                .iter()
+                .all(|n| get(n).is_none_or(|o| o.meta().deletion_timestamp.is_some()))
+    }
+}
+
 /// What a controller wrote for each key that its caches have not shown yet ("expectations"),
 /// so that a lagging watch never makes it write the same thing twice. A key is reconciled only
 /// once the caches caught up with its writes, or when they are older than the timeout (then the

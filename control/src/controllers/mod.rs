@@ -5,6 +5,11 @@
 //! - [`informer`]: shared watches and work queues;
 //! - [`replicaset`] and [`deployment`]: pods from templates, rollouts, history (their pure
 //!   cores are in [`workload`]);
+//! - [`job`]: runs each Job's pods to completion (completions, parallelism, Indexed mode,
+//!   backoffLimit, activeDeadlineSeconds, suspend, ttlSecondsAfterFinished);
+//! - [`cronjob`]: creates Jobs on cron schedules (concurrency policies, starting deadlines,
+//!   history limits);
+//! - [`daemonset`]: one pod of a template on every eligible node, rolled node by node;
 //! - [`endpointslice`]: EndpointSlices and Endpoints follow the pods each Service selects;
 //! - [`gc`]: the garbage collector (ownerReferences, propagation policies);
 //! - [`namespace`]: deletes everything in a Namespace being deleted, then the Namespace;
@@ -12,16 +17,23 @@
 //! - [`node_lifecycle`]: marks silent nodes `Unknown`, taints nodes by their conditions and
 //!   evicts pods that do not tolerate a node's `NoExecute` taints.
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
 pub mod informer;
+pub mod job;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod workload;
 
+use k8s_openapi::{
+    api::core::v1::{Event, EventSource, ObjectReference},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
 use kube::{Api, Client};
 use tokio::task::JoinHandle;
 
@@ -34,6 +46,15 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
     let slices = informer::Informer::start(Api::all(client.clone()));
     let replicasets = informer::Informer::start(Api::all(client.clone()));
     let deployments = informer::Informer::start(Api::all(client.clone()));
+    let jobs = informer::Informer::start(Api::all(client.clone()));
+    let cronjobs = informer::Informer::start(Api::all(client.clone()));
+    let nodes = informer::Informer::start(Api::all(client.clone()));
+    let daemonsets = informer::Informer::start(Api::all(client.clone()));
+    let daemonset_caches = daemonset::Caches {
+        daemonsets: daemonsets.clone(),
+        nodes: nodes.clone(),
+        pods: pods.clone(),
+    };
     let endpoint_caches = endpointslice::Caches {
         services: services.clone(),
         pods: pods.clone(),
@@ -48,8 +69,16 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         deployments: deployments.clone(),
         replicasets: replicasets.clone(),
     };
+    let job_caches = job::Caches {
+        jobs: jobs.clone(),
+        pods: pods.clone(),
+    };
+    let cronjob_caches = cronjob::Caches {
+        cronjobs: cronjobs.clone(),
+        jobs: jobs.clone(),
+    };
     let lifecycle_caches = node_lifecycle::Caches {
-        nodes: informer::Informer::start(Api::all(client.clone())),
+        nodes,
         leases: informer::Informer::start(Api::namespaced(
             client.clone(),
             node_lifecycle::LEASE_NAMESPACE,
@@ -60,6 +89,9 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         pods,
         replicasets,
         deployments,
+        jobs,
+        cronjobs,
+        daemonsets,
         services,
         slices,
     };
@@ -67,6 +99,9 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         tokio::spawn(node_ipam::run(client.clone(), cluster_cidr)),
         tokio::spawn(replicaset::run(client.clone(), rs_caches)),
         tokio::spawn(deployment::run(client.clone(), deployment_caches)),
+        tokio::spawn(job::run(client.clone(), job_caches)),
+        tokio::spawn(cronjob::run(client.clone(), cronjob_caches)),
+        tokio::spawn(daemonset::run(client.clone(), daemonset_caches)),
         tokio::spawn(endpointslice::run(client.clone(), endpoint_caches)),
         tokio::spawn(node_lifecycle::run(client.clone(), lifecycle_caches)),
         tokio::spawn(gc::run(client, gc_caches)),
@@ -88,5 +123,84 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// An Event a controller records about an object, as `kubectl describe` lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// `Warning` rather than `Normal`.
+    pub warning: bool,
+    /// The machine-readable reason (`SuccessfulCreate`, `BackoffLimitExceeded`, ...).
+    pub reason: String,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl Note {
+    /// A `Normal` event.
+    pub fn normal(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            warning: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A `Warning` event.
+    pub fn warning(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Records `note` about `obj` as a core/v1 Event from `component` (kube-controller-manager's
+/// event recorder, without its aggregation of repeats). An event is advisory: a failure to write
+/// one is logged, never returned, so no controller retries its work because of it.
+pub async fn record_event<K>(client: &Client, obj: &K, component: &str, note: &Note)
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let meta = obj.meta();
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let name = meta.name.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    let event = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some(K::api_version(&()).into_owned()),
+            kind: Some(K::kind(&()).into_owned()),
+            name: Some(name.clone()),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            field_path: None,
+        },
+        reason: Some(note.reason.clone()),
+        message: Some(note.message.clone()),
+        type_: Some(if note.warning { "Warning" } else { "Normal" }.to_owned()),
+        source: Some(EventSource {
+            component: Some(component.to_owned()),
+            host: None,
+        }),
+        reporting_component: Some(component.to_owned()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Event::default()
+    };
+    let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
+    if let Err(e) = api.create(&kube::api::PostParams::default(), &event).await {
+        tracing::debug!(object = %name, reason = %note.reason, error = %e, "recording an event");
     }
 }

@@ -7,7 +7,7 @@
 //! remembers the pods it created or deleted until its cache shows them, so a slow watch never
 //! makes it create a pod twice.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Pod};
 use kube::{
@@ -17,7 +17,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    informer::{Change, Expectations, Informer, Key, WorkQueue, work},
+    informer::{Change, Expectations, Informer, Key, WorkQueue, Writes, work},
     workload,
 };
 
@@ -34,13 +34,6 @@ pub struct Caches {
 /// (kube-controller-manager's expectations time out after 5 minutes; a watch is never that slow
 /// here).
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Pods created (by name) and deleted that the cache has not shown yet.
-#[derive(Default)]
-struct Expected {
-    created: BTreeSet<String>,
-    deleted: BTreeSet<String>,
-}
 
 /// Runs the controller until the informers end.
 pub async fn run(client: Client, caches: Caches) {
@@ -89,13 +82,14 @@ pub async fn run(client: Client, caches: Caches) {
     let work = work(queue, "syncing replica set", |key| {
         let (client, caches, expected) = (&client, &caches, &expected);
         async move {
-            if !expected.caught_up(&key, |exp| seen(caches, &key, exp)) {
+            if !expected.caught_up(&key, |exp: &Writes| {
+                exp.shown(caches.pods.store(), &key.namespace)
+            }) {
                 return Ok(Some(Duration::from_millis(500)));
             }
-            let mut exp = Expected::default();
+            let mut exp = Writes::default();
             let result = reconcile(client, caches, &key, &mut exp).await;
-            let nothing = exp.created.is_empty() && exp.deleted.is_empty();
-            expected.record(key, (!nothing).then_some(exp));
+            expected.record(key, (!exp.is_empty()).then_some(exp));
             result
         }
     });
@@ -127,32 +121,13 @@ fn owners_of(caches: &Caches, pod: &Pod) -> Vec<Key> {
     }
 }
 
-/// Whether the pod cache shows what `exp` records for ReplicaSet `key`.
-fn seen(caches: &Caches, key: &Key, exp: &Expected) -> bool {
-    let store = caches.pods.store();
-    let pod = |name: &String| {
-        store.get(
-            &Key {
-                namespace: key.namespace.clone(),
-                name: name.clone(),
-            }
-            .object_ref(),
-        )
-    };
-    exp.created.iter().all(|n| pod(n).is_some())
-        && exp
-            .deleted
-            .iter()
-            .all(|n| pod(n).is_none_or(|p| p.metadata.deletion_timestamp.is_some()))
-}
-
 /// One pass over one ReplicaSet: records in `exp` what it expects to see, and returns when to
 /// look again.
 async fn reconcile(
     client: &Client,
     caches: &Caches,
     key: &Key,
-    exp: &mut Expected,
+    exp: &mut Writes,
 ) -> Result<Option<Duration>, kube::Error> {
     let Some(rs) = caches.replicasets.store().get(&key.object_ref()) else {
         return Ok(None);

@@ -148,7 +148,11 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bo
 }
 
 /// How long until a ready but not yet available pod becomes available.
-fn until_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> Option<Duration> {
+pub(crate) fn until_available(
+    pod: &Pod,
+    min_ready_seconds: i32,
+    now: Timestamp,
+) -> Option<Duration> {
     if min_ready_seconds <= 0 || !is_pod_ready(pod) || is_pod_available(pod, min_ready_seconds, now)
     {
         return None;
@@ -677,7 +681,7 @@ struct Config {
 }
 
 /// `GetScaledValueFromIntOrPercent`; an absent value is 25%, an invalid one 0.
-fn scaled_value(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
+pub(crate) fn scaled_value(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
     let percent = match value {
         None => 25,
         Some(IntOrString::Int(n)) => return (*n).max(0),

@@ -181,7 +181,7 @@ fn tolerates(pod: &Pod, taint: &k8s_openapi::api::core::v1::Taint) -> bool {
         })
 }
 
-fn selector_term_matches(
+pub(crate) fn selector_term_matches(
     labels: &BTreeMap<String, String>,
     exprs: &[k8s_openapi::api::core::v1::NodeSelectorRequirement],
 ) -> bool {
