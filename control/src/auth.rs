@@ -7,7 +7,8 @@
 //! - `tokens`: the static token file, one `token,user,group[,group...]` line per credential
 //!   (same idea as kube-apiserver's `--token-auth-file`).
 //! - `kubeconfig`: admin credentials (user `admin`, group `system:masters`) for kubectl.
-//! - `token`: the node join token that `rudder agent --token-file` presents (group `system:nodes`).
+//! - `token`: the node join token that `rudder agent --token-file` reads: the SHA-256 of the CA
+//!   (served to anyone at `/cacerts`) and the bearer token of group `system:nodes`.
 //!
 //! Tokens are compared in constant time and never logged.
 
@@ -159,6 +160,12 @@ impl Credentials {
         found
     }
 
+    /// The join token `rudder agent --token-file` reads: `K10<CA hash>::node:<node token>`
+    /// (see `rudder_node::join`).
+    pub fn join_token(&self) -> String {
+        rudder_node::join::JoinToken::format(&self.tls.ca_pem, &self.node_token)
+    }
+
     /// Writes `dir/kubeconfig` (admin) and `dir/token` (node join token).
     pub fn write_client_files(&self, dir: &Path, server_url: &str) -> Result<PathBuf> {
         let kubeconfig = dir.join("kubeconfig");
@@ -168,7 +175,7 @@ impl Credentials {
         )?;
         write_private(
             &dir.join("token"),
-            format!("{}\n", self.node_token).as_bytes(),
+            format!("{}\n", self.join_token()).as_bytes(),
         )?;
         Ok(kubeconfig)
     }

@@ -7,11 +7,13 @@
 //! - [`auth`]: CA, serving certificate, tokens, kubeconfig;
 //! - [`scheduler`]: binds pods to nodes;
 //! - [`controllers`]: control loops;
-//! - [`server`]: `rudder server` start-up and bootstrap.
+//! - [`server`]: `rudder server` start-up and bootstrap;
+//! - [`lab`]: `rudder lab`, a multi-node cluster of network namespaces on one machine.
 
 pub mod api;
 pub mod auth;
 pub mod controllers;
+pub mod lab;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rudder_control::{api::allocator::Cidr, server};
+use rudder_control::{api::allocator::Cidr, lab, server};
 
 /// rudder: a compact Kubernetes-style cluster whose Service networking runs as eBPF programs.
 #[derive(Parser)]
@@ -21,6 +21,22 @@ enum Command {
     ///
     /// Writes an admin kubeconfig to DATA_DIR/kubeconfig and a node join token to DATA_DIR/token.
     Server(ServerArgs),
+    /// Join a node to a cluster: run pods bound to it and its Service dataplane.
+    ///
+    /// Reads the join token that `rudder server` wrote to DATA_DIR/token (it names the hash of
+    /// the cluster CA, which is fetched from the server and checked), registers the Node and
+    /// renews its Lease.
+    Agent(AgentArgs),
+    /// A multi-node cluster on this machine: a network namespace per node on one bridge.
+    ///
+    /// `rudder lab up --nodes 3` runs `rudder server` in the first node's namespace and `rudder
+    /// agent` in the others, waits until every node is Ready and prints the kubeconfig;
+    /// `rudder lab down` removes every trace (processes, namespaces, links, routes, cgroups,
+    /// eBPF pins). `cargo xtask up --nodes N` calls it.
+    Lab {
+        #[command(subcommand)]
+        command: lab::Command,
+    },
     /// Run the Service proxy alone, from a YAML file of Services and EndpointSlices.
     ///
     /// Programs the eBPF datapath (or kube-proxy-style iptables rules) and keeps it in step with
@@ -86,6 +102,71 @@ struct ProxyArgs {
     cleanup: bool,
 }
 
+/// Settings of a node agent, shared by `rudder server` (its local node) and `rudder agent`.
+#[derive(clap::Args, Clone)]
+struct NodeArgs {
+    /// Service dataplane of the node agent: ebpf, iptables (kube-proxy's rules, the comparison
+    /// peer) or none.
+    #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "iptables", "none"])]
+    dataplane: String,
+    /// Interfaces where the eBPF NodePort program (XDP) serves clients outside the node (and
+    /// forwards NodePort flows to backends on other nodes, source-translated). On a cluster of
+    /// several nodes, list the interfaces that reach the other nodes: replies of backends there
+    /// to this node's pods get their service address back on them. The node's own processes and
+    /// pods reach NodePorts without it.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_interfaces: Vec<String>,
+    /// Port where the node agent serves container logs to the apiserver (`kubectl logs`), on
+    /// the node address; 0 picks a free port (tests running several servers).
+    #[arg(long, default_value_t = rudder_node::kubelet_api::PORT)]
+    kubelet_port: u16,
+    /// Socket-LB (connect-time translation) only for processes in the node's own network
+    /// namespace; pods' service traffic is then translated per packet on their veths (for
+    /// sidecar meshes that must see the ClusterIP, like Cilium's bpf-lb-sock-hostns-only, and
+    /// for nodes sharing one machine, as in `rudder lab`).
+    #[arg(long)]
+    socket_lb_host_only: bool,
+    /// bpffs directory for the eBPF datapath's pins (kept across restarts).
+    #[arg(long, default_value = rudder_node::proxy::ebpf::DEFAULT_PIN_DIR, hide = true)]
+    bpf_pin_dir: PathBuf,
+    /// Name of the node (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Bridge the node's pods attach to.
+    #[arg(long, default_value = "rudder0", hide = true)]
+    pod_bridge: String,
+    /// Prefix of the node's pod network namespace names.
+    #[arg(long, default_value = "rdrpod-", hide = true)]
+    pod_netns_prefix: String,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The apiserver, e.g. https://172.30.0.1:6443.
+    #[arg(long)]
+    server: String,
+    /// The join token file (the server's DATA_DIR/token).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// The cluster CA (PEM); only needed with a bare token that names no CA hash.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// This node's address (InternalIP); default: the local address that routes to the server.
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// Where the agent keeps its state (pods, logs): DATA_DIR/agent.
+    #[arg(long, default_value = "/var/lib/rudder")]
+    data_dir: PathBuf,
+    /// Pod network of the cluster (blackholed on the node; the node's PodCIDR comes from it).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: Cidr,
+    /// Service ClusterIP range of the cluster.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: Cidr,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
 #[derive(clap::Args)]
 struct ServerArgs {
     /// Where the store, credentials and kubeconfig live.
@@ -110,38 +191,8 @@ struct ServerArgs {
     /// global IPv4 address).
     #[arg(long)]
     advertise_address: Option<std::net::Ipv4Addr>,
-    /// Service dataplane of the local node agent: ebpf, iptables (kube-proxy's rules, the
-    /// comparison peer) or none.
-    #[arg(long, default_value = "ebpf", value_parser = ["ebpf", "iptables", "none"])]
-    dataplane: String,
-    /// Interfaces where the eBPF NodePort program (XDP) serves clients outside the node (and
-    /// forwards NodePort flows to backends on other nodes, source-translated). On a cluster of
-    /// several nodes, list the interfaces that reach the other nodes: replies of backends there
-    /// to this node's pods get their service address back on them. The node's own processes and
-    /// pods reach NodePorts without it.
-    #[arg(long, value_delimiter = ',')]
-    nodeport_interfaces: Vec<String>,
-    /// Port where the local node agent serves container logs to the apiserver (`kubectl
-    /// logs`), on the node address; 0 picks a free port (tests running several servers).
-    #[arg(long, default_value_t = rudder_node::kubelet_api::PORT)]
-    kubelet_port: u16,
-    /// Socket-LB (connect-time translation) only for the node's own processes; pods' service
-    /// traffic is then translated per packet on their veths (for sidecar meshes that must see
-    /// the ClusterIP, like Cilium's bpf-lb-sock-hostns-only).
-    #[arg(long)]
-    socket_lb_host_only: bool,
-    /// bpffs directory for the eBPF datapath's pins (kept across restarts).
-    #[arg(long, default_value = rudder_node::proxy::ebpf::DEFAULT_PIN_DIR, hide = true)]
-    bpf_pin_dir: PathBuf,
-    /// Name of the local node (default: the host name).
-    #[arg(long)]
-    node_name: Option<String>,
-    /// Bridge the local node's pods attach to.
-    #[arg(long, default_value = "rudder0", hide = true)]
-    pod_bridge: String,
-    /// Prefix of the local node's pod network namespace names.
-    #[arg(long, default_value = "rdrpod-", hide = true)]
-    pod_netns_prefix: String,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Parts not to start: any of agent, dns, ingress.
     #[arg(long, value_delimiter = ',', value_parser = ["agent", "dns", "ingress"])]
     disable: Vec<String>,
@@ -248,10 +299,54 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Shim { args } => std::process::exit(rudder_node::runtime::shim::main(&args)),
         Command::Agnhost { args } => std::process::exit(rudder_node::agnhost::main(&args)),
+        // The lab enters network namespaces, which is simplest before any thread exists.
+        Command::Lab { command } => lab::main(command),
         command => tokio::runtime::Runtime::new()
             .context("starting the async runtime")?
             .block_on(run(command)),
     }
+}
+
+/// The node agent's settings from the shared node flags.
+fn agent_config(
+    node: &NodeArgs,
+    node_ip: std::net::Ipv4Addr,
+    data_dir: &std::path::Path,
+    cluster_cidr: Cidr,
+    service_cidr: Cidr,
+    kubelet_token: String,
+) -> anyhow::Result<rudder_node::agent::AgentConfig> {
+    let node_name = node.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .unwrap_or_else(|_| "localhost".into())
+    });
+    let shim = std::env::current_exe().context("finding the rudder binary")?;
+    let mut agent = rudder_node::agent::AgentConfig::new(&node_name, node_ip, shim);
+    agent.root = data_dir.join("agent");
+    agent.cluster_cidr = cluster_cidr.to_string();
+    agent.service_cidr = service_cidr.to_string();
+    agent.cluster_dns = service_cidr.nth(10);
+    agent.api_service = (service_cidr.nth(1), 443);
+    agent.bridge = node.pod_bridge.clone();
+    agent.netns_prefix = node.pod_netns_prefix.clone();
+    agent.kubelet_port = node.kubelet_port;
+    agent.kubelet_token = Some(kubelet_token);
+    agent.proxy = match node.dataplane.as_str() {
+        "none" => None,
+        dataplane => Some(rudder_node::proxy::standalone::ProxyConfig {
+            dataplane: dataplane.parse().map_err(anyhow::Error::msg)?,
+            node_ips: vec![node_ip],
+            interfaces: Vec::new(),
+            uplinks: node.nodeport_interfaces.clone(),
+            cgroup: rudder_node::proxy::ebpf::cgroup2_mount(),
+            socket_lb_host_only: node.socket_lb_host_only,
+            pin_dir: node.bpf_pin_dir.clone(),
+            algorithm: rudder_node::proxy::plan::Algorithm::Maglev,
+            service_cidr: Some(service_cidr.to_string()),
+        }),
+    };
+    Ok(agent)
 }
 
 /// The in-cluster clients: scheduler, node IPAM and (unless disabled) the local node agent,
@@ -272,37 +367,14 @@ async fn start_cluster_parts(
         args.cluster_cidr,
     ));
     if !args.disable.iter().any(|d| d == "agent") {
-        let node_name = args.node_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_lowercase())
-                .unwrap_or_else(|_| "localhost".into())
-        });
-        let node_ip = server.advertise_address;
-        let shim = std::env::current_exe().context("finding the rudder binary")?;
-        let mut agent = rudder_node::agent::AgentConfig::new(&node_name, node_ip, shim);
-        agent.root = args.data_dir.join("agent");
-        agent.cluster_cidr = args.cluster_cidr.to_string();
-        agent.service_cidr = args.service_cidr.to_string();
-        agent.cluster_dns = args.service_cidr.nth(10);
-        agent.api_service = (args.service_cidr.nth(1), 443);
-        agent.bridge = args.pod_bridge.clone();
-        agent.netns_prefix = args.pod_netns_prefix.clone();
-        agent.kubelet_port = args.kubelet_port;
-        agent.kubelet_token = Some(server.state.credentials.node_token.clone());
-        agent.proxy = match args.dataplane.as_str() {
-            "none" => None,
-            dataplane => Some(rudder_node::proxy::standalone::ProxyConfig {
-                dataplane: dataplane.parse().map_err(anyhow::Error::msg)?,
-                node_ips: vec![node_ip],
-                interfaces: Vec::new(),
-                uplinks: args.nodeport_interfaces.clone(),
-                cgroup: rudder_node::proxy::ebpf::cgroup2_mount(),
-                socket_lb_host_only: args.socket_lb_host_only,
-                pin_dir: args.bpf_pin_dir.clone(),
-                algorithm: rudder_node::proxy::plan::Algorithm::Maglev,
-                service_cidr: Some(args.service_cidr.to_string()),
-            }),
-        };
+        let agent = agent_config(
+            &args.node,
+            server.advertise_address,
+            &args.data_dir,
+            args.cluster_cidr,
+            args.service_cidr,
+            server.state.credentials.node_token.clone(),
+        )?;
         tasks.push(tokio::spawn(async move {
             if let Err(e) = rudder_node::agent::run(client, agent).await {
                 tracing::error!("node agent stopped: {:#}", anyhow::Error::from(e));
@@ -312,13 +384,71 @@ async fn start_cluster_parts(
     Ok(tasks)
 }
 
+/// The local address this host would use to reach `server` (a UDP socket's connect only picks
+/// a route; nothing is sent).
+fn local_address_towards(server: &str) -> anyhow::Result<std::net::Ipv4Addr> {
+    let authority = server
+        .strip_prefix("https://")
+        .unwrap_or(server)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let ip: std::net::Ipv4Addr = host.parse().with_context(|| {
+        format!("--server {server}: give --node-ip when the server is not an IPv4 address")
+    })?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").context("finding the node address")?;
+    socket
+        .connect((ip, 9))
+        .with_context(|| format!("no route to {ip}; give --node-ip"))?;
+    match socket
+        .local_addr()
+        .context("finding the node address")?
+        .ip()
+    {
+        IpAddr::V4(v4) => Ok(v4),
+        IpAddr::V6(_) => anyhow::bail!("no IPv4 address towards {ip}; give --node-ip"),
+    }
+}
+
+/// `rudder agent`: join the cluster and run the node until stopped.
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading {}", args.token_file.display()))?;
+    let token = rudder_node::join::JoinToken::parse(&text)?;
+    let node_ip = match args.node_ip {
+        Some(ip) => ip,
+        None => local_address_towards(&args.server)?,
+    };
+    let client = rudder_node::join::client(&args.server, &token, args.ca_file.as_deref()).await?;
+    let config = agent_config(
+        &args.node,
+        node_ip,
+        &args.data_dir,
+        args.cluster_cidr,
+        args.service_cidr,
+        token.secret.clone(),
+    )?;
+    tracing::info!(server = args.server, node = config.node_name, %node_ip, "joining");
+    tokio::select! {
+        result = rudder_node::agent::run(client, config) => result.context("node agent")?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("stopping; pods keep running and are adopted at the next start"),
+        _ = terminated() => tracing::info!("stopping; pods keep running and are adopted at the next start"),
+    }
+    Ok(())
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Shim { .. } | Command::Agnhost { .. } => {}
+        Command::Shim { .. } | Command::Agnhost { .. } | Command::Lab { .. } => {}
         Command::Version => println!("rudder {}", env!("CARGO_PKG_VERSION")),
         Command::Proxy(args) => {
             init_logging();
             proxy(args).await?;
+        }
+        Command::Agent(args) => {
+            init_logging();
+            agent(args).await?;
         }
         Command::Server(args) => {
             init_logging();
@@ -329,7 +459,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if !missing.is_empty() {
                 tracing::warn!(
                     parts = missing.join(","),
-                    dataplane = args.dataplane,
+                    dataplane = args.node.dataplane,
                     "these parts are not part of this build yet; running the control plane only"
                 );
             }

@@ -3,6 +3,7 @@
 //! - [`proxy`]: Service load balancing on this node, programmed into eBPF maps (or iptables for
 //!   comparison).
 //! - [`agent`]: the node agent: Node registration, Lease, pod network, pod workers.
+//! - [`join`]: joining a cluster with a join token (`rudder agent`).
 //! - [`kubelet_api`]: the agent's HTTPS endpoint that serves container logs to the apiserver.
 //! - [`runtime`]: pods as isolated processes: sandboxes, the container shim, probes, the pod
 //!   worker.
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod agnhost;
 pub mod command;
+pub mod join;
 pub mod kubelet_api;
 pub mod lab;
 pub mod proxy;

@@ -1,5 +1,6 @@
 //! `cargo xtask up` / `down`: a one-node cluster on this host (`rudder server` in the
-//! background, its log and pid in the data dir).
+//! background, its log and pid in the data dir), or with `--nodes N` a cluster of N nodes in
+//! network namespaces (`rudder lab`, state in DATA_DIR/lab).
 
 use std::{
     path::{Path, PathBuf},
@@ -27,12 +28,13 @@ fn running_pid(data_dir: &Path) -> Option<u32> {
 
 /// Builds and starts the cluster.
 pub fn up(nodes: u32, data_dir: &Path, port: u16) -> Result<()> {
-    if nodes != 1 {
-        bail!(
-            "--nodes {nodes}: the multi-node namespace lab arrives with the node agent; today `up` starts the one-node control plane (--nodes 1)"
-        );
+    if nodes == 0 {
+        bail!("--nodes 0: a cluster needs at least one node");
     }
     let tools = prereqs::ensure()?;
+    if nodes > 1 {
+        return up_lab(nodes, data_dir, &tools);
+    }
     if let Some(pid) = running_pid(data_dir) {
         eprintln!("xtask: rudder server already running (pid {pid})");
     } else {
@@ -87,8 +89,53 @@ pub fn up(nodes: u32, data_dir: &Path, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// Where the multi-node lab keeps its nodes' state.
+fn lab_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("lab")
+}
+
+/// `--nodes N` (N > 1): `rudder lab up`, a namespace per node on one bridge, with routes from
+/// this host so kubectl and `curl <pod IP>` work here.
+fn up_lab(nodes: u32, data_dir: &Path, tools: &prereqs::Tools) -> Result<()> {
+    step(
+        "cargo build --release",
+        cargo().args(["build", "--release", "-p", "rudder-control"]),
+    )?;
+    let binary = target_dir().join("release/rudder");
+    let lab = lab_dir(data_dir);
+    step(
+        &format!("rudder lab up --nodes {nodes}"),
+        Command::new(&binary)
+            .args(["lab", "up", "--name", "lab", "--host-access"])
+            .args(["--nodes", &nodes.to_string()])
+            .arg("--data-dir")
+            .arg(&lab),
+    )?;
+    let kubeconfig = lab.join("kubeconfig");
+    println!(
+        "rudder is up: {nodes} nodes (n1 runs the control plane). Kubeconfig: {}",
+        kubeconfig.display()
+    );
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!("  {} get nodes -o wide", tools.kubectl.display());
+    println!("  node logs: {}/n*/rudder.log", lab.display());
+    Ok(())
+}
+
 /// Stops the cluster (and deletes its data with `purge`).
 pub fn down(data_dir: &Path, purge: bool) -> Result<()> {
+    let lab = lab_dir(data_dir);
+    if lab.exists() {
+        let binary = target_dir().join("release/rudder");
+        let mut command = Command::new(&binary);
+        command
+            .args(["lab", "down", "--name", "lab", "--data-dir"])
+            .arg(&lab);
+        if purge {
+            command.arg("--purge");
+        }
+        step("rudder lab down", &mut command)?;
+    }
     match running_pid(data_dir) {
         Some(pid) => {
             Command::new("kill")

@@ -3,7 +3,8 @@
 //! - `cargo xtask ci` installs what the tests need on a fresh Debian machine, then runs fmt,
 //!   clippy and every test, including the ones that need root, BPF and etcd.
 //! - `cargo xtask up` installs prerequisites, builds `rudder` (release) and starts a one-node
-//!   cluster (`rudder server`) in the background; `cargo xtask down` stops it.
+//!   cluster (`rudder server`) in the background, or with `--nodes N` a namespace lab of N
+//!   nodes (`rudder lab`); `cargo xtask down` stops it.
 //! - `cargo xtask bench <name>` runs a benchmark and writes `target/bench/<name>/`.
 
 mod cluster;
@@ -30,7 +31,8 @@ enum Cmd {
     Prereqs,
     /// Install prerequisites, build, and start a cluster; prints the kubeconfig path.
     Up {
-        /// Number of nodes (1: `rudder server` on this host).
+        /// Number of nodes (1: `rudder server` on this host; more: a network namespace per
+        /// node on one bridge, `rudder server` on the first and `rudder agent` on the others).
         #[arg(long, default_value_t = 1)]
         nodes: u32,
         /// Data directory of the server.

@@ -208,8 +208,10 @@ pub fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, ApiError
 
 /// Paths anyone may read, as with Kubernetes' `system:public-info-viewer`.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
-        || path.starts_with("/healthz/")
+    matches!(
+        path,
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/cacerts"
+    ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")
 }
@@ -247,6 +249,16 @@ pub async fn route(
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" => return health(state).await,
         "/version" => return Ok(json_response(StatusCode::OK, &discovery::version())),
+        // The CA bundle, for agents joining with a token that names its hash (k3s does the same).
+        "/cacerts" => {
+            let pem = Bytes::from(state.credentials.tls.ca_pem.clone());
+            let mut resp = Response::new(http_body_util::Full::new(pem).boxed());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            return Ok(resp);
+        }
         "/api" => return Ok(json_response(StatusCode::OK, &discovery::api_versions())),
         "/apis" => {
             return Ok(json_response(

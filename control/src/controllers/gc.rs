@@ -11,8 +11,8 @@
 //!   is left.
 //!
 //! The collector follows the kinds the built-in controllers create and own: Pods, ReplicaSets,
-//! Deployments, DaemonSets, Jobs, CronJobs, Services and EndpointSlices (a reference to any other kind of
-//! owner is left alone). Before deleting for a missing owner it asks the apiserver, not just its cache, so an
+//! Deployments, DaemonSets, StatefulSets, Jobs, CronJobs, Services and EndpointSlices (a
+//! reference to any other kind of owner is left alone). Before deleting for a missing owner it asks the apiserver, not just its cache, so an
 //! owner created a moment ago is never taken for gone. The decisions are a pure function,
 //! [`decide`].
 
@@ -23,7 +23,7 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        apps::v1::{DaemonSet, Deployment, ReplicaSet},
+        apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
         core::v1::{Pod, Service},
         discovery::v1::EndpointSlice,
@@ -55,6 +55,8 @@ pub enum Kind {
     Deployment,
     /// apps/v1 DaemonSet.
     DaemonSet,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
     /// batch/v1 Job.
     Job,
     /// batch/v1 CronJob.
@@ -73,6 +75,7 @@ impl Kind {
             ("apps/v1", "ReplicaSet") => Some(Self::ReplicaSet),
             ("apps/v1", "Deployment") => Some(Self::Deployment),
             ("apps/v1", "DaemonSet") => Some(Self::DaemonSet),
+            ("apps/v1", "StatefulSet") => Some(Self::StatefulSet),
             ("batch/v1", "Job") => Some(Self::Job),
             ("batch/v1", "CronJob") => Some(Self::CronJob),
             ("v1", "Service") => Some(Self::Service),
@@ -250,6 +253,8 @@ pub struct Caches {
     pub deployments: Arc<Informer<Deployment>>,
     /// DaemonSets.
     pub daemonsets: Arc<Informer<DaemonSet>>,
+    /// StatefulSets.
+    pub statefulsets: Arc<Informer<StatefulSet>>,
     /// Jobs.
     pub jobs: Arc<Informer<Job>>,
     /// CronJobs.
@@ -278,6 +283,10 @@ macro_rules! with_kind {
             }
             Kind::DaemonSet => {
                 type $k = DaemonSet;
+                $body
+            }
+            Kind::StatefulSet => {
+                type $k = StatefulSet;
                 $body
             }
             Kind::Job => {
@@ -321,6 +330,11 @@ impl Caches {
                 .map(|o| o.metadata.clone()),
             Kind::DaemonSet => self
                 .daemonsets
+                .store()
+                .get(&r.object_ref())
+                .map(|o| o.metadata.clone()),
+            Kind::StatefulSet => self
+                .statefulsets
                 .store()
                 .get(&r.object_ref())
                 .map(|o| o.metadata.clone()),
@@ -421,6 +435,7 @@ pub async fn run(client: Client, caches: Caches) {
     let mut replicasets = caches.replicasets.subscribe();
     let mut deployments = caches.deployments.subscribe();
     let mut daemonsets = caches.daemonsets.subscribe();
+    let mut statefulsets = caches.statefulsets.subscribe();
     let mut jobs = caches.jobs.subscribe();
     let mut cronjobs = caches.cronjobs.subscribe();
     let mut services = caches.services.subscribe();
@@ -429,6 +444,7 @@ pub async fn run(client: Client, caches: Caches) {
     caches.replicasets.synced().await;
     caches.deployments.synced().await;
     caches.daemonsets.synced().await;
+    caches.statefulsets.synced().await;
     caches.jobs.synced().await;
     caches.cronjobs.synced().await;
     caches.services.synced().await;
@@ -458,6 +474,7 @@ pub async fn run(client: Client, caches: Caches) {
             all!(caches.replicasets, Kind::ReplicaSet);
             all!(caches.deployments, Kind::Deployment);
             all!(caches.daemonsets, Kind::DaemonSet);
+            all!(caches.statefulsets, Kind::StatefulSet);
             all!(caches.jobs, Kind::Job);
             all!(caches.cronjobs, Kind::CronJob);
             all!(caches.services, Kind::Service);
@@ -490,6 +507,7 @@ pub async fn run(client: Client, caches: Caches) {
                     c = replicasets.next() => on!(c, Kind::ReplicaSet),
                     c = deployments.next() => on!(c, Kind::Deployment),
                     c = daemonsets.next() => on!(c, Kind::DaemonSet),
+                    c = statefulsets.next() => on!(c, Kind::StatefulSet),
                     c = jobs.next() => on!(c, Kind::Job),
                     c = cronjobs.next() => on!(c, Kind::CronJob),
                     c = services.next() => on!(c, Kind::Service),
@@ -778,6 +796,7 @@ mod tests {
         assert_eq!(Kind::of("batch/v1", "Job"), Some(Kind::Job));
         assert_eq!(Kind::of("batch/v1", "CronJob"), Some(Kind::CronJob));
         assert_eq!(Kind::of("apps/v1", "DaemonSet"), Some(Kind::DaemonSet));
+        assert_eq!(Kind::of("apps/v1", "StatefulSet"), Some(Kind::StatefulSet));
         assert_eq!(Kind::of("v1", "ConfigMap"), None);
         assert_eq!(Kind::of("apps/v1beta1", "ReplicaSet"), None);
     }

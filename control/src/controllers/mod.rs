@@ -10,6 +10,8 @@
 //! - [`cronjob`]: creates Jobs on cron schedules (concurrency policies, starting deadlines,
 //!   history limits);
 //! - [`daemonset`]: one pod of a template on every eligible node, rolled node by node;
+//! - [`statefulset`]: pods with stable names and ordinals, started, stopped and rolled in
+//!   order;
 //! - [`endpointslice`]: EndpointSlices and Endpoints follow the pods each Service selects;
 //! - [`gc`]: the garbage collector (ownerReferences, propagation policies);
 //! - [`namespace`]: deletes everything in a Namespace being deleted, then the Namespace;
@@ -28,6 +30,7 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod statefulset;
 pub mod workload;
 
 use k8s_openapi::{
@@ -50,6 +53,11 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
     let cronjobs = informer::Informer::start(Api::all(client.clone()));
     let nodes = informer::Informer::start(Api::all(client.clone()));
     let daemonsets = informer::Informer::start(Api::all(client.clone()));
+    let statefulsets = informer::Informer::start(Api::all(client.clone()));
+    let statefulset_caches = statefulset::Caches {
+        statefulsets: statefulsets.clone(),
+        pods: pods.clone(),
+    };
     let daemonset_caches = daemonset::Caches {
         daemonsets: daemonsets.clone(),
         nodes: nodes.clone(),
@@ -92,6 +100,7 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         jobs,
         cronjobs,
         daemonsets,
+        statefulsets,
         services,
         slices,
     };
@@ -102,6 +111,7 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         tokio::spawn(job::run(client.clone(), job_caches)),
         tokio::spawn(cronjob::run(client.clone(), cronjob_caches)),
         tokio::spawn(daemonset::run(client.clone(), daemonset_caches)),
+        tokio::spawn(statefulset::run(client.clone(), statefulset_caches)),
         tokio::spawn(endpointslice::run(client.clone(), endpoint_caches)),
         tokio::spawn(node_lifecycle::run(client.clone(), lifecycle_caches)),
         tokio::spawn(gc::run(client, gc_caches)),

@@ -4,7 +4,10 @@
 //!
 //! The controller talks to the apiserver through kube-rs, like kube-controller-manager does.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -46,6 +49,8 @@ pub async fn run(client: Client, cluster: Cidr) {
         .reflect(writer)
         .applied_objects()
         .boxed();
+    // Node UID → range this controller assigned.
+    let mut assigned: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
     while let Some(event) = stream.next().await {
         let Ok(node) = event else { continue };
         if range_of(&node).is_some() {
@@ -54,7 +59,20 @@ pub async fn run(client: Client, cluster: Cidr) {
         let Some(name) = node.metadata.name.clone() else {
             continue;
         };
-        let used: BTreeSet<Ipv4Addr> = reader.state().iter().filter_map(|n| range_of(n)).collect();
+        let uid = node.metadata.uid.clone().unwrap_or_default();
+        if assigned.contains_key(&uid) {
+            // Assigned already; the cache has not seen it yet.
+            continue;
+        }
+        // The cache may not show a range handed out a moment ago (two nodes registering
+        // together), so this controller's own recent assignments count as used as well.
+        let state = reader.state();
+        assigned.retain(|uid, _| state.iter().any(|n| n.metadata.uid.as_ref() == Some(uid)));
+        let used: BTreeSet<Ipv4Addr> = state
+            .iter()
+            .filter_map(|n| range_of(n))
+            .chain(assigned.values().copied())
+            .collect();
         let Some(cidr) = allocate(cluster, &used) else {
             tracing::warn!(node = name, %cluster, "no PodCIDR left in the cluster CIDR");
             continue;
@@ -64,7 +82,12 @@ pub async fn run(client: Client, cluster: Cidr) {
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => tracing::info!(node = name, pod_cidr = cidr, "assigned PodCIDR"),
+            Ok(_) => {
+                tracing::info!(node = name, pod_cidr = cidr, "assigned PodCIDR");
+                if let Some(net) = cidr.split('/').next().and_then(|n| n.parse().ok()) {
+                    assigned.insert(uid, net);
+                }
+            }
             Err(e) => tracing::warn!(node = name, error = %e, "assigning a PodCIDR"),
         }
     }

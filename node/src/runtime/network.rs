@@ -176,6 +176,17 @@ pub fn short_uid(uid: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Whether this network namespace has a link named `name`. Asks the kernel (`if_nametoindex`)
+/// rather than `/sys/class/net`: an agent started with `nsenter --net` (the multi-node lab) still
+/// sees the host's sysfs, which lists the host's links.
+fn link_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated string that outlives the call; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
 fn ip(args: &[&str]) -> Result<()> {
     run(None, "ip", args, None)
         .map(drop)
@@ -198,7 +209,7 @@ impl Network {
     /// the blackhole routes. Idempotent.
     pub fn setup(config: NetworkConfig) -> Result<Self> {
         let br = &config.bridge;
-        if !PathBuf::from("/sys/class/net").join(br).exists() {
+        if !link_exists(br) {
             ip(&["link", "add", br, "type", "bridge"])?;
         }
         let gw = format!("{}/{}", config.pod_cidr.gateway(), config.pod_cidr.prefix);
@@ -212,8 +223,16 @@ impl Network {
             script.push_str(&format!("route replace blackhole {cidr}\n"));
         }
         ip_batch(None, &script)?;
-        for key in ["net/ipv4/ip_forward", "net/ipv4/conf/all/rp_filter"] {
-            let value = if key.ends_with("forward") { "1" } else { "0" };
+        // The bridge is where pods' packets enter the stack. Replies of NodePort flows carry
+        // the node's own address as their source once the pod program has translated them
+        // back; `accept_local` keeps the kernel from dropping them as martians.
+        let accept_local = format!("net/ipv4/conf/{br}/accept_local");
+        for key in [
+            "net/ipv4/ip_forward",
+            "net/ipv4/conf/all/rp_filter",
+            accept_local.as_str(),
+        ] {
+            let value = if key.ends_with("rp_filter") { "0" } else { "1" };
             fs::write(PathBuf::from("/proc/sys").join(key), value)
                 .map_err(|e| Error::Command(io::Error::new(e.kind(), format!("{key}: {e}"))))?;
         }
@@ -338,7 +357,7 @@ impl Network {
         if PathBuf::from("/run/netns").join(&netns).exists() {
             ip(&["netns", "del", &netns])?;
         }
-        if PathBuf::from("/sys/class/net").join(&host_if).exists() {
+        if link_exists(&host_if) {
             let _ = ip(&["link", "del", &host_if]);
         }
         for (path, owner) in self.leases() {
@@ -352,7 +371,7 @@ impl Network {
     /// Removes the bridge and the blackhole routes (node teardown).
     pub fn teardown(&self) -> Result<()> {
         let br = &self.config.bridge;
-        if PathBuf::from("/sys/class/net").join(br).exists() {
+        if link_exists(br) {
             ip(&["link", "del", br])?;
         }
         for cidr in &self.config.blackholes {

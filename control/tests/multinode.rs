@@ -1,0 +1,383 @@
+//! A three-node cluster on one machine (`rudder lab`), end to end with unmodified kubectl.
+//!
+//! `rudder lab up` builds a network namespace per node on one switch namespace, runs `rudder
+//! server` on node n1 and `rudder agent` (joined with the server's token) on n2 and n3. Then:
+//! - every node is Ready with a PodCIDR of its own;
+//! - a Deployment's pods spread over the three nodes, each with an address from its node's
+//!   PodCIDR, and `kubectl rollout status` returns;
+//! - a pod reaches pods on the other nodes directly (host-gw routes) and through the Service's
+//!   ClusterIP (backends on several nodes answer);
+//! - a client outside the nodes (in the switch namespace) reaches the NodePort on every node,
+//!   also when the chosen backend runs on another node (XDP forwards it source-translated);
+//! - `kubectl logs` reaches the agent of another node;
+//! - `rudder lab down` leaves no namespace, eBPF pin, process or pod cgroup behind.
+//!
+//! Needs root, BPF, iproute2, ethtool and kubectl (`cargo xtask ci`). The lab's addresses live
+//! only inside its namespaces; nothing is routed from the host. The lab is removed at the end,
+//! also when the test fails.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: agnhost
+        image: registry.k8s.io/e2e-test-images/agnhost:2.47
+        args: ["netexec", "--http-port=8080"]
+        readinessProbe:
+          httpGet: {path: /healthz, port: 8080}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+/// A running lab; `rudder lab down` on drop.
+struct Lab {
+    name: String,
+    data: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+fn rudder(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rudder"))
+        .args(args)
+        .output()
+        .expect("run rudder")
+}
+
+impl Lab {
+    fn up(nodes: u32) -> Self {
+        let lab = Self {
+            name: format!("t{}x9", std::process::id()),
+            data: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+        };
+        let out = rudder(&[
+            "lab",
+            "up",
+            "--name",
+            &lab.name,
+            "--nodes",
+            &nodes.to_string(),
+            "--data-dir",
+            &lab.dir(),
+            "--timeout",
+            "60",
+        ]);
+        assert!(
+            out.status.success(),
+            "rudder lab up failed:\n{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            lab.logs()
+        );
+        lab
+    }
+
+    fn dir(&self) -> String {
+        self.data.path().display().to_string()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=3 {
+            let path = self.data.path().join(format!("n{i}/rudder.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- n{i} ---\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Runs `cmd` inside namespace `ns`.
+    fn exec(&self, ns: &str, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    fn switch(&self) -> String {
+        format!("rdr-{}-lab", self.name)
+    }
+
+    fn node(&self, i: u32) -> String {
+        format!("rdr-{}-n{i}", self.name)
+    }
+
+    /// kubectl, from the switch namespace (the apiserver is at node n1's address).
+    fn kubectl(&self, args: &[&str]) -> Output {
+        let kubectl = std::env::var("RUDDER_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let kubeconfig = self.data.path().join("kubeconfig");
+        let cache = self.cache.path().display().to_string();
+        let mut cmd = vec![
+            kubectl.as_str(),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--cache-dir",
+            &cache,
+        ];
+        cmd.extend_from_slice(args);
+        self.exec(&self.switch(), &cmd)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `curl -s URL` from namespace `ns`; the body, or None when it failed.
+    fn curl(&self, ns: &str, url: &str) -> Option<String> {
+        let out = self.exec(ns, &["curl", "-s", "-m", "5", url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn down(&self) -> Output {
+        rudder(&[
+            "lab",
+            "down",
+            "--name",
+            &self.name,
+            "--data-dir",
+            &self.dir(),
+            "--purge",
+        ])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.down();
+    }
+}
+
+/// Whether `ip` is inside `cidr` (a.b.c.d/24).
+fn in_cidr(ip: &str, cidr: &str) -> bool {
+    let (net, _) = cidr.split_once('/').unwrap();
+    let prefix = |s: &str| s.rsplit_once('.').map(|(p, _)| p.to_owned());
+    prefix(ip) == prefix(net)
+}
+
+#[test]
+fn a_three_node_lab_runs_and_connects_pods_across_nodes() {
+    let lab = Lab::up(3);
+
+    // Nodes: Ready, each with its own PodCIDR.
+    let nodes = lab.ok(&[
+        "get",
+        "nodes",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name} {.spec.podCIDR} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
+    ]);
+    let cidrs: BTreeMap<String, String> = nodes
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "{nodes}");
+            assert_eq!(f[2], "True", "{nodes}");
+            (f[0].to_owned(), f[1].to_owned())
+        })
+        .collect();
+    assert_eq!(
+        cidrs.keys().cloned().collect::<Vec<_>>(),
+        ["n1", "n2", "n3"],
+        "{nodes}"
+    );
+    assert_eq!(
+        cidrs.values().collect::<BTreeSet<_>>().len(),
+        3,
+        "PodCIDRs must differ: {nodes}"
+    );
+
+    // A Deployment spreads over the nodes.
+    let manifest = lab.data.path().join("app.yaml");
+    std::fs::write(&manifest, APP).unwrap();
+    lab.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    lab.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    let listing = lab.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP}{"\n"}{end}"#,
+    ]);
+    // node -> [(pod, ip)]
+    let mut pods: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for line in listing.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "{listing}");
+        assert!(
+            in_cidr(f[2], &cidrs[f[1]]),
+            "pod {} on {} has {} outside {}",
+            f[0],
+            f[1],
+            f[2],
+            cidrs[f[1]]
+        );
+        pods.entry(f[1].to_owned())
+            .or_default()
+            .push((f[0].to_owned(), f[2].to_owned()));
+    }
+    assert_eq!(pods.len(), 3, "pods on every node: {listing}");
+    let name_of: BTreeMap<String, String> = pods
+        .iter()
+        .flat_map(|(node, list)| list.iter().map(move |(pod, _)| (pod.clone(), node.clone())))
+        .collect();
+    let first = |node: &str| pods[node][0].clone();
+
+    // Pod to pod across nodes: the n1 pod asks the n2 and n3 pods their names (agnhost /dial).
+    let (_, client_ip) = first("n1");
+    for node in ["n2", "n3"] {
+        let (pod, ip) = first(node);
+        let url = format!(
+            "http://{client_ip}:8080/dial?request=hostname&protocol=http&host={ip}&port=8080&tries=1"
+        );
+        let answer = lab.curl(&lab.node(1), &url).unwrap_or_default();
+        assert!(
+            answer.contains(&pod),
+            "pod on n1 reaching {pod} on {node}: {answer}\n{}",
+            lab.logs()
+        );
+    }
+
+    // Pod to ClusterIP: backends on more than one node answer.
+    let cluster_ip = lab.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let url = format!(
+        "http://{client_ip}:8080/dial?request=hostname&protocol=http&host={cluster_ip}&port=80&tries=30"
+    );
+    let answer = lab.curl(&lab.node(1), &url).unwrap_or_default();
+    let reached: BTreeSet<&String> = name_of
+        .iter()
+        .filter(|(pod, _)| answer.contains(pod.as_str()))
+        .map(|(_, node)| node)
+        .collect();
+    assert!(
+        reached.len() >= 2,
+        "ClusterIP from a pod reached backends on {reached:?} only: {answer}"
+    );
+
+    // NodePort from outside the nodes, on every node: all requests answered, and backends on
+    // other nodes among the answers (forwarded by XDP, source-translated).
+    let node_port = lab.ok(&[
+        "get",
+        "svc",
+        "web",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    for i in 1..=3u32 {
+        let mut answered = BTreeSet::new();
+        for _ in 0..12 {
+            let body = lab
+                .curl(
+                    &lab.switch(),
+                    &format!("http://172.30.0.{i}:{node_port}/hostname"),
+                )
+                .unwrap_or_else(|| panic!("NodePort on n{i} did not answer\n{}", lab.logs()));
+            let node = name_of
+                .get(body.trim())
+                .unwrap_or_else(|| panic!("unexpected answer {body:?}"));
+            answered.insert(node.clone());
+        }
+        assert!(
+            answered.iter().any(|n| *n != format!("n{i}")),
+            "NodePort on n{i} only ever answered from {answered:?}"
+        );
+    }
+
+    // kubectl logs reaches another node's agent.
+    let (pod_on_n3, _) = first("n3");
+    let logs = lab.ok(&["logs", &pod_on_n3]);
+    assert!(logs.contains("GET /"), "logs of {pod_on_n3}: {logs}");
+
+    // Down removes everything.
+    let pids: Vec<u32> = (1..=3)
+        .filter_map(|i| {
+            std::fs::read_to_string(lab.data.path().join(format!("n{i}/pid")))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(pids.len(), 3);
+    let uids = lab.ok(&[
+        "get",
+        "pods",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.uid}{"\n"}{end}"#,
+    ]);
+    let out = lab.down();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids
+        .iter()
+        .any(|p| PathBuf::from(format!("/proc/{p}")).exists())
+    {
+        assert!(Instant::now() < deadline, "lab processes still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let prefix = format!("rdr-{}-", lab.name);
+    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(namespaces.is_empty(), "left behind: {namespaces:?}");
+    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("rudder-{}-", lab.name)))
+        .collect();
+    assert!(pins.is_empty(), "left behind: {pins:?}");
+    let cgroups = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for uid in uids.lines().filter(|u| !u.is_empty()) {
+        for line in cgroups.lines().filter(|l| l.contains(" - cgroup")) {
+            let mount = line.split_whitespace().nth(4).unwrap();
+            let dir = PathBuf::from(mount).join("rudder").join(uid);
+            assert!(!dir.exists(), "left behind: {}", dir.display());
+        }
+    }
+}
