@@ -26,6 +26,10 @@
 //! `nsenter --net` (not `ip netns exec`, which would remount /sys and hide the host's cgroup and
 //! bpf file systems) in their own session, so they outlive `rudder lab up`.
 //!
+//! `rudder lab stop-node --node n2` stops one node's process and leaves its pods running (a
+//! stopped kubelet: the node turns NotReady, its pods are evicted after their toleration);
+//! `start-node` runs the saved command line again and the agent adopts the running pods.
+//!
 //! `rudder lab down` stops the processes (SIGTERM, then SIGKILL after 10 s), kills container
 //! processes left behind, removes the pods' cgroups, every `rdr-<name>-*` namespace (with their
 //! links, bridges and routes), the host link and the eBPF pins. Nothing of the lab stays.
@@ -59,6 +63,24 @@ pub enum Command {
     Up(UpArgs),
     /// Stop the lab's processes and remove everything it made.
     Down(DownArgs),
+    /// Stop one node's rudder process (its pods keep running, as with a stopped kubelet).
+    StopNode(NodeArgs),
+    /// Start a stopped node's rudder process again (it adopts the pods still running).
+    StartNode(NodeArgs),
+}
+
+/// Flags naming one node of a lab.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// Lab name.
+    #[arg(long, default_value = "lab")]
+    pub name: String,
+    /// The lab's data dir.
+    #[arg(long, default_value = "/var/lib/rudder-lab")]
+    pub data_dir: PathBuf,
+    /// The node, e.g. n2.
+    #[arg(long)]
+    pub node: String,
 }
 
 /// Flags of `rudder lab up`.
@@ -103,6 +125,8 @@ pub fn main(command: Command) -> ! {
     let result = match command {
         Command::Up(args) => up(&args),
         Command::Down(args) => down(&args.name, &args.data_dir, args.purge),
+        Command::StopNode(args) => stop_node(&args),
+        Command::StartNode(args) => start_node(&args),
     };
     match result {
         Ok(()) => std::process::exit(0),
@@ -378,6 +402,67 @@ fn spawn(exe: &Path, ns: &str, dir: &Path, command: &[String]) -> Result<()> {
         .spawn()
         .context("starting setsid nsenter rudder")?;
     std::fs::write(dir.join("pid"), child.id().to_string())?;
+    // What `start-node` runs again: the namespace, then the arguments, one per line.
+    let mut saved = format!("{ns}\n");
+    for arg in command {
+        saved.push_str(arg);
+        saved.push('\n');
+    }
+    std::fs::write(dir.join("command"), saved)?;
+    Ok(())
+}
+
+/// The directory of node `node` (`n<i>`) of the lab.
+fn named_node_dir(args: &NodeArgs) -> Result<PathBuf> {
+    check_name(&args.name)?;
+    let dir = args.data_dir.join(&args.node);
+    let valid = args
+        .node
+        .strip_prefix('n')
+        .is_some_and(|i| i.parse::<u32>().is_ok());
+    if !valid || !dir.join("command").exists() {
+        bail!(
+            "--node {}: no such node in {} (nodes are n1, n2, ...)",
+            args.node,
+            args.data_dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn stop_node(args: &NodeArgs) -> Result<()> {
+    let dir = named_node_dir(args)?;
+    let Some(pid) = running(&dir) else {
+        println!("node {} is not running", args.node);
+        return Ok(());
+    };
+    signal(&[pid], "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(&dir).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&[pid], "-KILL");
+    println!(
+        "stopped node {} (pid {pid}); its pods keep running",
+        args.node
+    );
+    Ok(())
+}
+
+fn start_node(args: &NodeArgs) -> Result<()> {
+    let dir = named_node_dir(args)?;
+    if let Some(pid) = running(&dir) {
+        println!("node {} is already running (pid {pid})", args.node);
+        return Ok(());
+    }
+    let saved = std::fs::read_to_string(dir.join("command"))
+        .with_context(|| format!("reading {}", dir.join("command").display()))?;
+    let mut lines = saved.lines();
+    let ns = lines.next().unwrap_or_default().to_owned();
+    let command: Vec<String> = lines.map(str::to_owned).collect();
+    let exe = std::env::current_exe().context("finding the rudder binary")?;
+    spawn(&exe, &ns, &dir, &command)?;
+    println!("started node {}", args.node);
     Ok(())
 }
 

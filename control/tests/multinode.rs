@@ -10,6 +10,8 @@
 //! - a client outside the nodes (in the switch namespace) reaches the NodePort on every node,
 //!   also when the chosen backend runs on another node (XDP forwards it source-translated);
 //! - `kubectl logs` reaches the agent of another node;
+//! - an agent stopped and started again (`rudder lab stop-node/start-node`) leaves its pods
+//!   running meanwhile and adopts them (same container start time, no restart);
 //! - `rudder lab down` leaves no namespace, eBPF pin, process or pod cgroup behind.
 //!
 //! Needs root, BPF, iproute2, ethtool and kubectl (`cargo xtask ci`). The lab's addresses live
@@ -167,6 +169,25 @@ impl Lab {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `rudder lab stop-node|start-node --node NODE`, asserting success.
+    fn node_command(&self, what: &str, node: &str) {
+        let out = rudder(&[
+            "lab",
+            what,
+            "--name",
+            &self.name,
+            "--data-dir",
+            &self.dir(),
+            "--node",
+            node,
+        ]);
+        assert!(
+            out.status.success(),
+            "rudder lab {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn down(&self) -> Output {
         rudder(&[
             "lab",
@@ -182,6 +203,12 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // RUDDER_KEEP_LAB=1 keeps a failed lab for a look (`rudder lab down` removes it).
+        if std::thread::panicking() && std::env::var_os("RUDDER_KEEP_LAB").is_some() {
+            let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+            eprintln!("keeping lab {} in {:?}", self.name, data.keep());
+            return;
+        }
         let _ = self.down();
     }
 }
@@ -325,6 +352,53 @@ fn a_three_node_lab_runs_and_connects_pods_across_nodes() {
     let (pod_on_n3, _) = first("n3");
     let logs = lab.ok(&["logs", &pod_on_n3]);
     assert!(logs.contains("GET /"), "logs of {pod_on_n3}: {logs}");
+
+    // A stopped agent leaves its pods running; started again, it adopts them (same container,
+    // no restart).
+    let (pod_on_n2, ip_on_n2) = first("n2");
+    let started = |lab: &Lab| {
+        lab.ok(&[
+            "get",
+            "pod",
+            &pod_on_n2,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.running.startedAt} {.status.containerStatuses[0].restartCount}",
+        ])
+    };
+    let before = started(&lab);
+    lab.node_command("stop-node", "n2");
+    let answer = lab.curl(&lab.node(1), &format!("http://{ip_on_n2}:8080/hostname"));
+    assert_eq!(
+        answer.as_deref(),
+        Some(pod_on_n2.as_str()),
+        "pod on n2 while its agent is stopped"
+    );
+    lab.node_command("start-node", "n2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = lab.ok(&[
+            "get",
+            "pod",
+            &pod_on_n2,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ]);
+        let log = std::fs::read_to_string(lab.data.path().join("n2/rudder.log")).unwrap();
+        if ready == "True" && log.matches("joining").count() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod on n2 not Ready after the agent restart\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        started(&lab),
+        before,
+        "the restarted agent must adopt, not restart"
+    );
 
     // Down removes everything.
     let pids: Vec<u32> = (1..=3)

@@ -763,13 +763,24 @@ async fn sync_pods(client: Client, config: AgentConfig, ctx: Arc<Context>) -> Re
             }
             watcher::Event::Delete(pod) => {
                 if let Some(uid) = &pod.metadata.uid {
-                    // Dropping the sender stops the worker at once (the object is gone).
-                    workers.remove(uid);
+                    // The object is gone: the worker stops the pod at once.
+                    if let Some(handle) = workers.remove(uid) {
+                        handle.remove();
+                    }
                     finished.remove(uid);
                 }
             }
             watcher::Event::InitDone => {
-                workers.retain(|uid, _| seen_in_init.contains(uid));
+                let gone: Vec<String> = workers
+                    .keys()
+                    .filter(|uid| !seen_in_init.contains(uid))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    if let Some(handle) = workers.remove(&uid) {
+                        handle.remove();
+                    }
+                }
             }
         }
     }

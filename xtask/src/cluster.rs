@@ -135,6 +135,14 @@ pub fn down(data_dir: &Path, purge: bool) -> Result<()> {
             command.arg("--purge");
         }
         step("rudder lab down", &mut command)?;
+        if running_pid(data_dir).is_none() && !data_dir.join("agent").exists() {
+            // Only the lab ran: nothing of a one-node cluster to stop.
+            if purge && data_dir.exists() {
+                std::fs::remove_dir_all(data_dir)
+                    .with_context(|| format!("removing {}", data_dir.display()))?;
+            }
+            return Ok(());
+        }
     }
     match running_pid(data_dir) {
         Some(pid) => {

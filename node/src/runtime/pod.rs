@@ -146,15 +146,33 @@ pub struct Context {
 pub struct Handle {
     /// Latest version of the pod.
     pub pod: watch::Sender<Arc<Pod>>,
+    /// Told when the pod object is gone.
+    removed: tokio::sync::oneshot::Sender<()>,
     /// The worker task.
     pub task: JoinHandle<()>,
+}
+
+impl Handle {
+    /// The pod object is gone from the API: the worker kills its containers at once (no grace
+    /// period: nobody can watch a graceful termination any more) and removes the sandbox.
+    ///
+    /// Only this stops the pod. A handle merely dropped, as when the agent itself stops, ends
+    /// the worker and leaves the containers running for the next agent to adopt.
+    pub fn remove(self) {
+        let _ = self.removed.send(());
+    }
 }
 
 /// Starts the worker for `pod`.
 pub fn spawn(ctx: Arc<Context>, pod: Pod) -> Handle {
     let (tx, rx) = watch::channel(Arc::new(pod));
-    let task = tokio::spawn(run(ctx, rx));
-    Handle { pod: tx, task }
+    let (removed, removed_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(run(ctx, rx, removed_rx));
+    Handle {
+        pod: tx,
+        removed,
+        task,
+    }
 }
 
 /// Restart back-off: immediate once, then 10 s doubling to 5 min.
@@ -252,7 +270,11 @@ struct Worker {
     transitions: BTreeMap<String, (String, String)>,
 }
 
-async fn run(ctx: Arc<Context>, mut rx: watch::Receiver<Arc<Pod>>) {
+async fn run(
+    ctx: Arc<Context>,
+    mut rx: watch::Receiver<Arc<Pod>>,
+    mut removed_rx: tokio::sync::oneshot::Receiver<()>,
+) {
     let pod = rx.borrow_and_update().clone();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut w = Worker::new(ctx, pod, events_tx);
@@ -272,12 +294,19 @@ async fn run(ctx: Arc<Context>, mut rx: watch::Receiver<Arc<Pod>>) {
         w.publish();
         let deadline = w.next_deadline();
         tokio::select! {
+            // Removal first: `Handle::remove` also drops the pod sender.
+            biased;
+            gone = &mut removed_rx => match gone {
+                Ok(()) => removed = true,
+                // The agent is stopping: the containers keep running, to be adopted.
+                Err(_) => return,
+            },
             changed = rx.changed() => match changed {
                 Ok(()) => {
                     w.pod = rx.borrow_and_update().clone();
                     w.resend_if_overwritten();
                 }
-                Err(_) => removed = true,
+                Err(_) => return,
             },
             Some(event) = events.recv() => w.handle(event),
             () = sleep_until(deadline) => {}
