@@ -130,7 +130,8 @@ async fn start_server(rudder: &Path, etcd: Option<&str>) -> Result<(Server, Clie
     }
 }
 
-fn rss_bytes(pid: u32) -> f64 {
+/// Resident memory of process `pid` in bytes (0 when it cannot be read).
+pub(crate) fn rss_bytes(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

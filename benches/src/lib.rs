@@ -6,6 +6,7 @@
 //!   and the kube-rs client).
 //! - [`forwarding`]: Service forwarding through each dataplane in network namespaces, with the
 //!   event-driven servers and clients of [`loadgen`].
+//! - [`pods`]: pod start latency and agent memory on a two-node `rudder lab`.
 //! - [`plots`]: PNG plots of a results file, one per metric, beside the report.
 //! - [`stats`] computes percentiles.
 //!
@@ -15,5 +16,6 @@ pub mod control;
 pub mod forwarding;
 pub mod loadgen;
 pub mod plots;
+pub mod pods;
 pub mod results;
 pub mod stats;

@@ -1,5 +1,5 @@
 //! The agent's HTTPS endpoint on the kubelet port (10250 by default): container logs, which the
-//! apiserver proxies for `kubectl logs`.
+//! apiserver proxies for `kubectl logs`, and exec sessions for `kubectl exec`.
 //!
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?podUID=…` with kubectl's options `follow`,
 //!   `previous`, `tailLines`, `limitBytes`, `timestamps`, `sinceSeconds` and `sinceTime`.
@@ -9,6 +9,9 @@
 //!   The files hold CRI log lines (`<RFC 3339 time> <stream> <F|P> <text>`); what is served is
 //!   the text, as the kubelet serves it: partial (`P`) pieces joined, the time in front only
 //!   with `timestamps`, lines older than `since…` left out.
+//! - `GET|POST /exec/{namespace}/{pod}/{container}?podUID=…&command=…&stdin=…&stdout=…&stderr=…&tty=…`
+//!   upgraded to a WebSocket (`v5.channel.k8s.io` or `v4.channel.k8s.io`): runs the command in
+//!   the container's namespaces, see [`crate::exec`].
 //! - `GET /healthz`.
 //!
 //! Who may ask: callers present the cluster's node token as a bearer token. The apiserver is the
@@ -120,10 +123,14 @@ pub async fn serve(listener: TcpListener, identity: Identity, root: PathBuf, tok
             };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(&shared.0, &shared.1, &req).await) }
+                async move { Ok::<_, Infallible>(handle(&shared.0, &shared.1, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+            // Upgrades: exec sessions continue as WebSockets on the same connection.
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "kubelet API connection ended with an error");
             }
         });
@@ -147,7 +154,7 @@ fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
     resp
 }
 
-async fn handle(root: &Path, token: &str, req: &Request<Incoming>) -> Response<Body> {
+async fn handle(root: &Path, token: &str, req: Request<Incoming>) -> Response<Body> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -155,6 +162,9 @@ async fn handle(root: &Path, token: &str, req: &Request<Incoming>) -> Response<B
         .and_then(|v| v.strip_prefix("Bearer "));
     if presented != Some(token) {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    if req.uri().path().starts_with("/exec/") {
+        return crate::exec::serve(root, req).await;
     }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");

@@ -4,7 +4,10 @@
 //!   comparison).
 //! - [`agent`]: the node agent: Node registration, Lease, pod network, pod workers.
 //! - [`join`]: joining a cluster with a join token (`rudder agent`).
-//! - [`kubelet_api`]: the agent's HTTPS endpoint that serves container logs to the apiserver.
+//! - [`kubelet_api`]: the agent's HTTPS endpoint that serves container logs and exec sessions
+//!   to the apiserver.
+//! - [`exec`]: `kubectl exec` on the node: the WebSocket remote command protocol and commands
+//!   run in a container's namespaces.
 //! - [`runtime`]: pods as isolated processes: sandboxes, the container shim, probes, the pod
 //!   worker.
 //! - [`agnhost`]: the built-in test image (agnhost's netexec, serve-hostname and pause).
@@ -18,6 +21,7 @@
 pub mod agent;
 pub mod agnhost;
 pub mod command;
+pub mod exec;
 pub mod join;
 pub mod kubelet_api;
 pub mod lab;

@@ -59,7 +59,7 @@ enum Cmd {
     },
     /// Run a benchmark; results go to target/bench/<name>/ (results.json, report.md).
     Bench {
-        /// Which benchmark: control, forwarding.
+        /// Which benchmark: control, forwarding, pods.
         name: String,
         /// Smaller sizes for a quick look.
         #[arg(long)]
@@ -103,7 +103,8 @@ fn target_dir() -> std::path::PathBuf {
 fn bench(name: &str, quick: bool, services: Option<&str>, dataplanes: Option<&str>) -> Result<()> {
     prereqs::ensure()?;
     match name {
-        "control" => {
+        // Benchmarks of the rudder binary itself.
+        "control" | "pods" => {
             step(
                 "cargo build --release",
                 cargo().args([
@@ -116,9 +117,9 @@ fn bench(name: &str, quick: bool, services: Option<&str>, dataplanes: Option<&st
                 ]),
             )?;
             let release = target_dir().join("release");
-            let out = workspace_root().join("target/bench/control");
+            let out = workspace_root().join("target/bench").join(name);
             let mut cmd = Command::new(release.join("rudder-bench"));
-            cmd.arg("control")
+            cmd.arg(name)
                 .arg("--rudder")
                 .arg(release.join("rudder"))
                 .arg("--out")
@@ -126,7 +127,7 @@ fn bench(name: &str, quick: bool, services: Option<&str>, dataplanes: Option<&st
             if quick {
                 cmd.arg("--quick");
             }
-            step("rudder-bench control", &mut cmd)
+            step(&format!("rudder-bench {name}"), &mut cmd)
         }
         "forwarding" => {
             step(
@@ -147,7 +148,7 @@ fn bench(name: &str, quick: bool, services: Option<&str>, dataplanes: Option<&st
             }
             step("rudder-bench forwarding", &mut cmd)
         }
-        other => bail!("unknown benchmark {other:?}; available: control, forwarding"),
+        other => bail!("unknown benchmark {other:?}; available: control, forwarding, pods"),
     }
 }
 

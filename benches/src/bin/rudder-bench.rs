@@ -25,6 +25,19 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// Pod start latency (binding to Ready) and agent memory on a two-node `rudder lab`, with
+    /// the eBPF and the iptables dataplane. Needs root.
+    Pods {
+        /// The rudder binary to benchmark.
+        #[arg(long)]
+        rudder: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench/pods")]
+        out: PathBuf,
+        /// Fewer pods.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Service forwarding through none / iptables / eBPF (TC, socket-LB) at several service
     /// counts, in network namespaces. Needs root.
     Forwarding {
@@ -55,6 +68,19 @@ async fn main() -> anyhow::Result<()> {
             let results = rudder_benches::control::run(&rudder, &out, sizes).await?;
             println!("{}", results.markdown("etcd"));
             println!("written to {}", out.display());
+        }
+        Bench::Pods { rudder, out, quick } => {
+            let sizes = if quick {
+                rudder_benches::pods::Sizes::quick()
+            } else {
+                rudder_benches::pods::Sizes::full()
+            };
+            let results = tokio::task::spawn_blocking(move || {
+                rudder_benches::pods::run(&rudder, &out, sizes).map(|r| (r, out))
+            })
+            .await??;
+            println!("{}", results.0.markdown("goal"));
+            println!("written to {}", results.1.display());
         }
         Bench::Forwarding {
             out,

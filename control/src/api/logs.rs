@@ -10,6 +10,8 @@
 //!   with the cluster's node token. Its TLS certificate must be the one whose SHA-256 the agent
 //!   published on its Node (`rudder.dev/kubelet-serving-cert-sha256`), so the token only ever
 //!   goes to the agent that registered the node.
+//! - Finding and reaching the agent (`Agent`, `connect`) and choosing the container are shared
+//!   with `pods/exec` ([`super::exec`]).
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -47,30 +49,53 @@ pub async fn serve(
 ) -> ApiResult<Response<Body>> {
     let (pod, _) = rest::read(state, pods, Some(ns), name).await?;
     let container = pick_container(&pod, name, req.param("container"))?;
-    let node_name = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?;
-    let uid = pod
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let nodes = state
-        .registry
-        .lookup("", "v1", "nodes")
-        .ok_or_else(|| ApiError::internal("nodes are not served"))?;
-    let (node, _) = rest::read(state, &nodes, None, node_name).await?;
-    let endpoint = Endpoint::of(&node).ok_or_else(|| {
-        ApiError::internal(format!(
-            "node {node_name} does not serve container logs (no InternalIP, kubelet port or serving certificate fingerprint)"
-        ))
-    })?;
-    let path = log_path(ns, name, &container, uid, req)?;
+    let agent = Agent::of(state, &pod, name, "container logs").await?;
+    let path = log_path(ns, name, &container, &agent.uid, req)?;
     let token = state.credentials.node_token.clone();
-    fetch(&endpoint, &path, &token, node_name).await
+    fetch(&agent.endpoint, &path, &token, &agent.node_name).await
+}
+
+/// The node agent that runs a pod (shared with `pods/exec`).
+pub(super) struct Agent {
+    /// The pod's node.
+    pub node_name: String,
+    /// The pod's UID (the agent keeps the pod's state under it).
+    pub uid: String,
+    /// Where and how to reach the node's agent.
+    pub endpoint: Endpoint,
+}
+
+impl Agent {
+    /// Finds the agent of the node `pod` (named `name`) is bound to; `serves` names the service
+    /// in the error for a node that does not publish its endpoint.
+    pub async fn of(state: &Arc<State>, pod: &Value, name: &str, serves: &str) -> ApiResult<Self> {
+        let node_name = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+            })?;
+        let uid = pod
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let nodes = state
+            .registry
+            .lookup("", "v1", "nodes")
+            .ok_or_else(|| ApiError::internal("nodes are not served"))?;
+        let (node, _) = rest::read(state, &nodes, None, node_name).await?;
+        let endpoint = Endpoint::of(&node).ok_or_else(|| {
+            ApiError::internal(format!(
+                "node {node_name} does not serve {serves} (no InternalIP, kubelet port or serving certificate fingerprint)"
+            ))
+        })?;
+        Ok(Self {
+            node_name: node_name.to_owned(),
+            uid: uid.to_owned(),
+            endpoint,
+        })
+    }
 }
 
 /// The agent's URL path for a log request (kept out of async code: the query builder is not
@@ -102,9 +127,9 @@ fn log_path(ns: &str, name: &str, container: &str, uid: &str, req: &Request) -> 
     ))
 }
 
-/// The container a log request means: the named one (any container, init container or
-/// ephemeral container of the pod), or the only container.
-fn pick_container(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<String> {
+/// The container a log (or exec) request means: the named one (any container, init container
+/// or ephemeral container of the pod), or the only container.
+pub(super) fn pick_container(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<String> {
     let names = |field: &str| -> Vec<String> {
         pod.pointer(&format!("/spec/{field}"))
             .and_then(Value::as_array)
@@ -140,14 +165,18 @@ fn pick_container(pod: &Value, name: &str, asked: Option<&str>) -> ApiResult<Str
 }
 
 /// Where and how to reach a node's agent.
-struct Endpoint {
-    ip: std::net::IpAddr,
-    port: u16,
-    fingerprint: String,
+pub(super) struct Endpoint {
+    /// The node's InternalIP.
+    pub ip: std::net::IpAddr,
+    /// The kubelet port.
+    pub port: u16,
+    /// Hex SHA-256 of the agent's serving certificate.
+    pub fingerprint: String,
 }
 
 impl Endpoint {
-    fn of(node: &Value) -> Option<Self> {
+    /// The endpoint a Node object publishes, if it publishes one.
+    pub fn of(node: &Value) -> Option<Self> {
         let ip = node
             .pointer("/status/addresses")?
             .as_array()?
@@ -175,15 +204,16 @@ impl Endpoint {
     }
 }
 
-async fn fetch(
+/// An HTTP/1.1 connection to a node's agent over TLS pinned to its published certificate
+/// (upgrades enabled, for exec). `doing` starts error messages ("reading logs from").
+pub(super) async fn connect(
     endpoint: &Endpoint,
-    path: &str,
-    token: &str,
     node_name: &str,
-) -> ApiResult<Response<Body>> {
+    doing: &str,
+) -> ApiResult<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
     let unreachable = |what: &str, e: &dyn std::fmt::Display| -> ApiError {
         ApiError::internal(format!(
-            "reading logs from node {node_name} ({}:{}): {what}: {e}",
+            "{doing} node {node_name} ({}:{}): {what}: {e}",
             endpoint.ip, endpoint.port
         ))
     };
@@ -198,7 +228,7 @@ async fn fetch(
         }))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let connect = async {
+    let dial = async {
         let tcp = tokio::net::TcpStream::connect((endpoint.ip, endpoint.port))
             .await
             .map_err(|e| unreachable("connecting", &e))?;
@@ -208,15 +238,31 @@ async fn fetch(
             .await
             .map_err(|e| unreachable("TLS handshake", &e))
     };
-    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, dial)
         .await
         .map_err(|_| unreachable("connecting", &"timed out"))??;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| unreachable("HTTP", &e))?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
+    Ok(sender)
+}
+
+async fn fetch(
+    endpoint: &Endpoint,
+    path: &str,
+    token: &str,
+    node_name: &str,
+) -> ApiResult<Response<Body>> {
+    let unreachable = |what: &str, e: &dyn std::fmt::Display| -> ApiError {
+        ApiError::internal(format!(
+            "reading logs from node {node_name} ({}:{}): {what}: {e}",
+            endpoint.ip, endpoint.port
+        ))
+    };
+    let mut sender = connect(endpoint, node_name, "reading logs from").await?;
     let request = http::Request::get(path)
         .header(header::HOST, endpoint.ip.to_string())
         .header(header::AUTHORIZATION, format!("Bearer {token}"))

@@ -10,11 +10,13 @@
 //!   OpenAPI documents; [`watch`]: watch streams; [`selectors`]: label and field selectors;
 //!   [`status`]: errors as `Status` objects; [`object`]: JSON metadata helpers.
 //! - [`logs`]: `pods/log`, streamed from the pod's node agent.
+//! - [`exec`]: `pods/exec`, a WebSocket spliced onto one to the pod's node agent.
 
 pub mod allocator;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;
+pub mod exec;
 pub mod logs;
 pub mod object;
 pub mod patch;

@@ -229,8 +229,13 @@ pub async fn route(
     state: &Arc<State>,
     req: http::Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
+    // `pods/exec` keeps what its upgrade needs: the pending upgrade and the raw query.
+    let upgrade = path.ends_with("/exec").then(|| super::exec::Upgrade {
+        on_upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+    });
     let user = match authenticate(state, &parts.headers) {
         Some(user) => user,
         None if is_public(&path) => User {
@@ -288,7 +293,7 @@ pub async fn route(
             if !rt.namespaced && info.namespace.is_some() {
                 return Err(ApiError::no_route(&path));
             }
-            dispatch(state, &rt, &info, &mut request).await
+            dispatch(state, &rt, &info, &mut request, upgrade).await
         }
         Route::Other => Err(ApiError::no_route(&path)),
     }
@@ -299,6 +304,7 @@ async fn dispatch(
     rt: &Arc<ResourceType>,
     info: &RequestInfo,
     req: &mut Request,
+    upgrade: Option<super::exec::Upgrade>,
 ) -> Result<Response<Body>, ApiError> {
     let ns = info.namespace.as_deref();
     let sub = info.subresource.as_deref();
@@ -306,7 +312,7 @@ async fn dispatch(
         let allowed = match sub {
             "status" => rt.status,
             "scale" => rt.scale.is_some(),
-            "binding" | "log" => rt.plural == "pods" && rt.group.is_empty(),
+            "binding" | "log" | "exec" => rt.plural == "pods" && rt.group.is_empty(),
             "finalize" => rt.plural == "namespaces",
             _ => false,
         };
@@ -319,6 +325,9 @@ async fn dispatch(
         (Method::GET, None) => rest::list(state, rt, ns, req).await,
         (Method::GET, Some(name)) if sub == Some("log") => {
             super::logs::serve(state, rt, ns.unwrap_or_default(), name, req).await
+        }
+        (Method::GET | Method::POST, Some(name)) if sub == Some("exec") => {
+            super::exec::serve(state, rt, ns.unwrap_or_default(), name, req, upgrade).await
         }
         (Method::GET, Some(name)) => rest::get(state, rt, ns, name, sub, req).await,
         (Method::POST, None) => rest::create(state, rt, ns, req).await,
