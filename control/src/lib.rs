@@ -7,6 +7,7 @@
 //! - [`auth`]: CA, serving certificate, tokens, kubeconfig;
 //! - [`scheduler`]: binds pods to nodes;
 //! - [`controllers`]: control loops;
+//! - [`leader`]: leader election through Leases (scheduler, controllers);
 //! - [`server`]: `rudder server` start-up and bootstrap;
 //! - [`lab`]: `rudder lab`, a multi-node cluster of network namespaces on one machine.
 
@@ -14,6 +15,7 @@ pub mod api;
 pub mod auth;
 pub mod controllers;
 pub mod lab;
+pub mod leader;
 pub mod scheduler;
 pub mod server;
 pub mod store;

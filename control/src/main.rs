@@ -361,11 +361,34 @@ async fn start_cluster_parts(
         .await
         .context("loading the admin kubeconfig")?;
     let client = kube::Client::try_from(config).context("building the client")?;
-    let mut tasks = vec![tokio::spawn(rudder_control::scheduler::run(client.clone()))];
-    tasks.extend(rudder_control::controllers::start(
-        client.clone(),
-        args.cluster_cidr,
-    ));
+    // The scheduler and the controllers run only while this server holds their leases; a
+    // server that loses one stops (see `rudder_control::leader`).
+    let me = rudder_control::leader::identity(&args.data_dir);
+    let elected = |lease: &'static str, start: Box<dyn FnOnce() -> Vec<_> + Send>| {
+        let (client, me) = (client.clone(), me.clone());
+        tokio::spawn(async move {
+            rudder_control::leader::lead(client, lease, &me, start).await;
+            tracing::error!(lease, "leaderelection lost; stopping");
+            std::process::exit(1);
+        })
+    };
+    let scheduler_client = client.clone();
+    let controllers_client = client.clone();
+    let cluster_cidr = args.cluster_cidr;
+    let mut tasks = vec![
+        elected(
+            "kube-scheduler",
+            Box::new(move || {
+                vec![tokio::spawn(rudder_control::scheduler::run(
+                    scheduler_client,
+                ))]
+            }),
+        ),
+        elected(
+            "kube-controller-manager",
+            Box::new(move || rudder_control::controllers::start(controllers_client, cluster_cidr)),
+        ),
+    ];
     if !args.disable.iter().any(|d| d == "agent") {
         let agent = agent_config(
             &args.node,
