@@ -32,6 +32,12 @@ const DEBIAN: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     // etcd-client compiles etcd's protobuf definitions at build time.
     ("protoc", "protobuf-compiler"),
+    // ...and imports Google's well-known types, which protoc finds only with this package
+    // (a recommendation of protobuf-compiler, skipped by --no-install-recommends).
+    (
+        "/usr/include/google/protobuf/descriptor.proto",
+        "libprotobuf-dev",
+    ),
     // The font benchmark plots are labelled with (rudder_benches::plots::FONT).
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

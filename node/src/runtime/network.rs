@@ -179,6 +179,16 @@ pub fn short_uid(uid: &str) -> String {
 /// Whether this network namespace has a link named `name`. Asks the kernel (`if_nametoindex`)
 /// rather than `/sys/class/net`: an agent started with `nsenter --net` (the multi-node lab) still
 /// sees the host's sysfs, which lists the host's links.
+/// The MAC address of a pod's `eth0`: `0a:58` and the pod's IPv4 address, as OVN-Kubernetes
+/// does. Addresses are reused as soon as a pod is gone; with a MAC that follows the address, the
+/// node's neighbour entry for a recycled address (kept REACHABLE for up to ~45 s by the old pod's
+/// traffic) still points at the right pod. A random MAC made the new pod unreachable from the
+/// node, probes included, until that entry expired.
+pub fn pod_mac(addr: Ipv4Addr) -> String {
+    let [a, b, c, d] = addr.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 fn link_exists(name: &str) -> bool {
     let Ok(name) = std::ffi::CString::new(name) else {
         return false;
@@ -306,13 +316,19 @@ impl Network {
             Some(netns),
             &format!(
                 "link set lo up\n\
+                 link set eth0 address {}\n\
                  addr add {addr}/{} dev eth0\n\
                  link set eth0 up\n\
                  route add default via {}\n",
+                pod_mac(addr),
                 cidr.prefix,
                 cidr.gateway()
             ),
-        )
+        )?;
+        // A pod that had this address a moment ago may still be in the node's neighbour table;
+        // its MAC is the same (see `pod_mac`), but a FAILED or INCOMPLETE entry would hold back
+        // the first packets.
+        ip_batch(None, &format!("neigh flush to {addr} dev {br}\n"))
     }
 
     /// The pod's sandbox if its namespace and address exist.
@@ -468,6 +484,11 @@ mod tests {
         ] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn pod_macs_follow_the_address() {
+        assert_eq!(pod_mac(Ipv4Addr::new(10, 244, 1, 17)), "0a:58:0a:f4:01:11");
     }
 
     #[test]
