@@ -10,6 +10,8 @@
 //! - a client outside the nodes (in the switch namespace) reaches the NodePort on every node,
 //!   also when the chosen backend runs on another node (XDP forwards it source-translated);
 //! - `kubectl logs` reaches the agent of another node;
+//! - the scheduler obeys required pod anti-affinity (the pod that fits nowhere says why), zone
+//!   topology spread, and binds a pod that fitted nowhere once a node is labelled for it;
 //! - an agent stopped and started again (`rudder lab stop-node/start-node`) leaves its pods
 //!   running meanwhile and adopts them (same container start time, no restart);
 //! - `rudder lab down` leaves no namespace, eBPF pin, process or pod cgroup behind.
@@ -400,6 +402,8 @@ fn a_three_node_lab_runs_and_connects_pods_across_nodes() {
         "the restarted agent must adopt, not restart"
     );
 
+    scheduling(&lab);
+
     // Down removes everything.
     let pids: Vec<u32> = (1..=3)
         .filter_map(|i| {
@@ -454,4 +458,145 @@ fn a_three_node_lab_runs_and_connects_pods_across_nodes() {
             assert!(!dir.exists(), "left behind: {}", dir.display());
         }
     }
+}
+
+const SCHEDULING: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: solo}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: solo}}
+  template:
+    metadata: {labels: {app: solo}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: solo}}
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - {name: pause, image: registry.k8s.io/e2e-test-images/agnhost:2.47, args: [pause]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: zonal}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: zonal}}
+  template:
+    metadata: {labels: {app: zonal}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: topology.kubernetes.io/zone
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector: {matchLabels: {app: zonal}}
+      containers:
+      - {name: pause, image: registry.k8s.io/e2e-test-images/agnhost:2.47, args: [pause]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: needs-ssd}
+spec:
+  terminationGracePeriodSeconds: 1
+  nodeSelector: {disk: ssd}
+  containers:
+  - {name: pause, image: registry.k8s.io/e2e-test-images/agnhost:2.47, args: [pause]}
+"#;
+
+/// Scheduler plugins on three real nodes: required pod anti-affinity (one pod per node, the
+/// fourth Pending with the reason), topology spread over zones (n1 and n2 in z1, n3 in z2: the
+/// four pods split 2/2, so n3 gets two), and a pod that no node fits until a node is labelled
+/// (retried when the cluster changes).
+fn scheduling(lab: &Lab) {
+    lab.ok(&[
+        "label",
+        "node",
+        "n1",
+        "n2",
+        "topology.kubernetes.io/zone=z1",
+    ]);
+    lab.ok(&["label", "node", "n3", "topology.kubernetes.io/zone=z2"]);
+    let manifest = lab.data.path().join("scheduling.yaml");
+    std::fs::write(&manifest, SCHEDULING).unwrap();
+    lab.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    // app -> [(node, PodScheduled message)]
+    let placed = |app: &str| -> Vec<(String, String)> {
+        lab.ok(&[
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            r#"jsonpath={range .items[*]}{.spec.nodeName}|{.status.conditions[?(@.type=="PodScheduled")].message}{"\n"}{end}"#,
+        ])
+        .lines()
+        .map(|l| {
+            let (node, message) = l.split_once('|').unwrap_or((l, ""));
+            (node.to_owned(), message.to_owned())
+        })
+        .collect()
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}\n{}\n{}",
+                lab.ok(&["get", "pods", "-o", "wide"]),
+                lab.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait(
+        "solo: three bound on distinct nodes, one Pending with the reason",
+        &|| {
+            let now = placed("solo");
+            let bound: BTreeSet<&String> = now
+                .iter()
+                .map(|(n, _)| n)
+                .filter(|n| !n.is_empty())
+                .collect();
+            let pending: Vec<&String> = now
+                .iter()
+                .filter(|(n, _)| n.is_empty())
+                .map(|(_, m)| m)
+                .collect();
+            now.len() == 4
+                && bound.len() == 3
+                && pending
+                    == [
+                        &"0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+                            .to_owned(),
+                    ]
+        },
+    );
+    wait("zonal: two pods in each zone", &|| {
+        let now = placed("zonal");
+        now.len() == 4
+            && now.iter().all(|(n, _)| !n.is_empty())
+            && now.iter().filter(|(n, _)| n == "n3").count() == 2
+    });
+    let ssd = |lab: &Lab| {
+        lab.ok(&[
+            "get",
+            "pod",
+            "needs-ssd",
+            "-o",
+            r#"jsonpath={.spec.nodeName}|{.status.conditions[?(@.type=="PodScheduled")].message}"#,
+        ])
+    };
+    wait("needs-ssd Pending with the reason", &|| {
+        ssd(lab) == "|0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+    });
+    lab.ok(&["label", "node", "n2", "disk=ssd"]);
+    wait("needs-ssd bound to n2 once it is labelled", &|| {
+        ssd(lab).starts_with("n2|")
+    });
+    lab.ok(&["delete", "deployment", "solo", "zonal"]);
+    lab.ok(&["delete", "pod", "needs-ssd"]);
 }

@@ -73,9 +73,7 @@ use jiff::Timestamp;
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetStatus, RollingUpdateDaemonSet},
-        core::v1::{
-            Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
-        },
+        core::v1::{Node, Pod, PodSpec, Taint, Toleration},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -182,60 +180,6 @@ pub struct Fit {
     pub may_stay: bool,
 }
 
-fn field_matches(r: &NodeSelectorRequirement, node_name: &str) -> bool {
-    if r.key != "metadata.name" {
-        return false;
-    }
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => values.iter().any(|v| v == node_name),
-        "NotIn" => !values.iter().any(|v| v == node_name),
-        _ => false,
-    }
-}
-
-/// One node selector term: its `matchExpressions` on labels (the scheduler's matching) and its
-/// `matchFields` (only `metadata.name` exists) must all hold; a term with neither matches
-/// nothing, as in Kubernetes.
-fn term_matches(
-    term: &NodeSelectorTerm,
-    node_name: &str,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let expressions = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    crate::scheduler::selector_term_matches(labels, expressions)
-        && fields.iter().all(|f| field_matches(f, node_name))
-}
-
-/// `nodeSelector` and required node affinity (any of its terms; an empty list matches nothing).
-fn node_selector_matches(spec: &PodSpec, node: &Node) -> bool {
-    let labels = node.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
-    let name = node.metadata.name.as_deref().unwrap_or_default();
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    selector_ok
-        && required.is_none_or(|r| {
-            r.node_selector_terms
-                .iter()
-                .any(|t| term_matches(t, name, labels))
-        })
-}
-
 fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations
         .iter()
@@ -252,7 +196,7 @@ pub fn node_fit(spec: &PodSpec, node: &Node) -> Fit {
         .node_name
         .as_deref()
         .is_some_and(|n| !n.is_empty() && n != name);
-    if pinned_elsewhere || !node_selector_matches(spec, node) {
+    if pinned_elsewhere || !crate::scheduler::node_affinity_matches(spec, node) {
         return Fit::default();
     }
     let taints = node
