@@ -9,6 +9,9 @@
 //! - `watch_latency_p99_ms` (and p50): time from sending an update to receiving its watch event,
 //!   one update at a time;
 //! - `rss_bytes`: the server's resident memory at the end.
+//!
+//! Then the scheduler and controllers at scale with hollow nodes: see [`crate::scheduling`].
+//! Every part starts a fresh server (and, for etcd, a fresh etcd).
 
 use std::{
     path::{Path, PathBuf},
@@ -27,7 +30,11 @@ use kube::{
 use rudder_control::store::etcd::LocalEtcd;
 use serde_json::json;
 
-use crate::{results::Results, stats::percentile_ms};
+use crate::{
+    results::Results,
+    scheduling::{self, Scale},
+    stats::percentile_ms,
+};
 
 /// Benchmark sizes.
 #[derive(Clone, Copy, Debug)]
@@ -295,16 +302,47 @@ async fn measure(
     Ok(())
 }
 
-/// Runs the benchmark for both subjects and writes `out/results.json` and `out/report.md`.
-pub async fn run(rudder: &Path, out: &Path, sizes: Sizes) -> Result<Results> {
+/// Runs the benchmark for both subjects and writes `out/results.json` and `out/report.md`:
+/// the apiserver part with `sizes`, the scheduling part ([`crate::scheduling`]) with `scale`;
+/// either can be left out.
+pub async fn run(
+    rudder: &Path,
+    out: &Path,
+    sizes: Option<Sizes>,
+    scale: Option<Scale>,
+) -> Result<Results> {
     let mut results = Results::new("control");
-    measure("embedded", rudder, None, sizes, &mut results).await?;
-    eprintln!("== etcd: starting a private etcd on loopback");
-    let etcd = LocalEtcd::start()
-        .await
-        .context("starting etcd (Debian's etcd-server)")?;
-    measure("etcd", rudder, Some(&etcd.endpoint), sizes, &mut results).await?;
-    drop(etcd);
+    for subject in ["embedded", "etcd"] {
+        // A fresh etcd for every server, so no run sees another's objects or leases.
+        let etcd = || async {
+            if subject != "etcd" {
+                return anyhow::Ok(None);
+            }
+            eprintln!("== etcd: starting a private etcd on loopback");
+            let etcd = LocalEtcd::start()
+                .await
+                .context("starting etcd (Debian's etcd-server)")?;
+            Ok(Some(etcd))
+        };
+        if let Some(sizes) = sizes {
+            let etcd = etcd().await?;
+            let endpoint = etcd.as_ref().map(|e| e.endpoint.as_str());
+            measure(subject, rudder, endpoint, sizes, &mut results).await?;
+        }
+        if let Some(scale) = scale {
+            let etcd = etcd().await?;
+            let endpoint = etcd.as_ref().map(|e| e.endpoint.as_str());
+            eprintln!(
+                "== {subject}: scheduling on {} hollow nodes",
+                scale.hollow_nodes
+            );
+            let (server, client) = start_server(rudder, endpoint).await?;
+            scheduling::measure(subject, &client, server.child.id(), scale, &mut results).await?;
+        }
+    }
+    if let Some(scale) = scale {
+        scheduling::goals(scale, &mut results);
+    }
     results.write(out, "etcd")?;
     Ok(results)
 }

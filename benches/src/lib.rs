@@ -3,7 +3,7 @@
 //! - [`results`]: the machine-readable results file every benchmark writes
 //!   (`target/bench/<name>/results.json`) and its markdown report.
 //! - [`control`]: the control-plane benchmark (embedded store vs etcd, through the real apiserver
-//!   and the kube-rs client).
+//!   and the kube-rs client), and its [`scheduling`] half with hollow nodes.
 //! - [`forwarding`]: Service forwarding through each dataplane in network namespaces, with the
 //!   event-driven servers and clients of [`loadgen`].
 //! - [`pods`]: pod start latency and agent memory on a two-node `rudder lab`.
@@ -18,4 +18,5 @@ pub mod loadgen;
 pub mod plots;
 pub mod pods;
 pub mod results;
+pub mod scheduling;
 pub mod stats;

@@ -70,6 +70,12 @@ enum Cmd {
         /// forwarding: subjects, e.g. none,iptables,ebpf-tc,socket-lb.
         #[arg(long)]
         dataplanes: Option<String>,
+        /// control: hollow nodes for the scheduling part (then only that part runs).
+        #[arg(long)]
+        hollow_nodes: Option<usize>,
+        /// control: pods for the scheduling part (then only that part runs).
+        #[arg(long)]
+        pods: Option<usize>,
     },
 }
 
@@ -90,7 +96,15 @@ fn main() -> Result<()> {
             quick,
             services,
             dataplanes,
-        } => bench(&name, quick, services.as_deref(), dataplanes.as_deref()),
+            hollow_nodes,
+            pods,
+        } => bench(
+            &name,
+            quick,
+            services.as_deref(),
+            dataplanes.as_deref(),
+            (hollow_nodes, pods),
+        ),
     }
 }
 
@@ -100,7 +114,13 @@ fn target_dir() -> std::path::PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-fn bench(name: &str, quick: bool, services: Option<&str>, dataplanes: Option<&str>) -> Result<()> {
+fn bench(
+    name: &str,
+    quick: bool,
+    services: Option<&str>,
+    dataplanes: Option<&str>,
+    (hollow_nodes, pods): (Option<usize>, Option<usize>),
+) -> Result<()> {
     prereqs::ensure()?;
     match name {
         // Benchmarks of the rudder binary itself.
@@ -126,6 +146,12 @@ fn bench(name: &str, quick: bool, services: Option<&str>, dataplanes: Option<&st
                 .arg(&out);
             if quick {
                 cmd.arg("--quick");
+            }
+            if let Some(n) = hollow_nodes {
+                cmd.arg("--hollow-nodes").arg(n.to_string());
+            }
+            if let Some(n) = pods {
+                cmd.arg("--pods").arg(n.to_string());
             }
             step(&format!("rudder-bench {name}"), &mut cmd)
         }

@@ -13,7 +13,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// The apiserver on the embedded store vs etcd: creates/s, gets/s, list and watch latency.
+    /// The apiserver on the embedded store vs etcd (creates/s, gets/s, list and watch latency),
+    /// then the scheduler and controllers with hollow nodes (pods bound per second,
+    /// create-to-bound latency, controller lag, memory). With --hollow-nodes or --pods only the
+    /// scheduling part runs.
     Control {
         /// The rudder binary to benchmark.
         #[arg(long)]
@@ -21,9 +24,15 @@ enum Bench {
         /// Output directory.
         #[arg(long, default_value = "target/bench/control")]
         out: PathBuf,
-        /// Smaller sizes (a few seconds per subject).
+        /// Smaller sizes (a few seconds per subject; 100 hollow nodes, 3000 pods).
         #[arg(long)]
         quick: bool,
+        /// Hollow nodes for the scheduling part (default 1000, 100 with --quick).
+        #[arg(long)]
+        hollow_nodes: Option<usize>,
+        /// Pods for the scheduling part (default 30000, 3000 with --quick).
+        #[arg(long)]
+        pods: Option<usize>,
     },
     /// Pod start latency (binding to Ready) and agent memory on a two-node `rudder lab`, with
     /// the eBPF and the iptables dataplane. Needs root.
@@ -59,13 +68,24 @@ enum Bench {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
-        Bench::Control { rudder, out, quick } => {
-            let sizes = if quick {
-                rudder_benches::control::Sizes::quick()
+        Bench::Control {
+            rudder,
+            out,
+            quick,
+            hollow_nodes,
+            pods,
+        } => {
+            use rudder_benches::{control::Sizes, scheduling::Scale};
+            let (sizes, mut scale) = if quick {
+                (Sizes::quick(), Scale::quick())
             } else {
-                rudder_benches::control::Sizes::full()
+                (Sizes::full(), Scale::full())
             };
-            let results = rudder_benches::control::run(&rudder, &out, sizes).await?;
+            let only_scheduling = hollow_nodes.is_some() || pods.is_some();
+            scale.hollow_nodes = hollow_nodes.unwrap_or(scale.hollow_nodes);
+            scale.pods = pods.unwrap_or(scale.pods);
+            let sizes = (!only_scheduling).then_some(sizes);
+            let results = rudder_benches::control::run(&rudder, &out, sizes, Some(scale)).await?;
             println!("{}", results.markdown("etcd"));
             println!("written to {}", out.display());
         }

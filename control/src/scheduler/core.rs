@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{
 
 use super::{
     relations::Relations,
-    snapshot::{NO_LABELS, NodeInfo, Resources, Snapshot, allocatable, host_ports, requests},
+    snapshot::{NO_LABELS, NodeInfo, Resources, Snapshot, host_ports, requests},
 };
 use crate::controllers::node_lifecycle;
 
@@ -187,7 +187,7 @@ fn filter(
     {
         return vec!["node(s) didn't have free ports for the requested pod ports".into()];
     }
-    let alloc = allocatable(node);
+    let alloc = info.allocatable;
     let mut why = Vec::new();
     if info.requested.pods + 1 > alloc.pods {
         why.push("Too many pods".into());
@@ -291,7 +291,7 @@ fn score(
     let n = fits.len();
     let mut total = vec![0.0; n];
     for (i, (_, info)) in fits.iter().enumerate() {
-        let alloc = allocatable(&info.node);
+        let alloc = info.allocatable;
         let cpu = free(info.requested.cpu_m + want.cpu_m, alloc.cpu_m);
         let mem = free(info.requested.memory + want.memory, alloc.memory);
         // NodeResourcesFit, LeastAllocated.

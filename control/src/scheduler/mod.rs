@@ -12,24 +12,34 @@
 //! The loop around it watches nodes, pods and namespaces through kube-rs like kube-scheduler
 //! and makes a scheduling pass over every pending pod whenever one of them changes (a node
 //! joining, a pod going away, a label edited), and at least every second; a pass costs a
-//! snapshot rebuild plus one [`schedule`] call per pending pod. It binds with `pods/binding`
-//! and counts a pod it just bound on its node until the watch shows the binding ("assumed"
-//! pods), so a burst of pods spreads instead of piling on one node.
+//! one [`schedule`] call per pending pod, since the snapshot is kept up to date event by event
+//! (as kube-scheduler's cache). It binds with `pods/binding`, up to 128 writes in flight while
+//! it goes on scheduling, and counts a pod it chose a node for on that node until the watch
+//! shows the binding ("assumed" pods), so a burst of pods spreads instead of piling on one
+//! node; a failed binding returns the pod to the queue.
 
 mod core;
 mod relations;
 mod snapshot;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
-    runtime::{WatchStreamExt, reflector, watcher},
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event},
+    },
 };
 use serde_json::json;
+use tokio::task::JoinSet;
 
 pub use self::{
     core::{Decision, node_affinity_matches, schedule, term_matches, untolerated_taint},
@@ -46,120 +56,268 @@ fn unscheduled(pod: &Pod) -> bool {
             .is_none_or(|n| n == "default-scheduler")
 }
 
+/// A relist in progress: the objects seen since `Init`.
+type Relist<K> = Option<Vec<K>>;
+
+/// What the loop keeps: the snapshot (updated per event), the pending pods, and the pods bound
+/// here whose binding the watch has not shown yet ("assumed", counted on their node so a burst
+/// spreads instead of piling on one node).
+#[derive(Default)]
+struct Cache {
+    snapshot: Snapshot,
+    /// Unscheduled pods by UID.
+    pending: HashMap<String, Arc<Pod>>,
+    /// UID → (the pod as it was when bound, its node).
+    assumed: HashMap<String, (Arc<Pod>, String)>,
+}
+
+impl Cache {
+    fn apply_pod(&mut self, pod: Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some();
+        if unscheduled(&pod) {
+            let pod = Arc::new(pod);
+            if let Some((assumed, _)) = self.assumed.get_mut(&uid) {
+                // Still being bound: keep counting it on the chosen node.
+                *assumed = pod.clone();
+            } else {
+                self.snapshot.remove(&uid);
+            }
+            self.pending.insert(uid, pod);
+            return;
+        }
+        self.pending.remove(&uid);
+        if bound || !self.assumed.contains_key(&uid) {
+            self.assumed.remove(&uid);
+            self.snapshot.add(&pod);
+        }
+    }
+
+    fn delete_pod(&mut self, pod: &Pod) {
+        if let Some(uid) = pod.metadata.uid.as_deref() {
+            self.pending.remove(uid);
+            self.assumed.remove(uid);
+            self.snapshot.remove(uid);
+        }
+    }
+
+    /// A binding failed: the pod is pending again.
+    fn forget(&mut self, uid: &str) {
+        if self.assumed.remove(uid).is_some() {
+            self.snapshot.remove(uid);
+        }
+    }
+}
+
 /// Runs the scheduler until the future is dropped.
 pub async fn run(client: Client) {
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let pods_api: Api<Pod> = Api::all(client.clone());
-    let (nodes, node_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
-    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
-    let mut namespace_stream = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(namespace_writer)
-    .touched_objects()
-    .boxed();
-    let mut node_stream = watcher(nodes_api, watcher::Config::default())
+    let config = watcher::Config::default;
+    let mut namespace_stream = watcher::watcher(Api::<Namespace>::all(client.clone()), config())
         .default_backoff()
-        .reflect(node_writer)
-        .touched_objects()
         .boxed();
-    let mut pod_stream = watcher(pods_api, watcher::Config::default())
+    let mut node_stream = watcher::watcher(Api::<Node>::all(client.clone()), config())
         .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects()
         .boxed();
-    // Pods bound here whose binding the watch has not shown yet: uid → node.
-    let mut assumed: HashMap<String, (Pod, String)> = HashMap::new();
+    let mut pod_stream = watcher::watcher(Api::<Pod>::all(client.clone()), config())
+        .default_backoff()
+        .boxed();
+    let mut cache = Cache::default();
+    let (mut pod_relist, mut node_relist, mut ns_relist): (
+        Relist<Pod>,
+        Relist<Node>,
+        Relist<Namespace>,
+    ) = (None, None, None);
     // Last message reported per unschedulable pod.
     let mut reported: HashMap<String, String> = HashMap::new();
+    // Bindings and reports in flight, as kube-scheduler's binding cycle: the next pods are
+    // scheduled while earlier ones are being written. A failed binding yields its pod's UID.
+    let mut writes: JoinSet<Option<String>> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            Some(_) = node_stream.next() => {}
-            Some(_) = pod_stream.next() => {}
-            Some(_) = namespace_stream.next() => {}
+            Some(event) = node_stream.next() => {
+                on_node(&mut cache, &mut node_relist, event);
+            }
+            Some(event) = pod_stream.next() => on_pod(&mut cache, &mut pod_relist, event),
+            Some(event) = namespace_stream.next() => {
+                on_namespace(&mut cache, &mut ns_relist, event);
+            }
+            Some(done) = writes.join_next(), if !writes.is_empty() => {
+                if let Ok(Some(uid)) = done {
+                    cache.forget(&uid);
+                }
+            }
             _ = tick.tick() => {}
         }
-        // Drain whatever else is ready so a burst is handled in one pass.
-        while let Some(Some(_)) = futures::FutureExt::now_or_never(pod_stream.next()) {}
-        let all_pods = pods.state();
-        // uid → still unscheduled, for every pod the cache holds.
-        let waiting: HashMap<&str, bool> = all_pods
-            .iter()
-            .filter_map(|p| Some((p.metadata.uid.as_deref()?, unscheduled(p))))
-            .collect();
-        // An assumed pod is dropped once the watch shows it bound, or gone.
-        assumed.retain(|uid, _| waiting.get(uid.as_str()) == Some(&true));
-        let mut snapshot = Snapshot::new(
-            nodes.state().iter().map(|n| (**n).clone()),
-            all_pods.iter().map(|p| &**p),
-        )
-        .with_namespaces(
-            namespaces
-                .state()
-                .iter()
-                .map(|n| (n.name_any(), n.metadata.labels.clone().unwrap_or_default())),
-        );
-        for (pod, node) in assumed.values() {
-            let mut p = pod.clone();
-            if let Some(s) = p.spec.as_mut() {
-                s.node_name = Some(node.clone());
-            }
-            snapshot.add(&p);
+        // Take in whatever else is ready so a burst is handled in one pass.
+        while let Some(Some(event)) = futures::FutureExt::now_or_never(pod_stream.next()) {
+            on_pod(&mut cache, &mut pod_relist, event);
         }
-        let mut pending: Vec<&Pod> = all_pods
+        while let Some(Some(done)) = futures::FutureExt::now_or_never(writes.join_next()) {
+            if let Ok(Some(uid)) = done {
+                cache.forget(&uid);
+            }
+        }
+        reported.retain(|uid, _| cache.pending.contains_key(uid));
+        if writes.len() >= MAX_IN_FLIGHT || pod_relist.is_some() || node_relist.is_some() {
+            continue;
+        }
+        let mut pending: Vec<Arc<Pod>> = cache
+            .pending
             .iter()
-            .map(|p| &**p)
-            .filter(|p| unscheduled(p))
-            .filter(|p| !assumed.contains_key(p.metadata.uid.as_deref().unwrap_or("")))
+            .filter(|(uid, _)| !cache.assumed.contains_key(*uid))
+            .map(|(_, p)| p.clone())
             .collect();
-        pending.sort_by_key(|p| p.metadata.creation_timestamp.clone());
+        pending.sort_by(|a, b| {
+            a.metadata
+                .creation_timestamp
+                .cmp(&b.metadata.creation_timestamp)
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
         for pod in pending {
-            let (ns, name, uid) = (
-                pod.namespace().unwrap_or_default(),
-                pod.name_any(),
-                pod.metadata.uid.clone().unwrap_or_default(),
-            );
-            match schedule(&snapshot, pod) {
+            if writes.len() >= MAX_IN_FLIGHT {
+                break;
+            }
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            match schedule(&cache.snapshot, &pod) {
                 Decision::Bind(node) => {
-                    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                    let binding = json!({
-                        "apiVersion": "v1", "kind": "Binding",
-                        "metadata": {"name": name, "namespace": ns, "uid": uid},
-                        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-                    });
-                    let result: Result<serde_json::Value, _> = api
-                        .create_subresource("binding", &name, &PostParams::default(), &binding)
-                        .await;
-                    match result {
-                        Ok(_) => {
-                            tracing::debug!(pod = format!("{ns}/{name}"), node, "bound");
-                            reported.remove(&uid);
-                            let mut p = pod.clone();
-                            if let Some(s) = p.spec.as_mut() {
-                                s.node_name = Some(node.clone());
-                            }
-                            snapshot.add(&p);
-                            assumed.insert(uid, (pod.clone(), node));
-                        }
-                        Err(e) => {
-                            tracing::warn!(pod = format!("{ns}/{name}"), error = %e, "binding")
-                        }
+                    reported.remove(&uid);
+                    let mut assumed = (*pod).clone();
+                    if let Some(s) = assumed.spec.as_mut() {
+                        s.node_name = Some(node.clone());
                     }
+                    cache.snapshot.add(&assumed);
+                    cache
+                        .assumed
+                        .insert(uid.clone(), (pod.clone(), node.clone()));
+                    let client = client.clone();
+                    writes.spawn(async move { (!bind(client, &pod, &node).await).then_some(uid) });
                 }
                 Decision::Unschedulable(message) => {
                     if reported.get(&uid) == Some(&message) {
                         continue;
                     }
-                    report_unschedulable(&client, pod, &message).await;
-                    reported.insert(uid, message);
+                    reported.insert(uid, message.clone());
+                    let client = client.clone();
+                    writes.spawn(async move {
+                        report_unschedulable(&client, &pod, &message).await;
+                        None
+                    });
                 }
             }
         }
-        reported.retain(|uid, _| waiting.contains_key(uid.as_str()));
+    }
+}
+
+fn on_pod(cache: &mut Cache, relist: &mut Relist<Pod>, event: Result<Event<Pod>, watcher::Error>) {
+    match event {
+        Ok(Event::Apply(pod)) => cache.apply_pod(pod),
+        Ok(Event::Delete(pod)) => cache.delete_pod(&pod),
+        Ok(Event::Init) => *relist = Some(Vec::new()),
+        Ok(Event::InitApply(pod)) => relist.get_or_insert_with(Vec::new).push(pod),
+        Ok(Event::InitDone) => {
+            let pods = relist.take().unwrap_or_default();
+            let seen: HashSet<String> =
+                pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+            cache.snapshot.retain_pods(|uid| seen.contains(uid));
+            cache.pending.retain(|uid, _| seen.contains(uid));
+            cache.assumed.retain(|uid, _| seen.contains(uid));
+            for pod in pods {
+                cache.apply_pod(pod);
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "pod watch"),
+    }
+}
+
+fn on_node(
+    cache: &mut Cache,
+    relist: &mut Relist<Node>,
+    event: Result<Event<Node>, watcher::Error>,
+) {
+    match event {
+        Ok(Event::Apply(node)) => cache.snapshot.set_node(node),
+        Ok(Event::Delete(node)) => cache.snapshot.remove_node(&node.name_any()),
+        Ok(Event::Init) => *relist = Some(Vec::new()),
+        Ok(Event::InitApply(node)) => relist.get_or_insert_with(Vec::new).push(node),
+        Ok(Event::InitDone) => {
+            let nodes = relist.take().unwrap_or_default();
+            let seen: HashSet<String> = nodes.iter().map(ResourceExt::name_any).collect();
+            let gone: Vec<String> = cache
+                .snapshot
+                .nodes
+                .keys()
+                .filter(|n| !seen.contains(*n))
+                .cloned()
+                .collect();
+            for name in gone {
+                cache.snapshot.remove_node(&name);
+            }
+            for node in nodes {
+                cache.snapshot.set_node(node);
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "node watch"),
+    }
+}
+
+fn on_namespace(
+    cache: &mut Cache,
+    relist: &mut Relist<Namespace>,
+    event: Result<Event<Namespace>, watcher::Error>,
+) {
+    let labels = |n: &Namespace| n.metadata.labels.clone().unwrap_or_default();
+    match event {
+        Ok(Event::Apply(ns)) => {
+            cache.snapshot.namespaces.insert(ns.name_any(), labels(&ns));
+        }
+        Ok(Event::Delete(ns)) => {
+            cache.snapshot.namespaces.remove(&ns.name_any());
+        }
+        Ok(Event::Init) => *relist = Some(Vec::new()),
+        Ok(Event::InitApply(ns)) => relist.get_or_insert_with(Vec::new).push(ns),
+        Ok(Event::InitDone) => {
+            cache.snapshot.namespaces = relist
+                .take()
+                .unwrap_or_default()
+                .iter()
+                .map(|n| (n.name_any(), labels(n)))
+                .collect();
+        }
+        Err(e) => tracing::debug!(error = %e, "namespace watch"),
+    }
+}
+
+/// Bindings and reports written at once.
+const MAX_IN_FLIGHT: usize = 128;
+
+/// Binds `pod` to `node` through `pods/binding`; false if that failed.
+async fn bind(client: Client, pod: &Pod, node: &str) -> bool {
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let api: Api<Pod> = Api::namespaced(client, &ns);
+    let binding = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    let result: Result<serde_json::Value, _> = api
+        .create_subresource("binding", &name, &PostParams::default(), &binding)
+        .await;
+    match result {
+        Ok(_) => {
+            tracing::debug!(pod = format!("{ns}/{name}"), node, "bound");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(pod = format!("{ns}/{name}"), error = %e, "binding");
+            false
+        }
     }
 }
 

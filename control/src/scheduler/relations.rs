@@ -130,7 +130,7 @@ impl Term {
         snapshot: &'a Snapshot,
     ) -> Box<dyn Iterator<Item = &'a PodInfo> + 'a> {
         let pods: Box<dyn Iterator<Item = &'a PodInfo> + 'a> = match &self.namespaces {
-            None => Box::new(snapshot.pods.iter()),
+            None => Box::new(snapshot.pods()),
             Some(set) => Box::new(set.iter().flat_map(|ns| snapshot.pods_in(ns))),
         };
         Box::new(pods.filter(|p| self.matches(&p.namespace, &p.labels)))
@@ -236,11 +236,7 @@ impl Relations {
         };
 
         // Existing pods' terms that name this pod.
-        for existing in snapshot
-            .with_affinity
-            .iter()
-            .filter_map(|&i| snapshot.pods.get(i))
-        {
+        for existing in snapshot.with_affinity() {
             let concrete = |t: &PodAffinityTerm, w: i64| {
                 Term::new(t, w, &existing.namespace, &existing.labels, snapshot)
             };

@@ -3,7 +3,7 @@
 //! pods (pods per namespace, pods per controller per node, pods with affinity terms).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -136,6 +136,12 @@ pub struct PodInfo {
     pub affinity: Option<Arc<PodAffinity>>,
     /// Its pod anti-affinity, when it has one.
     pub anti_affinity: Option<Arc<PodAntiAffinity>>,
+    /// Its controller's UID.
+    pub owner: Option<String>,
+    /// What it requests.
+    pub requests: Resources,
+    /// The host ports it holds.
+    pub host_ports: Vec<HostPort>,
 }
 
 /// A node and what is placed on it.
@@ -145,6 +151,8 @@ pub struct NodeInfo {
     pub node: Node,
     /// Sum of the requests of its pods.
     pub requested: Resources,
+    /// Its allocatable resources (parsed once per node update).
+    pub allocatable: Resources,
     /// Host ports its pods hold.
     pub host_ports: Vec<HostPort>,
 }
@@ -154,25 +162,44 @@ impl NodeInfo {
     pub fn labels(&self) -> &BTreeMap<String, String> {
         self.node.metadata.labels.as_ref().unwrap_or(&NO_LABELS)
     }
+
+    fn count(&mut self, pod: &PodInfo, sign: i64) {
+        self.requested.cpu_m += sign * pod.requests.cpu_m;
+        self.requested.memory += sign * pod.requests.memory;
+        self.requested.pods += sign;
+        if sign > 0 {
+            self.host_ports.extend(pod.host_ports.iter().cloned());
+        } else {
+            for port in &pod.host_ports {
+                if let Some(i) = self.host_ports.iter().position(|p| p == port) {
+                    self.host_ports.swap_remove(i);
+                }
+            }
+        }
+    }
 }
 
 pub(crate) static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
-/// What the scheduler sees.
+/// What the scheduler sees, kept up to date event by event ([`Snapshot::add`],
+/// [`Snapshot::remove`], [`Snapshot::set_node`], [`Snapshot::remove_node`]) as kube-scheduler's
+/// cache is, so a scheduling pass costs nothing in the number of pods already placed.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Nodes by name.
     pub nodes: BTreeMap<String, NodeInfo>,
     /// Namespace labels by name (for affinity terms' `namespaceSelector`).
     pub namespaces: HashMap<String, BTreeMap<String, String>>,
-    /// Bound, unfinished pods on known nodes.
-    pub pods: Vec<PodInfo>,
-    /// Indexes into `pods` by namespace.
-    pub by_namespace: HashMap<String, Vec<usize>>,
-    /// Indexes into `pods` of those with pod affinity or anti-affinity terms.
-    pub with_affinity: Vec<usize>,
+    /// Bound, unfinished pods by key (their UID).
+    pods: HashMap<String, PodInfo>,
+    /// Pod keys by namespace.
+    by_namespace: HashMap<String, HashSet<String>>,
+    /// Keys of the pods with pod affinity or anti-affinity terms.
+    with_affinity: HashSet<String>,
     /// Controller UID → node → how many of its (non-terminating) pods run there.
     pub by_owner: HashMap<String, HashMap<String, u32>>,
+    /// Numbers keys for pods without a UID (tests).
+    anonymous: u64,
 }
 
 /// The UID of the pod's controller (its ownerReference with `controller: true`).
@@ -186,22 +213,14 @@ pub fn controller_uid(pod: &Pod) -> Option<&str> {
 }
 
 impl Snapshot {
-    /// Builds a snapshot from nodes and pods (pods not bound, finished, or on unknown nodes are
-    /// left out).
+    /// Builds a snapshot from nodes and pods (pods not bound, or finished, are left out).
     pub fn new<'a>(
         nodes: impl IntoIterator<Item = Node>,
         pods: impl IntoIterator<Item = &'a Pod>,
     ) -> Self {
         let mut out = Self::default();
         for node in nodes {
-            out.nodes.insert(
-                node.name_any(),
-                NodeInfo {
-                    node,
-                    requested: Resources::default(),
-                    host_ports: Vec::new(),
-                },
-            );
+            out.set_node(node);
         }
         for pod in pods {
             out.add(pod);
@@ -218,8 +237,44 @@ impl Snapshot {
         self
     }
 
-    /// Counts `pod` on its node.
+    /// Adds or replaces a node; a new node counts the pods already bound to it.
+    pub fn set_node(&mut self, node: Node) {
+        let name = node.name_any();
+        if let Some(info) = self.nodes.get_mut(&name) {
+            info.allocatable = allocatable(&node);
+            info.node = node;
+            return;
+        }
+        let mut info = NodeInfo {
+            allocatable: allocatable(&node),
+            node,
+            requested: Resources::default(),
+            host_ports: Vec::new(),
+        };
+        for pod in self.pods.values().filter(|p| p.node == name) {
+            info.count(pod, 1);
+        }
+        self.nodes.insert(name, info);
+    }
+
+    /// Forgets a node (its pods stay known, and count again if it comes back).
+    pub fn remove_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    /// Adds `pod`, or replaces what was known of it (by UID); a pod that is not bound, or has
+    /// finished, is only removed.
     pub fn add(&mut self, pod: &Pod) {
+        let key = match pod.metadata.uid.as_deref() {
+            Some(uid) => {
+                self.remove(uid);
+                uid.to_owned()
+            }
+            None => {
+                self.anonymous += 1;
+                format!("anonymous-{}", self.anonymous)
+            }
+        };
         let finished = matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
@@ -230,43 +285,85 @@ impl Snapshot {
         if finished {
             return;
         }
-        let Some(info) = self.nodes.get_mut(node) else {
-            return;
-        };
-        let r = requests(pod);
-        info.requested.cpu_m += r.cpu_m;
-        info.requested.memory += r.memory;
-        info.requested.pods += 1;
-        info.host_ports.extend(host_ports(pod));
-        let terminating = pod.metadata.deletion_timestamp.is_some();
         let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
         let info = PodInfo {
             namespace: pod.namespace().unwrap_or_default(),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             node: node.clone(),
-            terminating,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
             affinity: affinity.and_then(|a| a.pod_affinity.clone()).map(Arc::new),
             anti_affinity: affinity
                 .and_then(|a| a.pod_anti_affinity.clone())
                 .map(Arc::new),
+            owner: controller_uid(pod).map(str::to_owned),
+            requests: requests(pod),
+            host_ports: host_ports(pod),
         };
-        let index = self.pods.len();
-        if info.affinity.is_some() || info.anti_affinity.is_some() {
-            self.with_affinity.push(index);
+        if let Some(node) = self.nodes.get_mut(&info.node) {
+            node.count(&info, 1);
         }
-        if !terminating && let Some(owner) = controller_uid(pod) {
+        if info.affinity.is_some() || info.anti_affinity.is_some() {
+            self.with_affinity.insert(key.clone());
+        }
+        if !info.terminating
+            && let Some(owner) = &info.owner
+        {
             *self
                 .by_owner
-                .entry(owner.to_owned())
+                .entry(owner.clone())
                 .or_default()
-                .entry(node.clone())
+                .entry(info.node.clone())
                 .or_default() += 1;
         }
         self.by_namespace
             .entry(info.namespace.clone())
             .or_default()
-            .push(index);
-        self.pods.push(info);
+            .insert(key.clone());
+        self.pods.insert(key, info);
+    }
+
+    /// Forgets the pod with this UID.
+    pub fn remove(&mut self, uid: &str) {
+        let Some(info) = self.pods.remove(uid) else {
+            return;
+        };
+        if let Some(node) = self.nodes.get_mut(&info.node) {
+            node.count(&info, -1);
+        }
+        self.with_affinity.remove(uid);
+        if !info.terminating
+            && let Some(owner) = &info.owner
+            && let Some(per_node) = self.by_owner.get_mut(owner)
+        {
+            if let Some(n) = per_node.get_mut(&info.node) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_node.remove(&info.node);
+                }
+            }
+            if per_node.is_empty() {
+                self.by_owner.remove(owner);
+            }
+        }
+        if let Some(keys) = self.by_namespace.get_mut(&info.namespace) {
+            keys.remove(uid);
+            if keys.is_empty() {
+                self.by_namespace.remove(&info.namespace);
+            }
+        }
+    }
+
+    /// Keeps only the pods whose UID `keep` accepts (after a relist).
+    pub fn retain_pods(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self.pods.keys().filter(|k| !keep(k)).cloned().collect();
+        for uid in gone {
+            self.remove(&uid);
+        }
+    }
+
+    /// Every known bound pod.
+    pub fn pods(&self) -> impl Iterator<Item = &PodInfo> {
+        self.pods.values()
     }
 
     /// The pods in `namespace`.
@@ -275,6 +372,65 @@ impl Snapshot {
             .get(namespace)
             .into_iter()
             .flatten()
-            .filter_map(|&i| self.pods.get(i))
+            .filter_map(|k| self.pods.get(k))
+    }
+
+    /// The pods with pod affinity or anti-affinity terms.
+    pub fn with_affinity(&self) -> impl Iterator<Item = &PodInfo> {
+        self.with_affinity.iter().filter_map(|k| self.pods.get(k))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests assert on known values")]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn node(name: &str) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "status": {"allocatable": {"cpu": "4", "memory": "4Gi", "pods": "110"}}}))
+        .unwrap()
+    }
+
+    fn pod(uid: &str, node: Option<&str>, phase: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": uid, "namespace": "d", "uid": uid,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
+                                     "uid": "rs", "controller": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "c",
+                "ports": [{"containerPort": 80, "hostPort": 80}],
+                "resources": {"requests": {"cpu": "1"}}}]},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn updates_move_and_remove_what_a_pod_counts() {
+        let mut s = Snapshot::new([node("a"), node("b")], []);
+        s.add(&pod("p", Some("a"), "Running"));
+        assert_eq!(s.nodes["a"].requested.cpu_m, 1000);
+        assert_eq!(s.nodes["a"].host_ports.len(), 1);
+        assert_eq!(s.by_owner["rs"]["a"], 1);
+        // The same pod seen on b (an assumed binding replaced by another): counted once, on b.
+        s.add(&pod("p", Some("b"), "Running"));
+        assert_eq!(s.nodes["a"].requested, Resources::default());
+        assert!(s.nodes["a"].host_ports.is_empty());
+        assert_eq!(s.nodes["b"].requested.pods, 1);
+        assert_eq!(s.by_owner["rs"].get("a"), None);
+        // Finished pods free their node.
+        s.add(&pod("p", Some("b"), "Succeeded"));
+        assert_eq!(s.nodes["b"].requested, Resources::default());
+        assert!(s.by_owner.is_empty());
+        assert_eq!(s.pods().count(), 0);
+        // A node that joins later counts the pods already bound to it.
+        s.add(&pod("q", Some("c"), "Running"));
+        s.set_node(node("c"));
+        assert_eq!(s.nodes["c"].requested.cpu_m, 1000);
+        s.remove("q");
+        assert_eq!(s.nodes["c"].requested, Resources::default());
+        assert_eq!(s.pods_in("d").count(), 0);
     }
 }
