@@ -139,11 +139,16 @@ async fn start_server(rudder: &Path, etcd: Option<&str>) -> Result<(Server, Clie
 
 /// Resident memory of process `pid` in bytes (0 when it cannot be read).
 pub(crate) fn rss_bytes(pid: u32) -> f64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`) in bytes; 0 when unreadable.
+pub(crate) fn status_bytes(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

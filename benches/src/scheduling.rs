@@ -40,7 +40,7 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::{results::Results, stats::percentile_ms};
+use crate::{control::status_bytes, results::Results, stats::percentile_ms};
 
 /// The namespace the benchmark's pods live in.
 const NS: &str = "bench-scheduling";
@@ -259,20 +259,6 @@ fn latencies(bound: &Mutex<Bound>, created: &[(String, Instant)]) -> Vec<Duratio
         .iter()
         .filter_map(|(name, at)| Some(bound_at(bound, name)?.saturating_duration_since(*at)))
         .collect()
-}
-
-/// VmRSS and VmHWM of a process, in bytes.
-fn memory(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb * 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Runs the scheduling benchmark against a started server.
@@ -500,7 +486,10 @@ pub async fn measure(
         replaced.as_secs_f64()
     );
 
-    let (rss, peak) = memory(server_pid);
+    let (rss, peak) = (
+        status_bytes(server_pid, "VmRSS:"),
+        status_bytes(server_pid, "VmHWM:"),
+    );
     let mem_case = [
         ("hollow_nodes", json!(scale.hollow_nodes)),
         ("pods", json!(scale.pods + scale.replicas)),

@@ -70,25 +70,18 @@ impl Term {
         snapshot: &Snapshot,
     ) -> Self {
         let mut selector = term.label_selector.clone();
-        if let Some(selector) = selector.as_mut() {
-            for (keys, operator) in [
-                (&term.match_label_keys, "In"),
-                (&term.mismatch_label_keys, "NotIn"),
-            ] {
-                for key in keys.iter().flatten() {
-                    if let Some(value) = labels.get(key) {
-                        selector
-                            .match_expressions
-                            .get_or_insert_with(Vec::new)
-                            .push(LabelSelectorRequirement {
-                                key: key.clone(),
-                                operator: operator.into(),
-                                values: Some(vec![value.clone()]),
-                            });
-                    }
-                }
-            }
-        }
+        add_label_keys(
+            &mut selector,
+            term.match_label_keys.as_deref(),
+            "In",
+            labels,
+        );
+        add_label_keys(
+            &mut selector,
+            term.mismatch_label_keys.as_deref(),
+            "NotIn",
+            labels,
+        );
         let listed = term.namespaces.as_deref().unwrap_or_default();
         let namespaces = match &term.namespace_selector {
             None if listed.is_empty() => Some(BTreeSet::from([namespace.to_owned()])),
@@ -134,6 +127,31 @@ impl Term {
             Some(set) => Box::new(set.iter().flat_map(|ns| snapshot.pods_in(ns))),
         };
         Box::new(pods.filter(|p| self.matches(&p.namespace, &p.labels)))
+    }
+}
+
+/// `matchLabelKeys` / `mismatchLabelKeys`: for each key the pod has, a requirement `key
+/// <operator> [its value]` added to the selector (a missing selector stays missing).
+fn add_label_keys(
+    selector: &mut Option<LabelSelector>,
+    keys: Option<&[String]>,
+    operator: &str,
+    labels: &BTreeMap<String, String>,
+) {
+    let Some(selector) = selector.as_mut() else {
+        return;
+    };
+    for key in keys.unwrap_or_default() {
+        if let Some(value) = labels.get(key) {
+            selector
+                .match_expressions
+                .get_or_insert_with(Vec::new)
+                .push(LabelSelectorRequirement {
+                    key: key.clone(),
+                    operator: operator.into(),
+                    values: Some(vec![value.clone()]),
+                });
+        }
     }
 }
 
@@ -418,20 +436,7 @@ fn spread_constraints(
         own.iter()
             .map(|c| {
                 let mut selector = c.label_selector.clone();
-                if let Some(selector) = selector.as_mut() {
-                    for key in c.match_label_keys.iter().flatten() {
-                        if let Some(value) = labels.get(key) {
-                            selector
-                                .match_expressions
-                                .get_or_insert_with(Vec::new)
-                                .push(LabelSelectorRequirement {
-                                    key: key.clone(),
-                                    operator: "In".into(),
-                                    values: Some(vec![value.clone()]),
-                                });
-                        }
-                    }
-                }
+                add_label_keys(&mut selector, c.match_label_keys.as_deref(), "In", labels);
                 (c.clone(), Counted::Labels(selector))
             })
             .collect()
