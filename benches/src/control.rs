@@ -309,15 +309,25 @@ async fn measure(
 
 /// Runs the benchmark for both subjects and writes `out/results.json` and `out/report.md`:
 /// the apiserver part with `sizes`, the scheduling part ([`crate::scheduling`]) with `scale`;
-/// either can be left out.
+/// either can be left out. `stores` names the subjects (`embedded`, `etcd`).
 pub async fn run(
     rudder: &Path,
     out: &Path,
+    stores: &[String],
     sizes: Option<Sizes>,
     scale: Option<Scale>,
 ) -> Result<Results> {
     let mut results = Results::new("control");
+    if let Some(unknown) = stores
+        .iter()
+        .find(|s| !matches!(s.as_str(), "embedded" | "etcd"))
+    {
+        bail!("unknown store {unknown:?}: expected embedded or etcd");
+    }
     for subject in ["embedded", "etcd"] {
+        if !stores.iter().any(|s| s == subject) {
+            continue;
+        }
         // A fresh etcd for every server, so no run sees another's objects or leases.
         let etcd = || async {
             if subject != "etcd" {

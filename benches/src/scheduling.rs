@@ -363,6 +363,17 @@ pub async fn measure(
     let churn_names: Vec<String> = churned.iter().map(|(n, _)| n.clone()).collect();
     wait_bound(&bound, &churn_names, Duration::from_secs(60)).await?;
     let mut churn = latencies(&bound, &churned);
+    if std::env::var_os("RUDDER_BENCH_DEBUG").is_some() {
+        let t0 = churned.first().map(|c| c.1);
+        for ((name, at), l) in churned.iter().zip(&churn) {
+            if *l > Duration::from_millis(500) {
+                let off = t0
+                    .map(|t| at.duration_since(t).as_secs_f64())
+                    .unwrap_or(0.0);
+                eprintln!("   slow: {name} created at +{off:.2}s bound after {l:?}");
+            }
+        }
+    }
     let (c50, c99) = (
         percentile_ms(&mut churn, 50.0),
         percentile_ms(&mut churn, 99.0),

@@ -357,9 +357,14 @@ async fn start_cluster_parts(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let kubeconfig = kube::config::Kubeconfig::read_from(&server.kubeconfig)
         .context("reading the admin kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .context("loading the admin kubeconfig")?;
+    // None of these reads managedFields: spare both sides encoding and decoding them.
+    config.headers.push((
+        http::HeaderName::from_static(rudder_control::api::request::OMIT_MANAGED_FIELDS),
+        http::HeaderValue::from_static("omit"),
+    ));
     let client = kube::Client::try_from(config).context("building the client")?;
     // The scheduler and the controllers run only while this server holds their leases; a
     // server that loses one stops (see `rudder_control::leader`).

@@ -76,6 +76,9 @@ enum Cmd {
         /// control: pods for the scheduling part (then only that part runs).
         #[arg(long)]
         pods: Option<usize>,
+        /// control: stores to measure, e.g. embedded or etcd (default both).
+        #[arg(long)]
+        stores: Option<String>,
     },
 }
 
@@ -98,12 +101,13 @@ fn main() -> Result<()> {
             dataplanes,
             hollow_nodes,
             pods,
+            stores,
         } => bench(
             &name,
             quick,
             services.as_deref(),
             dataplanes.as_deref(),
-            (hollow_nodes, pods),
+            (hollow_nodes, pods, stores.as_deref()),
         ),
     }
 }
@@ -119,7 +123,7 @@ fn bench(
     quick: bool,
     services: Option<&str>,
     dataplanes: Option<&str>,
-    (hollow_nodes, pods): (Option<usize>, Option<usize>),
+    (hollow_nodes, pods, stores): (Option<usize>, Option<usize>, Option<&str>),
 ) -> Result<()> {
     prereqs::ensure()?;
     match name {
@@ -152,6 +156,9 @@ fn bench(
             }
             if let Some(n) = pods {
                 cmd.arg("--pods").arg(n.to_string());
+            }
+            if let Some(stores) = stores {
+                cmd.arg("--stores").arg(stores);
             }
             step(&format!("rudder-bench {name}"), &mut cmd)
         }

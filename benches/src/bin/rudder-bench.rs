@@ -33,6 +33,9 @@ enum Bench {
         /// Pods for the scheduling part (default 30000, 3000 with --quick).
         #[arg(long)]
         pods: Option<usize>,
+        /// Stores to measure (comma-separated): embedded, etcd.
+        #[arg(long, value_delimiter = ',', default_value = "embedded,etcd")]
+        stores: Vec<String>,
     },
     /// Pod start latency (binding to Ready) and agent memory on a two-node `rudder lab`, with
     /// the eBPF and the iptables dataplane. Needs root.
@@ -74,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
             quick,
             hollow_nodes,
             pods,
+            stores,
         } => {
             use rudder_benches::{control::Sizes, scheduling::Scale};
             let (sizes, mut scale) = if quick {
@@ -85,7 +89,8 @@ async fn main() -> anyhow::Result<()> {
             scale.hollow_nodes = hollow_nodes.unwrap_or(scale.hollow_nodes);
             scale.pods = pods.unwrap_or(scale.pods);
             let sizes = (!only_scheduling).then_some(sizes);
-            let results = rudder_benches::control::run(&rudder, &out, sizes, Some(scale)).await?;
+            let results =
+                rudder_benches::control::run(&rudder, &out, &stores, sizes, Some(scale)).await?;
             println!("{}", results.markdown("etcd"));
             println!("written to {}", out.display());
         }

@@ -143,6 +143,7 @@ struct ContinueToken {
 }
 
 /// Parsed list parameters shared by list, watch and deletecollection.
+#[derive(Default)]
 pub struct ListQuery {
     /// `labelSelector`.
     pub labels: LabelSelector,
@@ -309,11 +310,15 @@ pub async fn list(
     if let Some(token) = token {
         metadata["continue"] = json!(token);
     }
+    let omit = req.omits_managed_fields();
     let items: Vec<Value> = items
         .into_iter()
         .map(|mut o| {
             o["apiVersion"] = json!(rt.api_version());
             o["kind"] = json!(rt.kind);
+            if omit {
+                object::meta_mut(&mut o).remove("managedFields");
+            }
             o
         })
         .collect();

@@ -29,10 +29,70 @@ use super::{
 };
 use crate::store::{self, EventKind};
 
-fn line(event: &Value) -> Result<Frame<Bytes>, std::convert::Infallible> {
+fn line(event: &Value) -> Bytes {
     let mut bytes = serde_json::to_vec(event).unwrap_or_default();
     bytes.push(b'\n');
-    Ok(Frame::data(Bytes::from(bytes)))
+    Bytes::from(bytes)
+}
+
+/// Appends `s` as a JSON string.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The watch line for a store event, built from the stored JSON without decoding it into a
+/// tree: only the top-level fields and `metadata`'s are split (as borrowed raw values), the
+/// `resourceVersion`, `apiVersion` and `kind` are set, everything else is copied as it is.
+/// This is the path of every watch without selectors (informers) and costs a scan and a copy
+/// per event instead of a parse, an allocation per field and a serialisation. `None` when the
+/// stored value is not a plain JSON object (the caller then takes the decoding path).
+fn raw_line(
+    kind: &str,
+    (api_version, type_kind): (&str, &str),
+    raw: &[u8],
+    revision: i64,
+    omit_managed_fields: bool,
+) -> Option<Bytes> {
+    use std::collections::BTreeMap;
+
+    use serde_json::value::RawValue;
+    // One event per line: a stored value is compact JSON, but never trust that blindly.
+    if raw.contains(&b'\n') {
+        return None;
+    }
+    let top: BTreeMap<&str, &RawValue> = serde_json::from_slice(raw).ok()?;
+    let meta: BTreeMap<&str, &RawValue> = match top.get("metadata") {
+        Some(m) => serde_json::from_str(m.get()).ok()?,
+        None => BTreeMap::new(),
+    };
+    let mut out = Vec::with_capacity(raw.len() + 128);
+    out.extend_from_slice(b"{\"type\":");
+    push_str(&mut out, kind);
+    out.extend_from_slice(b",\"object\":{\"apiVersion\":");
+    push_str(&mut out, api_version);
+    out.extend_from_slice(b",\"kind\":");
+    push_str(&mut out, type_kind);
+    for (key, value) in &top {
+        if matches!(*key, "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        out.push(b',');
+        push_str(&mut out, key);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.extend_from_slice(b",\"metadata\":{");
+    let skip =
+        |key: &str| key == "resourceVersion" || (omit_managed_fields && key == "managedFields");
+    for (key, value) in meta.iter().filter(|(k, _)| !skip(k)) {
+        push_str(&mut out, key);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(format!("\"resourceVersion\":\"{revision}\"}}}}}}\n").as_bytes());
+    Some(Bytes::from(out))
 }
 
 struct Encoder {
@@ -120,7 +180,10 @@ pub async fn serve(
         table: req.wants_table(),
         columns_sent: false,
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(256);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    // Informers watch without selectors: their events skip the decoding path.
+    let raw = !encoder.table && query.labels.0.is_empty() && query.fields.0.is_empty();
+    let omit = req.omits_managed_fields();
     // Open the store watch before answering, so an expired revision can still be a plain 410.
     let stream = match state.store.watch(&rt.list_prefix(ns), from).await {
         Ok(s) => Some(s),
@@ -128,23 +191,27 @@ pub async fn serve(
         Err(e) => return Err(e.into()),
     };
     let interval = state.bookmark_interval;
+    let api_version = rt.api_version();
     tokio::spawn(async move {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let Some(mut stream) = stream else {
             let err = ApiError::gone(format!("too old resource version: {from}"));
-            let _ = tx.send(error_event(&err)).await;
+            let _ = tx.send(line(&error_event(&err))).await;
             return;
         };
-        for obj in initial_items {
-            if tx.send(encoder.event("ADDED", obj)).await.is_err() {
+        for mut obj in initial_items {
+            if omit {
+                object::meta_mut(&mut obj).remove("managedFields");
+            }
+            if tx.send(line(&encoder.event("ADDED", obj))).await.is_err() {
                 return;
             }
         }
         let mut last = from;
         if send_initial == Some(true)
             && bookmarks
-            && tx.send(encoder.bookmark(from, true)).await.is_err()
+            && tx.send(line(&encoder.bookmark(from, true))).await.is_err()
         {
             return;
         }
@@ -155,7 +222,7 @@ pub async fn serve(
                 () = &mut deadline => return,
                 () = tx.closed() => return,
                 _ = ticker.tick(), if bookmarks => {
-                    if tx.send(encoder.bookmark(last, false)).await.is_err() {
+                    if tx.send(line(&encoder.bookmark(last, false))).await.is_err() {
                         return;
                     }
                 }
@@ -163,21 +230,40 @@ pub async fn serve(
                     let event = match next {
                         None => return,
                         Some(Err(e)) => {
-                            let _ = tx.send(error_event(&ApiError::from(e))).await;
+                            let _ = tx.send(line(&error_event(&ApiError::from(e)))).await;
                             return;
                         }
                         Some(Ok(event)) => event,
                     };
                     last = event.revision;
-                    let Some((kind, obj)) = translate(&event, &query) else { continue };
-                    if tx.send(encoder.event(kind, obj)).await.is_err() {
+                    let fast = raw.then(|| {
+                        let kind = match event.kind {
+                            EventKind::Created => "ADDED",
+                            EventKind::Updated => "MODIFIED",
+                            EventKind::Deleted => "DELETED",
+                        };
+                        let types = (api_version.as_str(), encoder.rt.kind.as_str());
+                        raw_line(kind, types, &event.value, event.revision, omit)
+                    });
+                    let next = match fast.flatten() {
+                        Some(next) => next,
+                        None => {
+                            let Some((kind, mut obj)) = translate(&event, &query) else { continue };
+                            if omit {
+                                object::meta_mut(&mut obj).remove("managedFields");
+                            }
+                            line(&encoder.event(kind, obj))
+                        }
+                    };
+                    if tx.send(next).await.is_err() {
                         return;
                     }
                 }
             }
         }
     });
-    let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(|event| line(&event));
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|line| Ok::<_, std::convert::Infallible>(Frame::data(line)));
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(body)));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
@@ -266,6 +352,55 @@ mod tests {
         assert_eq!(
             t(ev(EventKind::Deleted, web, None)).map(|x| x.0),
             Some("DELETED")
+        );
+    }
+
+    #[test]
+    fn raw_lines_match_the_decoded_path() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "3",
+                         "labels": {"app": "w\u{e9}b \"quoted\""}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "args": ["a\\b", "{}"]}]},
+            "status": {}});
+        let event = ev(EventKind::Updated, pod.clone(), Some(pod));
+        let fast = raw_line(
+            "MODIFIED",
+            ("v1", "Pod"),
+            &event.value,
+            event.revision,
+            false,
+        )
+        .unwrap();
+        assert_eq!(fast.last(), Some(&b'\n'));
+        assert_eq!(fast.iter().filter(|b| **b == b'\n').count(), 1);
+        let fast: Value = serde_json::from_slice(&fast).unwrap();
+        let (kind, mut obj) = translate(&event, &ListQuery::default()).unwrap();
+        obj["apiVersion"] = json!("v1");
+        obj["kind"] = json!("Pod");
+        assert_eq!(fast, json!({"type": kind, "object": obj}));
+        assert_eq!(fast["object"]["metadata"]["resourceVersion"], json!("7"));
+        // Not an object, or not one line: the decoding path decides.
+        assert!(raw_line("ADDED", ("v1", "Pod"), b"[1]", 1, false).is_none());
+        assert!(raw_line("ADDED", ("v1", "Pod"), b"{\n}", 1, false).is_none());
+        // No metadata at all still gets a resourceVersion.
+        let bare = raw_line("ADDED", ("v1", "Pod"), b"{}", 9, false).unwrap();
+        let bare: Value = serde_json::from_slice(&bare).unwrap();
+        assert_eq!(bare["object"]["metadata"], json!({"resourceVersion": "9"}));
+        // managedFields are left out when asked.
+        let managed = br#"{"metadata":{"name":"p","managedFields":[{"manager":"m"}]}}"#;
+        let kept = raw_line("ADDED", ("v1", "Pod"), managed, 9, false).unwrap();
+        let left = raw_line("ADDED", ("v1", "Pod"), managed, 9, true).unwrap();
+        let (kept, left): (Value, Value) = (
+            serde_json::from_slice(&kept).unwrap(),
+            serde_json::from_slice(&left).unwrap(),
+        );
+        assert_eq!(
+            kept["object"]["metadata"]["managedFields"][0]["manager"],
+            "m"
+        );
+        assert_eq!(
+            left["object"]["metadata"],
+            json!({"name": "p", "resourceVersion": "9"})
         );
     }
 }

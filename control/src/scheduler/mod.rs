@@ -9,23 +9,27 @@
 //! `PodScheduled=False` condition and a `FailedScheduling` event (again only when the message
 //! changes).
 //!
-//! The loop around it watches nodes, pods and namespaces through kube-rs like kube-scheduler
-//! and makes a scheduling pass over every pending pod whenever one of them changes (a node
-//! joining, a pod going away, a label edited), and at least every second; a pass costs a
-//! one [`schedule`] call per pending pod, since the snapshot is kept up to date event by event
-//! (as kube-scheduler's cache). It binds with `pods/binding`, up to 128 writes in flight while
+//! The loop around it watches nodes, pods and namespaces through kube-rs like kube-scheduler,
+//! keeps the snapshot up to date event by event (as kube-scheduler's cache) and takes pods from
+//! a scheduling queue (`queue.rs`: kube-scheduler's active, unschedulable and back-off queues,
+//! by priority then arrival). A pod that fits nowhere waits until the cluster changes (a node
+//! joining or changing, a pod bound, finished or deleted, a label edited) or its own spec or
+//! labels do, then backs off 1 s doubling to 10 s before it is tried again; after 60 s it is
+//! tried regardless. A scheduling step costs one [`schedule`] call, nothing in the number of
+//! pods waiting or placed. It binds with `pods/binding`, up to 128 writes in flight while
 //! it goes on scheduling, and counts a pod it chose a node for on that node until the watch
 //! shows the binding ("assumed" pods), so a burst of pods spreads instead of piling on one
 //! node; a failed binding returns the pod to the queue.
 
 mod core;
+mod queue;
 mod relations;
 mod snapshot;
 
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt;
@@ -39,7 +43,7 @@ use kube::{
     },
 };
 use serde_json::json;
-use tokio::task::JoinSet;
+use tokio::{task::JoinSet, time::sleep_until};
 
 pub use self::{
     core::{Decision, node_affinity_matches, schedule, term_matches, untolerated_taint},
@@ -69,6 +73,12 @@ struct Cache {
     pending: HashMap<String, Arc<Pod>>,
     /// UID → (the pod as it was when bound, its node).
     assumed: HashMap<String, (Arc<Pod>, String)>,
+    /// The pending pods that are not assumed, in the order to try them.
+    queue: queue::Queue,
+}
+
+fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
 }
 
 impl Cache {
@@ -88,14 +98,29 @@ impl Cache {
                 *assumed = pod.clone();
             } else {
                 self.snapshot.remove(&uid);
+                // A new pod is queued; an unschedulable one only if what it asks for changed
+                // (not for the PodScheduled condition this scheduler wrote itself).
+                let changed = self.pending.get(&uid).is_none_or(|old| {
+                    old.spec != pod.spec || old.metadata.labels != pod.metadata.labels
+                });
+                if changed || !self.queue.contains(&uid) {
+                    self.queue.add(&uid, priority(&pod), Instant::now());
+                }
             }
             self.pending.insert(uid, pod);
             return;
         }
-        self.pending.remove(&uid);
+        self.queue.remove(&uid);
+        let was_pending = self.pending.remove(&uid).is_some();
         if bound || !self.assumed.contains_key(&uid) {
             self.assumed.remove(&uid);
+            // A pod bound, finished or relabelled may let another pod fit (resources, pod
+            // affinity, spreading).
+            let before = self.snapshot.pod_labels(&uid).cloned();
             self.snapshot.add(&pod);
+            if was_pending || before.as_ref() != self.snapshot.pod_labels(&uid) {
+                self.queue.cluster_changed(Instant::now());
+            }
         }
     }
 
@@ -103,7 +128,11 @@ impl Cache {
         if let Some(uid) = pod.metadata.uid.as_deref() {
             self.pending.remove(uid);
             self.assumed.remove(uid);
-            self.snapshot.remove(uid);
+            self.queue.remove(uid);
+            if self.snapshot.remove(uid) {
+                // Its resources, ports and anti-affinity are free again.
+                self.queue.cluster_changed(Instant::now());
+            }
         }
     }
 
@@ -111,6 +140,9 @@ impl Cache {
     fn forget(&mut self, uid: &str) {
         if self.assumed.remove(uid).is_some() {
             self.snapshot.remove(uid);
+            if let Some(pod) = self.pending.get(uid) {
+                self.queue.add(uid, priority(pod), Instant::now());
+            }
         }
     }
 }
@@ -140,6 +172,11 @@ pub async fn run(client: Client) {
     let mut writes: JoinSet<Option<String>> = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        // Wake when the first back-off ends (or, with none, never: the tick covers the rest).
+        let due = cache.queue.next_due();
+        let wake = tokio::time::Instant::from_std(
+            due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+        );
         tokio::select! {
             Some(event) = node_stream.next() => {
                 on_node(&mut cache, &mut node_relist, event);
@@ -153,7 +190,10 @@ pub async fn run(client: Client) {
                     cache.forget(&uid);
                 }
             }
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                reported.retain(|uid, _| cache.pending.contains_key(uid));
+            }
+            () = sleep_until(wake), if due.is_some() => {}
         }
         // Take in whatever else is ready so a burst is handled in one pass.
         while let Some(Some(event)) = futures::FutureExt::now_or_never(pod_stream.next()) {
@@ -164,27 +204,21 @@ pub async fn run(client: Client) {
                 cache.forget(&uid);
             }
         }
-        reported.retain(|uid, _| cache.pending.contains_key(uid));
-        if writes.len() >= MAX_IN_FLIGHT || pod_relist.is_some() || node_relist.is_some() {
+        if pod_relist.is_some() || node_relist.is_some() {
             continue;
         }
-        let mut pending: Vec<Arc<Pod>> = cache
-            .pending
-            .iter()
-            .filter(|(uid, _)| !cache.assumed.contains_key(*uid))
-            .map(|(_, p)| p.clone())
-            .collect();
-        pending.sort_by(|a, b| {
-            a.metadata
-                .creation_timestamp
-                .cmp(&b.metadata.creation_timestamp)
-                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
-        });
-        for pod in pending {
-            if writes.len() >= MAX_IN_FLIGHT {
+        let now = Instant::now();
+        cache.queue.flush(now);
+        while writes.len() < MAX_IN_FLIGHT {
+            let Some((uid, attempts)) = cache.queue.pop() else {
                 break;
+            };
+            let Some(pod) = cache.pending.get(&uid).cloned() else {
+                continue;
+            };
+            if cache.assumed.contains_key(&uid) {
+                continue;
             }
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
             match schedule(&cache.snapshot, &pod) {
                 Decision::Bind(node) => {
                     reported.remove(&uid);
@@ -200,6 +234,9 @@ pub async fn run(client: Client) {
                     writes.spawn(async move { (!bind(client, &pod, &node).await).then_some(uid) });
                 }
                 Decision::Unschedulable(message) => {
+                    cache
+                        .queue
+                        .park(&uid, priority(&pod), attempts.saturating_add(1), now);
                     if reported.get(&uid) == Some(&message) {
                         continue;
                     }
@@ -228,6 +265,8 @@ fn on_pod(cache: &mut Cache, relist: &mut Relist<Pod>, event: Result<Event<Pod>,
             cache.snapshot.retain_pods(|uid| seen.contains(uid));
             cache.pending.retain(|uid, _| seen.contains(uid));
             cache.assumed.retain(|uid, _| seen.contains(uid));
+            cache.queue.retain(|uid| seen.contains(uid));
+            cache.queue.cluster_changed(Instant::now());
             for pod in pods {
                 cache.apply_pod(pod);
             }
@@ -241,6 +280,13 @@ fn on_node(
     relist: &mut Relist<Node>,
     event: Result<Event<Node>, watcher::Error>,
 ) {
+    // Any node change may let a pod fit (new capacity, labels, taints, readiness).
+    if matches!(
+        event,
+        Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)
+    ) {
+        cache.queue.cluster_changed(Instant::now());
+    }
     match event {
         Ok(Event::Apply(node)) => cache.snapshot.set_node(node),
         Ok(Event::Delete(node)) => cache.snapshot.remove_node(&node.name_any()),
@@ -273,6 +319,12 @@ fn on_namespace(
     event: Result<Event<Namespace>, watcher::Error>,
 ) {
     let labels = |n: &Namespace| n.metadata.labels.clone().unwrap_or_default();
+    if matches!(
+        event,
+        Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)
+    ) {
+        cache.queue.cluster_changed(Instant::now());
+    }
     match event {
         Ok(Event::Apply(ns)) => {
             cache.snapshot.namespaces.insert(ns.name_any(), labels(&ns));

@@ -322,10 +322,15 @@ impl Snapshot {
         self.pods.insert(key, info);
     }
 
-    /// Forgets the pod with this UID.
-    pub fn remove(&mut self, uid: &str) {
+    /// The labels of the bound pod with this UID, if it is known.
+    pub fn pod_labels(&self, uid: &str) -> Option<&BTreeMap<String, String>> {
+        self.pods.get(uid).map(|p| &p.labels)
+    }
+
+    /// Forgets the pod with this UID; false if it was not known.
+    pub fn remove(&mut self, uid: &str) -> bool {
         let Some(info) = self.pods.remove(uid) else {
-            return;
+            return false;
         };
         if let Some(node) = self.nodes.get_mut(&info.node) {
             node.count(&info, -1);
@@ -351,6 +356,7 @@ impl Snapshot {
                 self.by_namespace.remove(&info.namespace);
             }
         }
+        true
     }
 
     /// Keeps only the pods whose UID `keep` accepts (after a relist).
