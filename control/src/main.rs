@@ -293,6 +293,13 @@ fn init_logging() {
         .init();
 }
 
+/// mimalloc rather than glibc's malloc: the control plane allocates and frees millions of
+/// small objects (decoded watch events, informer caches), where glibc's per-thread arenas
+/// fragment and spend a third of the CPU in `_int_malloc` at 30,000 pods (measured with
+/// `cargo xtask bench control --hollow-nodes 1000 --pods 30000`; docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The shim must create namespaces while single-threaded, so it runs before any runtime.
