@@ -207,27 +207,32 @@ where
                         continue;
                     }
                 };
-                let changes = match &event {
-                    watcher::Event::Apply(obj) => vec![Change::Object {
-                        old: store.get(&ObjectRef::from_obj(obj)),
-                        new: Some(Arc::new(obj.clone())),
-                    }],
-                    watcher::Event::Delete(obj) => vec![Change::Object {
-                        old: Some(
-                            store
-                                .get(&ObjectRef::from_obj(obj))
-                                .unwrap_or_else(|| Arc::new(obj.clone())),
-                        ),
-                        new: None,
-                    }],
+                let old = match &event {
+                    watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
+                        store.get(&ObjectRef::from_obj(obj))
+                    }
                     watcher::Event::Init => {
                         before = Some(store.state());
-                        Vec::new()
+                        None
                     }
-                    watcher::Event::InitApply(_) => Vec::new(),
-                    watcher::Event::InitDone => Vec::new(),
+                    watcher::Event::InitApply(_) | watcher::Event::InitDone => None,
                 };
                 writer.apply_watcher_event(&event);
+                // The change shares the store's copy of the new object: subscribers' buffers
+                // hold references, not a second copy of every object they have not read yet.
+                let changes = match &event {
+                    watcher::Event::Apply(obj) => vec![Change::Object {
+                        old,
+                        new: store
+                            .get(&ObjectRef::from_obj(obj))
+                            .or_else(|| Some(Arc::new(obj.clone()))),
+                    }],
+                    watcher::Event::Delete(obj) => vec![Change::Object {
+                        old: old.or_else(|| Some(Arc::new(obj.clone()))),
+                        new: None,
+                    }],
+                    _ => Vec::new(),
+                };
                 if matches!(event, watcher::Event::InitDone) {
                     synced_tx.send_replace(true);
                     let old: HashMap<ObjectRef<K>, Arc<K>> = before

@@ -459,8 +459,23 @@ fn decode_event(revision: i64, raw: &[u8]) -> Result<Event> {
     })
 }
 
-/// Reads logged events under `prefix` after `after`; returns them and the revision read at.
-fn read_log(db: &Database, prefix: &str, after: i64) -> Result<(Vec<Event>, i64)> {
+/// Log entries a watcher reads at a time when it catches up, so a watcher far behind holds a
+/// bounded batch in memory rather than everything it missed.
+const CATCH_UP_BATCH: usize = 4096;
+
+/// A batch of logged events read by [`read_log`].
+struct LogBatch {
+    /// The events under the prefix.
+    events: Vec<Event>,
+    /// Every revision up to this one has been looked at.
+    read_to: i64,
+    /// Whether the log holds more after `read_to`.
+    more: bool,
+}
+
+/// Reads logged events under `prefix` after revision `after`, looking at no more than
+/// [`CATCH_UP_BATCH`] log entries.
+fn read_log(db: &Database, prefix: &str, after: i64) -> Result<LogBatch> {
     let txn = db.begin_read().map_err(db_err)?;
     let meta = txn.open_table(META).map_err(db_err)?;
     let revision = meta
@@ -484,15 +499,73 @@ fn read_log(db: &Database, prefix: &str, after: i64) -> Result<(Vec<Event>, i64)
         });
     }
     let log = txn.open_table(LOG).map_err(db_err)?;
-    let mut events = Vec::new();
-    for entry in log.range(after + 1..).map_err(db_err)? {
+    let mut batch = LogBatch {
+        events: Vec::new(),
+        read_to: revision,
+        more: false,
+    };
+    for (seen, entry) in log.range(after + 1..).map_err(db_err)?.enumerate() {
         let (rev, raw) = entry.map_err(db_err)?;
+        if seen == CATCH_UP_BATCH {
+            batch.more = true;
+            break;
+        }
+        batch.read_to = rev.value();
         let event = decode_event(rev.value(), raw.value())?;
         if event.key.starts_with(prefix) {
-            events.push(event);
+            batch.events.push(event);
         }
     }
-    Ok((events, revision))
+    if !batch.more {
+        batch.read_to = revision;
+    }
+    Ok(batch)
+}
+
+/// Sends the logged events under `prefix` after `after` to `tx`, batch by batch, starting with
+/// `first` (already read); returns the revision it caught up to, or `None` when the watcher
+/// went away or an error was sent.
+async fn catch_up(
+    shared: &std::sync::Weak<Shared>,
+    prefix: &str,
+    mut first: Option<LogBatch>,
+    mut after: i64,
+    tx: &tokio::sync::mpsc::Sender<Result<Event>>,
+) -> Option<i64> {
+    loop {
+        let batch = match first.take() {
+            Some(batch) => batch,
+            None => {
+                let Some(db_shared) = shared.upgrade() else {
+                    let _ = tx.send(Err(Error::Closed)).await;
+                    return None;
+                };
+                let log_prefix = prefix.to_owned();
+                let read = tokio::task::spawn_blocking(move || {
+                    read_log(&db_shared.db, &log_prefix, after)
+                })
+                .await
+                .map_err(|e| Error::Embedded(Box::new(e)))
+                .and_then(|r| r);
+                match read {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return None;
+                    }
+                }
+            }
+        };
+        for event in batch.events {
+            if tx.send(Ok(event)).await.is_err() {
+                return None;
+            }
+        }
+        after = after.max(batch.read_to);
+        if !batch.more {
+            return Some(after);
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -579,7 +652,8 @@ impl Store for EmbeddedStore {
         let mut live = self.shared.events.subscribe();
         let shared = Arc::clone(&self.shared);
         let backlog_prefix = prefix.to_owned();
-        let (backlog, read_at) = tokio::task::spawn_blocking(move || {
+        // The first batch is read here, so that a compacted revision fails the call itself.
+        let first = tokio::task::spawn_blocking(move || {
             read_log(&shared.db, &backlog_prefix, after_revision)
         })
         .await
@@ -589,12 +663,10 @@ impl Store for EmbeddedStore {
         let shared = Arc::downgrade(&self.shared);
         let prefix = prefix.to_owned();
         tokio::spawn(async move {
-            let mut last = read_at;
-            for event in backlog {
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
+            let Some(mut last) = catch_up(&shared, &prefix, Some(first), after_revision, &tx).await
+            else {
+                return;
+            };
             loop {
                 let received = tokio::select! {
                     () = tx.closed() => return,
@@ -614,30 +686,9 @@ impl Store for EmbeddedStore {
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow for the live channel: catch up from the log.
-                        let Some(db_shared) = shared.upgrade() else {
-                            let _ = tx.send(Err(Error::Closed)).await;
-                            return;
-                        };
-                        let log_prefix = prefix.clone();
-                        let caught_up = tokio::task::spawn_blocking(move || {
-                            read_log(&db_shared.db, &log_prefix, last)
-                        })
-                        .await
-                        .map_err(|e| Error::Embedded(Box::new(e)))
-                        .and_then(|r| r);
-                        match caught_up {
-                            Ok((events, read_at)) => {
-                                for event in events {
-                                    if tx.send(Ok(event)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                last = last.max(read_at);
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(e)).await;
-                                return;
-                            }
+                        match catch_up(&shared, &prefix, None, last, &tx).await {
+                            Some(caught_up) => last = caught_up,
+                            None => return,
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => {
@@ -717,6 +768,54 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next.mod_revision, updated.mod_revision + 1);
+    }
+
+    #[tokio::test]
+    async fn a_watch_far_behind_catches_up_batch_by_batch() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let start = store.revision().await.unwrap();
+        let n = CATCH_UP_BATCH + CATCH_UP_BATCH / 2;
+        let writes = (0..n).map(|i| {
+            let (key, other) = (format!("/registry/t/{i}"), format!("/registry/u/{i}"));
+            let store = &store;
+            async move {
+                store.create(&key, Bytes::from_static(b"x")).await.unwrap();
+                if i % 2 == 0 {
+                    store
+                        .create(&other, Bytes::from_static(b"y"))
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        futures::future::join_all(writes).await;
+        let mut watch = store.watch("/registry/t/", start).await.unwrap();
+        let mut last = start;
+        let mut next = async || {
+            tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+                .await
+                .expect("an event within 10 s")
+                .unwrap()
+                .unwrap()
+        };
+        for _ in 0..n {
+            let event = next().await;
+            assert!(event.key.starts_with("/registry/t/"), "{}", event.key);
+            assert!(event.revision > last);
+            last = event.revision;
+        }
+        // Then live events follow.
+        let live = store
+            .create("/registry/t/live", Bytes::from_static(b"z"))
+            .await
+            .unwrap();
+        let event = next().await;
+        assert_eq!(
+            (event.key.as_str(), event.revision),
+            ("/registry/t/live", live.mod_revision)
+        );
     }
 
     #[test]
