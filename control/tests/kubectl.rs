@@ -258,6 +258,16 @@ fn user_journey(server: &mut Rudder) {
 /// kubectl's imperative commands: client-go's typed clients send protobuf bodies.
 fn imperative_commands(server: &Rudder) {
     server.ok(&["create", "namespace", "imp"]);
+    // Every namespace gets a `default` ServiceAccount, and gets it back when it is deleted.
+    let has_default = || {
+        server
+            .kubectl(&["get", "serviceaccount", "default", "-n", "imp"])
+            .status
+            .success()
+    };
+    server.wait_for("the default service account in imp", has_default);
+    server.ok(&["delete", "serviceaccount", "default", "-n", "imp"]);
+    server.wait_for("the default service account back in imp", has_default);
     let n = ["-n", "imp"];
     let run = |args: &[&str]| server.ok(&[args, &n[..]].concat());
     run(&[

@@ -17,7 +17,8 @@
 //! - [`namespace`]: deletes everything in a Namespace being deleted, then the Namespace;
 //! - [`node_ipam`]: gives each Node a PodCIDR;
 //! - [`node_lifecycle`]: marks silent nodes `Unknown`, taints nodes by their conditions and
-//!   evicts pods that do not tolerate a node's `NoExecute` taints.
+//!   evicts pods that do not tolerate a node's `NoExecute` taints;
+//! - [`serviceaccount`]: a `default` ServiceAccount in every namespace.
 
 pub mod cronjob;
 pub mod daemonset;
@@ -30,6 +31,7 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod statefulset;
 pub mod workload;
 
@@ -114,6 +116,13 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         tokio::spawn(statefulset::run(client.clone(), statefulset_caches)),
         tokio::spawn(endpointslice::run(client.clone(), endpoint_caches)),
         tokio::spawn(node_lifecycle::run(client.clone(), lifecycle_caches)),
+        tokio::spawn(serviceaccount::run(
+            client.clone(),
+            serviceaccount::Caches {
+                namespaces: informer::Informer::start(Api::all(client.clone())),
+                accounts: informer::Informer::start(Api::all(client.clone())),
+            },
+        )),
         tokio::spawn(gc::run(client, gc_caches)),
     ]
 }
