@@ -116,9 +116,7 @@ impl Cache {
             self.assumed.remove(&uid);
             // A pod bound, finished or relabelled may let another pod fit (resources, pod
             // affinity, spreading).
-            let before = self.snapshot.pod_labels(&uid).cloned();
-            self.snapshot.add(&pod);
-            if was_pending || before.as_ref() != self.snapshot.pod_labels(&uid) {
+            if self.snapshot.add(&pod) || was_pending {
                 self.queue.cluster_changed(Instant::now());
             }
         }
@@ -226,6 +224,8 @@ pub async fn run(client: Client) {
                     if let Some(s) = assumed.spec.as_mut() {
                         s.node_name = Some(node.clone());
                     }
+                    // Counted on its node now; the pods it may let in are woken when the
+                    // watch shows the binding.
                     cache.snapshot.add(&assumed);
                     cache
                         .assumed

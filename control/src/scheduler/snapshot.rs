@@ -263,11 +263,13 @@ impl Snapshot {
     }
 
     /// Adds `pod`, or replaces what was known of it (by UID); a pod that is not bound, or has
-    /// finished, is only removed.
-    pub fn add(&mut self, pod: &Pod) {
+    /// finished, is only removed. Returns whether other pods may now see it differently: it
+    /// appeared, went away or changed its labels.
+    pub fn add(&mut self, pod: &Pod) -> bool {
+        let mut before = None;
         let key = match pod.metadata.uid.as_deref() {
             Some(uid) => {
-                self.remove(uid);
+                before = self.take(uid);
                 uid.to_owned()
             }
             None => {
@@ -280,10 +282,10 @@ impl Snapshot {
             Some("Succeeded" | "Failed")
         );
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
-            return;
+            return before.is_some();
         };
         if finished {
-            return;
+            return before.is_some();
         }
         let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
         let info = PodInfo {
@@ -319,19 +321,19 @@ impl Snapshot {
             .entry(info.namespace.clone())
             .or_default()
             .insert(key.clone());
+        let seen_differently = before.is_none_or(|b| b.labels != info.labels);
         self.pods.insert(key, info);
-    }
-
-    /// The labels of the bound pod with this UID, if it is known.
-    pub fn pod_labels(&self, uid: &str) -> Option<&BTreeMap<String, String>> {
-        self.pods.get(uid).map(|p| &p.labels)
+        seen_differently
     }
 
     /// Forgets the pod with this UID; false if it was not known.
     pub fn remove(&mut self, uid: &str) -> bool {
-        let Some(info) = self.pods.remove(uid) else {
-            return false;
-        };
+        self.take(uid).is_some()
+    }
+
+    /// Forgets the pod with this UID and returns what was known of it.
+    fn take(&mut self, uid: &str) -> Option<PodInfo> {
+        let info = self.pods.remove(uid)?;
         if let Some(node) = self.nodes.get_mut(&info.node) {
             node.count(&info, -1);
         }
@@ -356,7 +358,7 @@ impl Snapshot {
                 self.by_namespace.remove(&info.namespace);
             }
         }
-        true
+        Some(info)
     }
 
     /// Keeps only the pods whose UID `keep` accepts (after a relist).

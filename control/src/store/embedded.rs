@@ -499,27 +499,28 @@ fn read_log(db: &Database, prefix: &str, after: i64) -> Result<LogBatch> {
         });
     }
     let log = txn.open_table(LOG).map_err(db_err)?;
-    let mut batch = LogBatch {
-        events: Vec::new(),
-        read_to: revision,
-        more: false,
-    };
+    let mut events = Vec::new();
+    let mut last_read = after;
     for (seen, entry) in log.range(after + 1..).map_err(db_err)?.enumerate() {
         let (rev, raw) = entry.map_err(db_err)?;
         if seen == CATCH_UP_BATCH {
-            batch.more = true;
-            break;
+            return Ok(LogBatch {
+                events,
+                read_to: last_read,
+                more: true,
+            });
         }
-        batch.read_to = rev.value();
+        last_read = rev.value();
         let event = decode_event(rev.value(), raw.value())?;
         if event.key.starts_with(prefix) {
-            batch.events.push(event);
+            events.push(event);
         }
     }
-    if !batch.more {
-        batch.read_to = revision;
-    }
-    Ok(batch)
+    Ok(LogBatch {
+        events,
+        read_to: revision,
+        more: false,
+    })
 }
 
 /// Sends the logged events under `prefix` after `after` to `tx`, batch by batch, starting with
