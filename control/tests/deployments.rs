@@ -2,7 +2,8 @@
 //! ReplicaSet and Ready pods (`kubectl rollout status` returns), a deleted pod is replaced,
 //! changing the template rolls the pods one at a time while a client hitting the Service sees no
 //! failed request, `kubectl rollout undo` goes back to the first ReplicaSet, scaling works, and
-//! deletion cascades (orphan, then background) through the garbage collector.
+//! deletion cascades (orphan, then background) through the garbage collector. A
+//! ReplicationController then keeps, heals and scales its pods the same way.
 //!
 //! Needs root, BPF, iproute2 and kubectl; `cargo xtask ci` runs it. The node's private network
 //! is described in `common/node.rs`; everything is removed at the end, also when the test fails.
@@ -209,6 +210,89 @@ fn deployments_roll_heal_and_cascade() {
     server.wait_for("the pods to go", || {
         server
             .ok(&["get", "pods", "-l", "app=web", "-o", "name"])
+            .is_empty()
+    });
+
+    replication_controller(server);
+}
+
+/// A core/v1 ReplicationController: its selector defaults to the template's labels, it keeps
+/// its replicas (replacing a deleted pod, following `kubectl scale`), `kubectl get rc` shows
+/// its counts, a selector its template does not match is refused naming the field, and
+/// deleting it takes its pods.
+fn replication_controller(server: &common::Rudder) {
+    const RC: &str = r#"
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: legacy}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: legacy}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: agnhost
+        image: registry.k8s.io/e2e-test-images/agnhost:2.47
+        args: ["netexec", "--http-port=8080"]
+"#;
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], RC);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        server.ok(&["get", "rc", "legacy", "-o", "jsonpath={.spec.selector.app}"]),
+        "legacy"
+    );
+    let ready = |n: &str| {
+        server.wait_for(&format!("{n} ready replicas"), || {
+            server.ok(&[
+                "get",
+                "rc",
+                "legacy",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ]) == n
+        });
+    };
+    ready("2");
+    let owners = server.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=legacy",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(owners, "ReplicationController ReplicationController");
+    let table = server.ok(&["get", "rc", "legacy"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("DESIRED") && table.contains("legacy   2 "),
+        "{table}"
+    );
+
+    let pods = names(&server.ok(&["get", "pods", "-l", "app=legacy", "-o", "name"]));
+    let victim = pods.iter().next().unwrap().clone();
+    server.ok(&["delete", &victim, "--wait=false"]);
+    server.wait_for("a replacement pod", || {
+        let now = names(&server.ok(&["get", "pods", "-l", "app=legacy", "-o", "name"]));
+        now.len() == 2 && !now.contains(&victim)
+    });
+    server.ok(&["scale", "rc", "legacy", "--replicas=3"]);
+    ready("3");
+
+    let bad = RC
+        .replace("name: legacy", "name: crooked")
+        .replace("replicas: 2", "replicas: 1\n  selector: {app: other}");
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.template.metadata.labels"),
+        "{err}"
+    );
+
+    server.ok(&["delete", "rc", "legacy"]);
+    server.wait_for("the controller's pods to go", || {
+        server
+            .ok(&["get", "pods", "-l", "app=legacy", "-o", "name"])
             .is_empty()
     });
 }

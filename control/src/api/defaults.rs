@@ -50,6 +50,7 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value) {
             }
             pod_template(spec);
         }
+        ("", "ReplicationController") => replication_controller(obj),
         ("apps", "ReplicaSet") => {
             let spec = child(obj, "spec");
             set_default(spec, "replicas", json!(1));
@@ -139,6 +140,37 @@ fn job_spec(spec: &mut Value) {
     if spec.get("completions").is_none() && spec.get("parallelism") == Some(&json!(1)) {
         set_default(spec, "completions", json!(1));
     }
+    pod_template(spec);
+}
+
+/// A ReplicationController's selector defaults to its template's labels, and its own labels
+/// to them too (Kubernetes' `SetDefaults_ReplicationController`).
+fn replication_controller(obj: &mut Value) {
+    let template_labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+        .cloned();
+    if let Some(labels) = template_labels {
+        let spec = child(obj, "spec");
+        if spec
+            .get("selector")
+            .and_then(Value::as_object)
+            .is_none_or(serde_json::Map::is_empty)
+        {
+            spec["selector"] = labels.clone();
+        }
+        let meta = child(obj, "metadata");
+        if meta
+            .get("labels")
+            .and_then(Value::as_object)
+            .is_none_or(serde_json::Map::is_empty)
+        {
+            meta["labels"] = labels;
+        }
+    }
+    let spec = child(obj, "spec");
+    set_default(spec, "replicas", json!(1));
+    set_default(spec, "minReadySeconds", json!(0));
     pod_template(spec);
 }
 

@@ -256,6 +256,17 @@ const BUILTINS: &[Builtin] = &[
         true,
     ),
     b(
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        true,
+        &["rc"],
+        true,
+        true,
+        true,
+    ),
+    b(
         "apps",
         "v1",
         "ReplicaSet",

@@ -683,6 +683,7 @@ fn prepare_create(rt: &ResourceType, obj: &mut Value) {
             rt.kind.as_str(),
             "Deployment"
                 | "ReplicaSet"
+                | "ReplicationController"
                 | "StatefulSet"
                 | "DaemonSet"
                 | "Job"
@@ -1097,8 +1098,11 @@ pub fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
         .and_then(Value::as_str)
         .map(str::to_owned)
         .or_else(|| {
+            // A LabelSelector's matchLabels, or a ReplicationController's plain label map.
             object::get_path(obj, "spec.selector.matchLabels")
+                .or_else(|| object::get_path(obj, "spec.selector"))
                 .and_then(Value::as_object)
+                .filter(|m| m.values().all(Value::is_string))
                 .map(|m| {
                     m.iter()
                         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))

@@ -86,7 +86,7 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
             col("Images", "string", 1),
             col("Selector", "string", 1),
         ],
-        ("apps", "ReplicaSet") => vec![
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => vec![
             name,
             col("Desired", "integer", 0),
             col("Current", "integer", 0),
@@ -492,6 +492,20 @@ fn cells(rt: &ResourceType, obj: &Value) -> Vec<Value> {
                 obj,
                 "spec.selector.matchLabels"
             ))),
+        ],
+        ("", "ReplicationController") => vec![
+            name,
+            json!(i(obj, "spec.replicas")),
+            json!(i(obj, "status.replicas")),
+            json!(i(obj, "status.readyReplicas")),
+            json!(age(obj)),
+            json!(container_list(obj, "spec.template.spec.containers", "name")),
+            json!(container_list(
+                obj,
+                "spec.template.spec.containers",
+                "image"
+            )),
+            json!(selector_string(object::get_path(obj, "spec.selector"))),
         ],
         ("apps", "StatefulSet") => vec![
             name,

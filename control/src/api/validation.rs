@@ -76,6 +76,7 @@ typed_kinds! {
     "discovery.k8s.io", "EndpointSlice" => api::discovery::v1::EndpointSlice;
     "apps", "Deployment" => api::apps::v1::Deployment;
     "apps", "ReplicaSet" => api::apps::v1::ReplicaSet;
+    "", "ReplicationController" => api::core::v1::ReplicationController;
     "apps", "StatefulSet" => api::apps::v1::StatefulSet;
     "apps", "DaemonSet" => api::apps::v1::DaemonSet;
     "apps", "ControllerRevision" => api::apps::v1::ControllerRevision;
@@ -297,6 +298,7 @@ pub fn validate(group: &str, kind: &str, obj: &Value) -> Vec<Cause> {
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             validate_workload(kind, obj, &mut causes);
         }
+        ("", "ReplicationController") => validate_replication_controller(obj, &mut causes),
         ("batch", "Job") => validate_job_template(obj.get("spec"), "spec", &mut causes),
         ("batch", "CronJob") => {
             let spec = obj.get("spec");
@@ -600,6 +602,51 @@ fn validate_selector_matches_template(obj: &Value, causes: &mut Vec<Cause>) {
 fn validate_workload(kind: &str, obj: &Value, causes: &mut Vec<Cause>) {
     validate_selector_matches_template(obj, causes);
     let spec = obj.get("spec");
+    validate_replicas_and_template(spec, causes);
+    if kind == "StatefulSet"
+        && let Some(policy) = spec.and_then(|s| s.get("podManagementPolicy"))
+        && !matches!(policy.as_str(), Some("OrderedReady" | "Parallel"))
+    {
+        causes.push(Cause::not_supported(
+            "spec.podManagementPolicy",
+            policy,
+            &["OrderedReady", "Parallel"],
+        ));
+    }
+}
+
+/// A ReplicationController: a non-empty selector (a plain label map) that its template's
+/// labels match, replicas ≥ 0, and a template whose pods restart `Always`.
+fn validate_replication_controller(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec");
+    let template_labels = spec
+        .and_then(|s| s.pointer("/template/metadata/labels"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    match spec
+        .and_then(|s| s.get("selector"))
+        .and_then(Value::as_object)
+    {
+        Some(selector) if !selector.is_empty() => {
+            if !selector
+                .iter()
+                .all(|(k, v)| template_labels.get(k) == Some(v))
+            {
+                causes.push(Cause::invalid(
+                    "spec.template.metadata.labels",
+                    &Value::Object(template_labels),
+                    "`selector` does not match template `labels`",
+                ));
+            }
+        }
+        _ => causes.push(Cause::required("spec.selector", "")),
+    }
+    validate_replicas_and_template(spec, causes);
+}
+
+/// `spec.replicas` ≥ 0 and a pod template whose pods restart `Always` (the replicated kinds).
+fn validate_replicas_and_template(spec: Option<&Value>, causes: &mut Vec<Cause>) {
     if let Some(r) = spec.and_then(|s| s.get("replicas"))
         && r.as_i64().is_none_or(|r| r < 0)
     {
@@ -626,16 +673,6 @@ fn validate_workload(kind: &str, obj: &Value, causes: &mut Vec<Cause>) {
             }
         }
         None => causes.push(Cause::required("spec.template.spec", "")),
-    }
-    if kind == "StatefulSet"
-        && let Some(policy) = spec.and_then(|s| s.get("podManagementPolicy"))
-        && !matches!(policy.as_str(), Some("OrderedReady" | "Parallel"))
-    {
-        causes.push(Cause::not_supported(
-            "spec.podManagementPolicy",
-            policy,
-            &["OrderedReady", "Parallel"],
-        ));
     }
 }
 

@@ -11,7 +11,8 @@
 //!   is left.
 //!
 //! The collector follows the kinds the built-in controllers create and own: Pods, ReplicaSets,
-//! Deployments, DaemonSets, StatefulSets, Jobs, CronJobs, Services and EndpointSlices (a
+//! ReplicationControllers, Deployments, DaemonSets, StatefulSets, Jobs, CronJobs, Services and
+//! EndpointSlices (a
 //! reference to any other kind of owner is left alone). Before deleting for a missing owner it asks the apiserver, not just its cache, so an
 //! owner created a moment ago is never taken for gone. The decisions are a pure function,
 //! [`decide`].
@@ -25,7 +26,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::{Pod, Service},
+        core::v1::{Pod, ReplicationController, Service},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -51,6 +52,8 @@ pub enum Kind {
     Pod,
     /// apps/v1 ReplicaSet.
     ReplicaSet,
+    /// core/v1 ReplicationController.
+    ReplicationController,
     /// apps/v1 Deployment.
     Deployment,
     /// apps/v1 DaemonSet.
@@ -73,6 +76,7 @@ impl Kind {
         match (api_version, kind) {
             ("v1", "Pod") => Some(Self::Pod),
             ("apps/v1", "ReplicaSet") => Some(Self::ReplicaSet),
+            ("v1", "ReplicationController") => Some(Self::ReplicationController),
             ("apps/v1", "Deployment") => Some(Self::Deployment),
             ("apps/v1", "DaemonSet") => Some(Self::DaemonSet),
             ("apps/v1", "StatefulSet") => Some(Self::StatefulSet),
@@ -249,6 +253,8 @@ pub struct Caches {
     pub pods: Arc<Informer<Pod>>,
     /// ReplicaSets.
     pub replicasets: Arc<Informer<ReplicaSet>>,
+    /// ReplicationControllers.
+    pub replicationcontrollers: Arc<Informer<ReplicationController>>,
     /// Deployments.
     pub deployments: Arc<Informer<Deployment>>,
     /// DaemonSets.
@@ -275,6 +281,10 @@ macro_rules! with_kind {
             }
             Kind::ReplicaSet => {
                 type $k = ReplicaSet;
+                $body
+            }
+            Kind::ReplicationController => {
+                type $k = ReplicationController;
                 $body
             }
             Kind::Deployment => {
@@ -320,6 +330,11 @@ impl Caches {
                 .map(|o| o.metadata.clone()),
             Kind::ReplicaSet => self
                 .replicasets
+                .store()
+                .get(&r.object_ref())
+                .map(|o| o.metadata.clone()),
+            Kind::ReplicationController => self
+                .replicationcontrollers
                 .store()
                 .get(&r.object_ref())
                 .map(|o| o.metadata.clone()),
@@ -433,6 +448,7 @@ pub async fn run(client: Client, caches: Caches) {
     let index: Arc<Mutex<Index>> = Arc::default();
     let mut pods = caches.pods.subscribe();
     let mut replicasets = caches.replicasets.subscribe();
+    let mut replicationcontrollers = caches.replicationcontrollers.subscribe();
     let mut deployments = caches.deployments.subscribe();
     let mut daemonsets = caches.daemonsets.subscribe();
     let mut statefulsets = caches.statefulsets.subscribe();
@@ -442,6 +458,7 @@ pub async fn run(client: Client, caches: Caches) {
     let mut slices = caches.slices.subscribe();
     caches.pods.synced().await;
     caches.replicasets.synced().await;
+    caches.replicationcontrollers.synced().await;
     caches.deployments.synced().await;
     caches.daemonsets.synced().await;
     caches.statefulsets.synced().await;
@@ -472,6 +489,7 @@ pub async fn run(client: Client, caches: Caches) {
             }
             all!(caches.pods, Kind::Pod);
             all!(caches.replicasets, Kind::ReplicaSet);
+            all!(caches.replicationcontrollers, Kind::ReplicationController);
             all!(caches.deployments, Kind::Deployment);
             all!(caches.daemonsets, Kind::DaemonSet);
             all!(caches.statefulsets, Kind::StatefulSet);
@@ -505,6 +523,7 @@ pub async fn run(client: Client, caches: Caches) {
                 tokio::select! {
                     c = pods.next() => on!(c, Kind::Pod),
                     c = replicasets.next() => on!(c, Kind::ReplicaSet),
+                    c = replicationcontrollers.next() => on!(c, Kind::ReplicationController),
                     c = deployments.next() => on!(c, Kind::Deployment),
                     c = daemonsets.next() => on!(c, Kind::DaemonSet),
                     c = statefulsets.next() => on!(c, Kind::StatefulSet),

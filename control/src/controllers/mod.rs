@@ -4,7 +4,7 @@
 //!
 //! - [`informer`]: shared watches and work queues;
 //! - [`replicaset`] and [`deployment`]: pods from templates, rollouts, history (their pure
-//!   cores are in [`workload`]);
+//!   cores are in [`workload`]); the ReplicaSet loop runs ReplicationControllers too;
 //! - [`job`]: runs each Job's pods to completion (completions, parallelism, Indexed mode,
 //!   backoffLimit, activeDeadlineSeconds, suspend, ttlSecondsAfterFinished);
 //! - [`cronjob`]: creates Jobs on cron schedules (concurrency policies, starting deadlines,
@@ -72,7 +72,12 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         endpoints: informer::Informer::start(Api::all(client.clone())),
     };
     let rs_caches = replicaset::Caches {
-        replicasets: replicasets.clone(),
+        owners: replicasets.clone(),
+        pods: pods.clone(),
+    };
+    let replicationcontrollers = informer::Informer::start(Api::all(client.clone()));
+    let rc_caches = replicaset::Caches::<k8s_openapi::api::core::v1::ReplicationController> {
+        owners: replicationcontrollers.clone(),
         pods: pods.clone(),
     };
     let deployment_caches = deployment::Caches {
@@ -98,6 +103,7 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
     let gc_caches = gc::Caches {
         pods,
         replicasets,
+        replicationcontrollers,
         deployments,
         jobs,
         cronjobs,
@@ -109,6 +115,7 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(node_ipam::run(client.clone(), cluster_cidr)),
         tokio::spawn(replicaset::run(client.clone(), rs_caches)),
+        tokio::spawn(replicaset::run(client.clone(), rc_caches)),
         tokio::spawn(deployment::run(client.clone(), deployment_caches)),
         tokio::spawn(job::run(client.clone(), job_caches)),
         tokio::spawn(cronjob::run(client.clone(), cronjob_caches)),

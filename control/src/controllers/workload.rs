@@ -508,6 +508,12 @@ fn replicaset_status(
 /// ReplicaSet's namespace, labels, annotations and finalizers from the template, a controller
 /// owner reference to the ReplicaSet, and the template's spec.
 pub fn new_pod(rs: &ReplicaSet) -> Pod {
+    new_pod_owned_by(rs, "apps/v1", "ReplicaSet")
+}
+
+/// A new pod from `rs`'s template, controlled by the `api_version`/`kind` object whose
+/// metadata `rs` carries (a ReplicationController seen as a ReplicaSet).
+pub fn new_pod_owned_by(rs: &ReplicaSet, api_version: &str, kind: &str) -> Pod {
     let template = rs.spec.template.clone().unwrap_or_default();
     let template_meta = template.metadata.unwrap_or_default();
     let name = rs.metadata.name.as_deref().unwrap_or_default();
@@ -518,7 +524,7 @@ pub fn new_pod(rs: &ReplicaSet) -> Pod {
             labels: template_meta.labels,
             annotations: template_meta.annotations,
             finalizers: template_meta.finalizers,
-            owner_references: Some(vec![owner_reference("apps/v1", "ReplicaSet", &rs.metadata)]),
+            owner_references: Some(vec![owner_reference(api_version, kind, &rs.metadata)]),
             ..ObjectMeta::default()
         },
         spec: template.spec,
