@@ -123,11 +123,13 @@ impl Server {
             credentials,
             max_body_bytes: api::DEFAULT_MAX_BODY_BYTES,
             bookmark_interval: Duration::from_secs(60),
+            metrics: api::metrics::Samples::default(),
         });
         load_crds(&state).await?;
         bootstrap(&state, advertise, local_addr.port()).await?;
         resume_namespace_deletions(&state).await?;
         spawn_compactor(Arc::clone(&state.store));
+        api::metrics::spawn_scraper(&state);
         Ok(Self {
             state,
             kubeconfig,

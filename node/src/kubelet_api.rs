@@ -1,5 +1,6 @@
 //! The agent's HTTPS endpoint on the kubelet port (10250 by default): container logs, which the
-//! apiserver proxies for `kubectl logs`, and exec sessions for `kubectl exec`.
+//! apiserver proxies for `kubectl logs`, exec sessions for `kubectl exec`, and resource
+//! metrics.
 //!
 //! - `GET /containerLogs/{namespace}/{pod}/{container}?podUID=…` with kubectl's options `follow`,
 //!   `previous`, `tailLines`, `limitBytes`, `timestamps`, `sinceSeconds` and `sinceTime`.
@@ -12,6 +13,9 @@
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?podUID=…&command=…&stdin=…&stdout=…&stderr=…&tty=…`
 //!   upgraded to a WebSocket (`v5.channel.k8s.io` or `v4.channel.k8s.io`): runs the command in
 //!   the container's namespaces, see [`crate::exec`].
+//! - `GET /metrics/resource`: CPU and memory use of the containers and the node in
+//!   Prometheus text, see [`crate::metrics`]; the apiserver scrapes it to serve
+//!   `metrics.k8s.io` (`kubectl top`, the HorizontalPodAutoscaler).
 //! - `GET /healthz`.
 //!
 //! Who may ask: callers present the cluster's node token as a bearer token. The apiserver is the
@@ -172,6 +176,13 @@ async fn handle(root: &Path, token: &str, req: Request<Incoming>) -> Response<Bo
     let path = req.uri().path();
     if path == "/healthz" {
         return text(StatusCode::OK, "ok");
+    }
+    if path == "/metrics/resource" {
+        let root = root.to_owned();
+        return match tokio::task::spawn_blocking(move || crate::metrics::scrape(&root)).await {
+            Ok(body) => text(StatusCode::OK, body),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
     }
     let Some((_ns, _pod, container)) = parse_logs_path(path) else {
         return text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));

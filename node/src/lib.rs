@@ -4,8 +4,10 @@
 //!   comparison).
 //! - [`agent`]: the node agent: Node registration, Lease, pod network, pod workers.
 //! - [`join`]: joining a cluster with a join token (`rudder agent`).
-//! - [`kubelet_api`]: the agent's HTTPS endpoint that serves container logs and exec sessions
-//!   to the apiserver.
+//! - [`kubelet_api`]: the agent's HTTPS endpoint that serves container logs, exec sessions and
+//!   resource metrics to the apiserver.
+//! - [`metrics`]: the containers' and the node's CPU and memory use, read from cgroups and
+//!   `/proc`, as the kubelet's `/metrics/resource`.
 //! - [`exec`]: `kubectl exec` on the node: the WebSocket remote command protocol and commands
 //!   run in a container's namespaces.
 //! - [`runtime`]: pods as isolated processes: sandboxes, the container shim, probes, the pod
@@ -25,6 +27,7 @@ pub mod exec;
 pub mod join;
 pub mod kubelet_api;
 pub mod lab;
+pub mod metrics;
 pub mod proxy;
 pub mod quantity;
 pub mod runtime;

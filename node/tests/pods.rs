@@ -156,6 +156,7 @@ impl Drop for Node {
         let _ = net.teardown();
         // Shims of a failed test: kill them by their pid files.
         rudder_node::runtime::process::kill_all_under(self.root.path());
+        rudder_node::runtime::cgroups::remove_pods_under(self.root.path());
     }
 }
 

@@ -228,6 +228,7 @@ fn remove_node(data_dir: &Path) {
     for cidr in ["10.244.0.0/16", "10.96.0.0/12"] {
         quiet(&["route", "del", "blackhole", cidr]);
     }
+    remove_pod_cgroups(&agent);
     let _ = std::fs::remove_dir_all(&agent);
     // Unpinning the datapath's links detaches its programs; its maps go with the last reference.
     let datapath = std::fs::remove_dir_all("/sys/fs/bpf/rudder").is_ok();
@@ -235,4 +236,38 @@ fn remove_node(data_dir: &Path) {
         "xtask: removed the node: {killed} container processes, {sandboxes} pod sandboxes, bridge rudder0{}",
         if datapath { ", eBPF datapath" } else { "" }
     );
+}
+
+/// Removes the cgroups (`rudder/<pod uid>/<container>` in every hierarchy) of the pods whose
+/// state lies under `agent/pods`, waiting up to two seconds for killed processes to leave them.
+fn remove_pod_cgroups(agent: &Path) {
+    let uids: Vec<String> = std::fs::read_dir(agent.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let dirs: Vec<PathBuf> = ["", "memory", "cpu", "cpuacct", "cpu,cpuacct"]
+        .iter()
+        .flat_map(|h| {
+            uids.iter()
+                .map(move |u| Path::new("/sys/fs/cgroup").join(h).join("rudder").join(u))
+        })
+        .filter(|d| d.exists())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        for dir in &dirs {
+            for c in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if c.path().is_dir() {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        if dirs.iter().all(|d| !d.exists()) || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

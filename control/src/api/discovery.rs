@@ -87,6 +87,7 @@ pub fn api_group_list(registry: &Registry) -> Value {
         .groups()
         .iter()
         .map(|(g, vs)| group_json(g, vs))
+        .chain([super::metrics::group()])
         .collect();
     json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups })
 }

@@ -18,6 +18,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod exec;
 pub mod logs;
+pub mod metrics;
 pub mod object;
 pub mod patch;
 pub mod protobuf;
@@ -63,6 +64,8 @@ pub struct State {
     pub max_body_bytes: usize,
     /// Interval between watch bookmarks.
     pub bookmark_interval: Duration,
+    /// CPU and memory use scraped from the node agents (`metrics.k8s.io`).
+    pub metrics: metrics::Samples,
 }
 
 /// A JSON response with `code`.

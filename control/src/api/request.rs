@@ -293,6 +293,23 @@ pub async fn route(
         return discovery::openapi(state, &path, &request);
     }
     match parse_path(&path) {
+        Route::Group(group) if group == super::metrics::GROUP => {
+            let mut g = super::metrics::group();
+            g["kind"] = serde_json::json!("APIGroup");
+            g["apiVersion"] = serde_json::json!("v1");
+            Ok(json_response(StatusCode::OK, &g))
+        }
+        Route::GroupVersion(group, version)
+            if group == super::metrics::GROUP && version == super::metrics::VERSION =>
+        {
+            Ok(json_response(
+                StatusCode::OK,
+                &super::metrics::resource_list(),
+            ))
+        }
+        Route::Resource(info) if info.group == super::metrics::GROUP => {
+            super::metrics::serve(state, &info, &request).await
+        }
         Route::Group(group) => discovery::api_group(&state.registry, &group)
             .map(|v| json_response(StatusCode::OK, &v))
             .ok_or_else(|| ApiError::no_route(&path)),

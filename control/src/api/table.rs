@@ -177,6 +177,61 @@ fn age(obj: &Value) -> String {
         .map_or_else(|| "<unknown>".to_owned(), object::human_age)
 }
 
+/// An HPA's TARGETS column as kubectl prints it: `cpu: 250%/50%`, `memory: 12Mi/100Mi`, or
+/// `<unknown>` for a value not measured yet, one entry per metric.
+fn hpa_targets(obj: &Value) -> String {
+    let metrics = object::get_path(obj, "spec.metrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let current = object::get_path(obj, "status.currentMetrics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let entries: Vec<String> = metrics
+        .iter()
+        .map(|m| {
+            let ty = m.get("type").and_then(Value::as_str).unwrap_or_default();
+            let Some(res) = m.get("resource").filter(|_| ty == "Resource") else {
+                return format!("<{}>", ty.to_lowercase());
+            };
+            let name = s(res.get("name"));
+            let now = current.iter().find_map(|c| {
+                let r = c.get("resource")?;
+                (r.get("name")?.as_str()? == name).then(|| r.get("current").cloned())?
+            });
+            let target = res.get("target");
+            match target
+                .and_then(|t| t.get("averageUtilization"))
+                .and_then(Value::as_i64)
+            {
+                Some(want) => {
+                    let got = now
+                        .as_ref()
+                        .and_then(|n| n.get("averageUtilization"))
+                        .and_then(Value::as_i64)
+                        .map_or_else(|| "<unknown>".to_owned(), |g| format!("{g}%"));
+                    format!("{name}: {got}/{want}%")
+                }
+                None => {
+                    let got = now
+                        .as_ref()
+                        .and_then(|n| n.get("averageValue"))
+                        .and_then(Value::as_str)
+                        .map_or_else(|| "<unknown>".to_owned(), str::to_owned);
+                    let want = s(target.and_then(|t| t.get("averageValue")));
+                    format!("{name}: {got}/{want}")
+                }
+            }
+        })
+        .collect();
+    if entries.is_empty() {
+        "<none>".to_owned()
+    } else {
+        entries.join(", ")
+    }
+}
+
 fn selector_string(map: Option<&Value>) -> String {
     map.and_then(Value::as_object)
         .map(|m| {
@@ -664,7 +719,7 @@ fn cells(rt: &ResourceType, obj: &Value) -> Vec<Value> {
                 s(object::get_path(obj, "spec.scaleTargetRef.kind")),
                 s(object::get_path(obj, "spec.scaleTargetRef.name"))
             )),
-            json!("<unknown>"),
+            json!(hpa_targets(obj)),
             json!(i(obj, "spec.minReplicas").to_string()),
             json!(i(obj, "spec.maxReplicas").to_string()),
             json!(i(obj, "status.currentReplicas").to_string()),

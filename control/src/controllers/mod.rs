@@ -18,13 +18,17 @@
 //! - [`node_ipam`]: gives each Node a PodCIDR;
 //! - [`node_lifecycle`]: marks silent nodes `Unknown`, taints nodes by their conditions and
 //!   evicts pods that do not tolerate a node's `NoExecute` taints;
-//! - [`serviceaccount`]: a `default` ServiceAccount in every namespace.
+//! - [`serviceaccount`]: a `default` ServiceAccount in every namespace;
+//! - [`hpa`]: HorizontalPodAutoscalers scale their targets by the CPU or memory their pods use
+//!   (the arithmetic in [`autoscaling`]).
 
+pub mod autoscaling;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
+pub mod hpa;
 pub mod informer;
 pub mod job;
 pub mod namespace;
@@ -100,6 +104,10 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         )),
         pods: pods.clone(),
     };
+    let hpa_caches = hpa::Caches {
+        autoscalers: informer::Informer::start(Api::all(client.clone())),
+        pods: pods.clone(),
+    };
     let gc_caches = gc::Caches {
         pods,
         replicasets,
@@ -123,6 +131,7 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
         tokio::spawn(statefulset::run(client.clone(), statefulset_caches)),
         tokio::spawn(endpointslice::run(client.clone(), endpoint_caches)),
         tokio::spawn(node_lifecycle::run(client.clone(), lifecycle_caches)),
+        tokio::spawn(hpa::run(client.clone(), hpa_caches)),
         tokio::spawn(serviceaccount::run(
             client.clone(),
             serviceaccount::Caches {

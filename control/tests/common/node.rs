@@ -108,6 +108,7 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         rudder_node::runtime::process::kill_all_under(&self.data_dir.join("agent"));
+        rudder_node::runtime::cgroups::remove_pods_under(&self.data_dir.join("agent"));
         for e in std::fs::read_dir("/run/netns")
             .into_iter()
             .flatten()

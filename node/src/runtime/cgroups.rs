@@ -12,10 +12,13 @@
 //! `cgroup.procs` it is given). Both layouts are handled: the unified hierarchy (cgroup v2, a
 //! `cgroup.controllers` file at `/sys/fs/cgroup`), where the agent enables the memory, cpu and
 //! pids controllers down to the container, and the per-controller v1 hierarchies of older and
-//! hybrid hosts (`/sys/fs/cgroup/memory`, `/sys/fs/cgroup/cpu`). A host without either runs
-//! containers without limits and says so in the agent's log once.
+//! hybrid hosts (`/sys/fs/cgroup/memory`, `/sys/fs/cgroup/cpu`, and `/sys/fs/cgroup/cpuacct`
+//! when it is mounted apart from cpu). A host without either runs containers without limits
+//! and says so in the agent's log once.
 //!
-//! The pod's cgroups are removed with the pod.
+//! Every container gets its cgroups, limited or not: [`usage`] reads what it used from them
+//! (for the resource metrics). The pod's cgroups are removed with the pod;
+//! [`remove_pods_under`] removes those of every pod of an agent that is gone.
 
 use std::{
     fs, io,
@@ -46,6 +49,9 @@ pub enum Layout {
         memory: Option<PathBuf>,
         /// The cpu controller's mount.
         cpu: Option<PathBuf>,
+        /// The cpuacct controller's mount when it is not the cpu one's (CPU usage is read
+        /// there).
+        cpuacct: Option<PathBuf>,
     },
 }
 
@@ -61,9 +67,20 @@ impl Layout {
                 .map(|n| root.join(n))
                 .find(|p| p.join("cgroup.procs").exists())
         };
+        let cpu = mounted(&["cpu", "cpu,cpuacct"]);
+        let same = |a: &Path, b: &Path| {
+            fs::canonicalize(a)
+                .ok()
+                .is_some_and(|a| fs::canonicalize(b).ok() == Some(a))
+        };
+        let cpuacct = mounted(&["cpuacct"]).filter(|acct| {
+            !cpu.as_ref()
+                .is_some_and(|cpu| same(cpu, acct) || cpu.join("cpuacct.usage").exists())
+        });
         Self::PerController {
             memory: mounted(&["memory"]),
-            cpu: mounted(&["cpu", "cpu,cpuacct"]),
+            cpu,
+            cpuacct,
         }
     }
 
@@ -71,9 +88,14 @@ impl Layout {
     fn pod_dirs(&self, uid: &str) -> Vec<PathBuf> {
         match self {
             Self::Unified(root) => vec![root.join(SUBTREE).join(uid)],
-            Self::PerController { memory, cpu } => memory
+            Self::PerController {
+                memory,
+                cpu,
+                cpuacct,
+            } => memory
                 .iter()
                 .chain(cpu)
+                .chain(cpuacct)
                 .map(|r| r.join(SUBTREE).join(uid))
                 .collect(),
         }
@@ -191,14 +213,19 @@ pub fn create(
             }
             Ok(vec![dir.join("cgroup.procs")])
         }
-        Layout::PerController { memory, cpu } => {
+        Layout::PerController {
+            memory,
+            cpu,
+            cpuacct,
+        } => {
             let mut procs = Vec::new();
             let all = settings(false, limits);
-            for (root, is_memory) in [(memory, true), (cpu, false)] {
+            // The cpuacct hierarchy takes no settings; it counts the CPU time.
+            for (root, takes) in [(memory, Some(true)), (cpu, Some(false)), (cpuacct, None)] {
                 let Some(root) = root else { continue };
                 let dir = root.join(SUBTREE).join(uid).join(container);
                 fs::create_dir_all(&dir)?;
-                for (file, _, value) in all.iter().filter(|(_, m, _)| *m == is_memory) {
+                for (file, _, value) in all.iter().filter(|(_, m, _)| Some(*m) == takes) {
                     write(dir.join(file), value)?;
                 }
                 procs.push(dir.join("cgroup.procs"));
@@ -206,6 +233,131 @@ pub fn create(
             Ok(procs)
         }
     }
+}
+
+/// What one container has used, read from its cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// CPU time consumed since the cgroup was made, in seconds (`cpu.stat` `usage_usec` on
+    /// v2, `cpuacct.usage` on v1).
+    pub cpu_seconds: f64,
+    /// The working set in bytes: memory in use less inactive file pages, as the kubelet and
+    /// cAdvisor count it (`memory.current` − `inactive_file` on v2, `memory.usage_in_bytes` −
+    /// `total_inactive_file` on v1).
+    pub memory_working_set: u64,
+}
+
+/// The containers of pod `uid` that have a cgroup, with what each has used. A container
+/// whose files cannot be read (it is being removed) is left out.
+pub fn usage(layout: &Layout, uid: &str) -> Vec<(String, Usage)> {
+    let stat_value = |text: &str, key: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse::<u64>().ok())?
+        })
+    };
+    let read = |path: PathBuf| fs::read_to_string(path).ok();
+    let number = |path: PathBuf| read(path).and_then(|t| t.trim().parse::<u64>().ok());
+    let mut out = Vec::new();
+    match layout {
+        Layout::Unified(root) => {
+            let pod = root.join(SUBTREE).join(uid);
+            for dir in subdirectories(&pod) {
+                let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                    continue;
+                };
+                let Some(cpu_us) =
+                    read(dir.join("cpu.stat")).and_then(|t| stat_value(&t, "usage_usec"))
+                else {
+                    continue;
+                };
+                let current = number(dir.join("memory.current")).unwrap_or(0);
+                let inactive = read(dir.join("memory.stat"))
+                    .and_then(|t| stat_value(&t, "inactive_file"))
+                    .unwrap_or(0);
+                out.push((
+                    name,
+                    Usage {
+                        cpu_seconds: cpu_us as f64 / 1e6,
+                        memory_working_set: current.saturating_sub(inactive),
+                    },
+                ));
+            }
+        }
+        Layout::PerController {
+            memory,
+            cpu,
+            cpuacct,
+        } => {
+            let Some(acct) = cpuacct.as_ref().or(cpu.as_ref()) else {
+                return out;
+            };
+            for dir in subdirectories(&acct.join(SUBTREE).join(uid)) {
+                let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                    continue;
+                };
+                let Some(cpu_ns) = number(dir.join("cpuacct.usage")) else {
+                    continue;
+                };
+                let mem = memory
+                    .as_ref()
+                    .map(|m| m.join(SUBTREE).join(uid).join(&name));
+                let current = mem
+                    .as_ref()
+                    .and_then(|m| number(m.join("memory.usage_in_bytes")))
+                    .unwrap_or(0);
+                let inactive = mem
+                    .and_then(|m| read(m.join("memory.stat")))
+                    .and_then(|t| stat_value(&t, "total_inactive_file"))
+                    .unwrap_or(0);
+                out.push((
+                    name,
+                    Usage {
+                        cpu_seconds: cpu_ns as f64 / 1e9,
+                        memory_working_set: current.saturating_sub(inactive),
+                    },
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Removes the cgroups of every pod whose state directory lies under `agent_root/pods`: the
+/// last-resort cleanup, after the containers were killed, when no agent will remove them. A
+/// cgroup whose last processes are still exiting is retried for up to two seconds.
+pub fn remove_pods_under(agent_root: &Path) {
+    let layout = Layout::detect(Path::new(ROOT));
+    let uids: Vec<String> = fs::read_dir(agent_root.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        for uid in &uids {
+            remove(&layout, uid);
+        }
+        let left = uids
+            .iter()
+            .any(|uid| layout.pod_dirs(uid).iter().any(|d| d.exists()));
+        if !left || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn subdirectories(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect()
 }
 
 /// Removes pod `uid`'s cgroups (best effort: a cgroup with processes left stays).
@@ -240,6 +392,60 @@ mod tests {
             requests: map(requests),
             ..ResourceRequirements::default()
         }
+    }
+
+    #[test]
+    fn usage_is_read_from_v2_and_v1_files() {
+        let root = tempfile::tempdir().unwrap();
+        let c = root.path().join("rudder/u1/app");
+        fs::create_dir_all(&c).unwrap();
+        fs::write(
+            c.join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\n",
+        )
+        .unwrap();
+        fs::write(c.join("memory.current"), "10485760\n").unwrap();
+        fs::write(c.join("memory.stat"), "anon 1\ninactive_file 4194304\n").unwrap();
+        let got = usage(&Layout::Unified(root.path().to_owned()), "u1");
+        assert_eq!(
+            got,
+            vec![(
+                "app".to_owned(),
+                Usage {
+                    cpu_seconds: 2.5,
+                    memory_working_set: 6 * 1024 * 1024
+                }
+            )]
+        );
+        assert!(usage(&Layout::Unified(root.path().to_owned()), "u2").is_empty());
+
+        let v1 = tempfile::tempdir().unwrap();
+        let cpu = v1.path().join("cpu");
+        let memory = v1.path().join("memory");
+        fs::create_dir_all(cpu.join("rudder/u1/app")).unwrap();
+        fs::create_dir_all(memory.join("rudder/u1/app")).unwrap();
+        fs::write(cpu.join("rudder/u1/app/cpuacct.usage"), "1500000000\n").unwrap();
+        fs::write(memory.join("rudder/u1/app/memory.usage_in_bytes"), "3000\n").unwrap();
+        fs::write(
+            memory.join("rudder/u1/app/memory.stat"),
+            "total_inactive_file 1000\n",
+        )
+        .unwrap();
+        let layout = Layout::PerController {
+            memory: Some(memory),
+            cpu: Some(cpu),
+            cpuacct: None,
+        };
+        assert_eq!(
+            usage(&layout, "u1"),
+            vec![(
+                "app".to_owned(),
+                Usage {
+                    cpu_seconds: 1.5,
+                    memory_working_set: 2000
+                }
+            )]
+        );
     }
 
     #[test]
@@ -279,6 +485,41 @@ mod tests {
     }
 
     #[test]
+    fn a_separate_cpuacct_hierarchy_is_joined_and_takes_no_settings() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["memory", "cpu", "cpuacct"] {
+            fs::create_dir_all(root.path().join(c)).unwrap();
+            fs::write(root.path().join(c).join("cgroup.procs"), "").unwrap();
+        }
+        let layout = Layout::detect(root.path());
+        let Layout::PerController { cpuacct, .. } = &layout else {
+            panic!("{layout:?}")
+        };
+        assert_eq!(
+            cpuacct.as_deref(),
+            Some(root.path().join("cpuacct").as_path())
+        );
+        let l = Limits {
+            memory: None,
+            cpu_limit_m: Some(200),
+            cpu_request_m: Some(100),
+        };
+        let procs = create(&layout, "u1", "app", &l).unwrap();
+        assert_eq!(procs.len(), 3, "{procs:?}");
+        let acct = root.path().join("cpuacct/rudder/u1/app");
+        assert_eq!(fs::read_dir(&acct).unwrap().count(), 0, "no settings there");
+        assert!(
+            root.path()
+                .join("cpu/rudder/u1/app/cpu.cfs_quota_us")
+                .exists()
+        );
+        fs::write(acct.join("cpuacct.usage"), "2000000000\n").unwrap();
+        let used = usage(&layout, "u1");
+        assert_eq!(used.len(), 1);
+        assert_eq!(used[0].1.cpu_seconds, 2.0);
+    }
+
+    #[test]
     fn v1_hierarchies_get_their_own_files() {
         let root = tempfile::tempdir().unwrap();
         for c in ["memory", "cpu"] {
@@ -290,7 +531,8 @@ mod tests {
             layout,
             Layout::PerController {
                 memory: Some(_),
-                cpu: Some(_)
+                cpu: Some(_),
+                cpuacct: None,
             }
         ));
         let l = Limits {

@@ -488,6 +488,12 @@ impl Worker {
     fn write_pod_files(&self) -> std::io::Result<()> {
         let etc = self.dir.join("etc");
         std::fs::create_dir_all(&etc)?;
+        // Who the pod is, for the resource metrics, which find pods by their cgroups (named by
+        // UID).
+        std::fs::write(
+            self.dir.join(crate::metrics::NAME_FILE),
+            format!("{}/{}\n", self.namespace, self.name),
+        )?;
         let spec = self.pod.spec.clone().unwrap_or_default();
         let hostname = self.hostname();
         let ip = self.pod_ip().map(|i| i.to_string()).unwrap_or_default();
@@ -883,12 +889,16 @@ impl Worker {
         }
         mounts.extend(volume_mounts);
         let limits = cgroups::Limits::of(c.resources.as_ref());
-        let cgroup_procs = if limits.is_empty() {
-            Vec::new()
-        } else {
+        // Every container gets a cgroup, limited or not: its CPU and memory use are read from it
+        // for the resource metrics (`crate::metrics`).
+        let cgroup_procs = {
             let layout = cgroups::Layout::detect(Path::new(cgroups::ROOT));
             match cgroups::create(&layout, &self.uid, &c.name, &limits) {
                 Ok(procs) => procs,
+                Err(e) if limits.is_empty() => {
+                    tracing::debug!(container = %c.name, error = %e, "no cgroup for accounting");
+                    Vec::new()
+                }
                 Err(e) => {
                     let slot = &self.slots[index];
                     self.event(
