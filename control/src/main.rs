@@ -387,6 +387,7 @@ async fn start_cluster_parts(
     let scheduler_client = client.clone();
     let controllers_client = client.clone();
     let cluster_cidr = args.cluster_cidr;
+    let ca_pem = server.state.credentials.tls.ca_pem.clone();
     let mut tasks = vec![
         elected(
             "kube-scheduler",
@@ -398,7 +399,9 @@ async fn start_cluster_parts(
         ),
         elected(
             "kube-controller-manager",
-            Box::new(move || rudder_control::controllers::start(controllers_client, cluster_cidr)),
+            Box::new(move || {
+                rudder_control::controllers::start(controllers_client, cluster_cidr, ca_pem.clone())
+            }),
         ),
     ];
     if !args.disable.iter().any(|d| d == "agent") {

@@ -35,6 +35,9 @@ pub enum Error {
     /// Binding the listener or another I/O step failed.
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
+    /// The ServiceAccount token signing key could not be loaded or made.
+    #[error("preparing the service account signing key")]
+    Keys(#[from] api::tokens::KeyError),
     /// Creating a bootstrap object failed.
     #[error("bootstrapping {0}: {1}")]
     Bootstrap(String, String),
@@ -116,6 +119,7 @@ impl Server {
         };
         let url = format!("https://{url_host}:{}", local_addr.port());
         let kubeconfig = credentials.write_client_files(&config.data_dir, &url)?;
+        let service_account_keys = api::tokens::Keys::load_or_create(&store).await?;
         let state = Arc::new(State {
             allocator: api::allocator::Allocator::new(Arc::clone(&store), config.service_cidr),
             store,
@@ -124,6 +128,7 @@ impl Server {
             max_body_bytes: api::DEFAULT_MAX_BODY_BYTES,
             bookmark_interval: Duration::from_secs(60),
             metrics: api::metrics::Samples::default(),
+            service_account_keys,
         });
         load_crds(&state).await?;
         bootstrap(&state, advertise, local_addr.port()).await?;

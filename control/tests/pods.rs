@@ -191,6 +191,19 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: hog}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: debian
+    # tail keeps the whole last line: 200 MB of zeros without a newline.
+    command: [sh, -c, "head -c 200000000 /dev/zero | tail -n 1 > /dev/null"]
+    resources:
+      limits: {{memory: 32Mi}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: broken-volume}}
 spec:
   containers:
@@ -283,7 +296,28 @@ spec:
                 .contains("configmap \\\"missing\\\" not found")
         },
     );
-    server.ok(&["delete", "pod", "volumes", "broken-volume", "--timeout=30s"]);
+    // Going over the memory limit: the kernel kills it, and the pod says why.
+    server.wait_for("the memory hog to be OOMKilled", || {
+        server.ok(&[
+            "get",
+            "pod",
+            "hog",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.terminated.reason}",
+        ]) == "OOMKilled"
+    });
+    assert_eq!(
+        server.ok(&["get", "pod", "hog", "-o", "jsonpath={.status.phase}"]),
+        "Failed"
+    );
+    server.ok(&[
+        "delete",
+        "pod",
+        "volumes",
+        "broken-volume",
+        "hog",
+        "--timeout=30s",
+    ]);
     let _ = std::fs::remove_dir_all(&base);
     server.wait_for("the pod's cgroup to go", || !memory_dir.exists());
 }

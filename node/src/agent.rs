@@ -27,9 +27,11 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     ByteString,
     api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
         coordination::v1::Lease,
-        core::v1::{ConfigMap, Node, Pod, Secret},
+        core::v1::{ConfigMap, Node, Pod, Secret, ServiceAccount},
     },
+    apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
     Api, Client,
@@ -46,7 +48,7 @@ use crate::proxy::{
 
 use crate::runtime::{
     network::{self, Cidr, LinkHooks, Network, NetworkConfig},
-    pod::{self, BoxFuture, Context, Handle, RuntimeConfig, Sources, Update},
+    pod::{self, BoxFuture, Context, Handle, IssuedToken, RuntimeConfig, Sources, Update},
     shim::now_rfc3339,
 };
 
@@ -148,7 +150,8 @@ fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     move |e| Error::Api(what, e)
 }
 
-/// ConfigMaps and Secrets read from the apiserver.
+/// ConfigMaps and Secrets read from the apiserver, ServiceAccount tokens from its TokenRequest
+/// API.
 struct ApiSources {
     client: Client,
 }
@@ -196,6 +199,33 @@ impl Sources for ApiSources {
                 out.extend(s.string_data.unwrap_or_default());
                 out
             }))
+        })
+    }
+
+    fn service_account_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        service_account: &'a str,
+        spec: &'a TokenRequestSpec,
+    ) -> BoxFuture<'a, Result<IssuedToken, String>> {
+        Box::pin(async move {
+            let request = TokenRequest {
+                spec: Some(spec.clone()),
+                ..TokenRequest::default()
+            };
+            let answer = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
+                .create_token_request(service_account, &PostParams::default(), &request)
+                .await
+                .map_err(|e| e.to_string())?;
+            match answer.status {
+                Some(status) => match (status.token, status.expiration_timestamp) {
+                    (Some(token), Some(Time(expires))) if !token.is_empty() => {
+                        Ok(IssuedToken { token, expires })
+                    }
+                    _ => Err("the answer has no token or no expirationTimestamp".into()),
+                },
+                None => Err("the answer has no status".into()),
+            }
         })
     }
 }
@@ -490,6 +520,13 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<()> {
             cluster_dns: config.cluster_dns,
             cluster_domain: config.cluster_domain.clone(),
             api_service: config.api_service,
+            allocatable: {
+                let (cpus, mem_kib, ..) = host_facts();
+                crate::runtime::volumes::Allocatable {
+                    cpu_millis: i64::try_from(cpus.saturating_mul(1000)).unwrap_or(i64::MAX),
+                    memory_bytes: i64::try_from(mem_kib.saturating_mul(1024)).unwrap_or(i64::MAX),
+                }
+            },
         },
         network,
         sources: Arc::new(ApiSources {

@@ -5,8 +5,9 @@
 //!
 //! Each test gets its own bridge (`rdrb<pid>x<n>`), a /24 from 10.251.0.0/16 that no cluster uses,
 //! and namespaces named `rdr-t<pid>x<n>-…` (swept by the lab if a run crashes). The ConfigMap
-//! source is an in-memory map: these tests exercise the runtime; the apiserver path is tested by
-//! control's kubectl test.
+//! source is an in-memory map and the TokenRequest API a counter that issues short-lived fake
+//! tokens: these tests exercise the runtime; the apiserver path is tested by control's kubectl
+//! test. Volumes are mounted under the test's temporary directory.
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::{
@@ -15,24 +16,39 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{authentication::v1::TokenRequestSpec, core::v1::Pod};
 use rudder_node::lab::http_get;
 use rudder_node::runtime::{
     network::{Cidr, Network, NetworkConfig},
-    pod::{self, BoxFuture, Context, RuntimeConfig, Sources, Update},
+    pod::{self, BoxFuture, Context, IssuedToken, RuntimeConfig, Sources, Update},
+    volumes::Allocatable,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-struct Maps(BTreeMap<String, BTreeMap<String, String>>);
+/// How long the fake tokens last: short, so a test sees one replaced.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(10);
+
+/// ConfigMaps from a map; tokens numbered `fake-token-<n>` in the order requested.
+struct Maps {
+    config_maps: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every token request: namespace, service account, spec.
+    token_requests: Mutex<Vec<(String, String, TokenRequestSpec)>>,
+}
+
+impl Maps {
+    fn token_calls(&self) -> usize {
+        self.token_requests.lock().unwrap().len()
+    }
+}
 
 impl Sources for Maps {
     fn config_map<'a>(
@@ -40,7 +56,29 @@ impl Sources for Maps {
         _namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>> {
-        Box::pin(async move { Ok(self.0.get(name).cloned()) })
+        Box::pin(async move { Ok(self.config_maps.get(name).cloned()) })
+    }
+    /// Refuses the audience `refused`, as an apiserver refuses a service account it does not
+    /// know.
+    fn service_account_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        service_account: &'a str,
+        spec: &'a TokenRequestSpec,
+    ) -> BoxFuture<'a, Result<IssuedToken, String>> {
+        Box::pin(async move {
+            let mut requests = self.token_requests.lock().unwrap();
+            requests.push((namespace.into(), service_account.into(), spec.clone()));
+            if spec.audiences.iter().flatten().any(|a| a == "refused") {
+                return Err(format!(
+                    "serviceaccounts \"{service_account}\" is forbidden"
+                ));
+            }
+            Ok(IssuedToken {
+                token: format!("fake-token-{}", requests.len()),
+                expires: jiff::Timestamp::now() + TOKEN_LIFETIME,
+            })
+        })
     }
     fn secret<'a>(
         &'a self,
@@ -54,6 +92,7 @@ impl Sources for Maps {
 /// A node's pod runtime on a private bridge; removes the bridge and namespaces on drop.
 struct Node {
     ctx: Arc<Context>,
+    sources: Arc<Maps>,
     updates: mpsc::UnboundedReceiver<Update>,
     statuses: BTreeMap<String, Value>,
     finished: Vec<String>,
@@ -86,6 +125,10 @@ impl Node {
             "settings".to_owned(),
             BTreeMap::from([("greeting".to_owned(), "hi there".to_owned())]),
         );
+        let sources = Arc::new(Maps {
+            config_maps: maps,
+            token_requests: Mutex::new(Vec::new()),
+        });
         let ctx = Arc::new(Context {
             config: RuntimeConfig {
                 node_name: "n1".into(),
@@ -95,13 +138,18 @@ impl Node {
                 cluster_dns: Ipv4Addr::new(10, 96, 0, 10),
                 cluster_domain: "cluster.local".into(),
                 api_service: (Ipv4Addr::new(10, 96, 0, 1), 443),
+                allocatable: Allocatable {
+                    cpu_millis: 2000,
+                    memory_bytes: 4 << 30,
+                },
             },
             network,
-            sources: Arc::new(Maps(maps)),
+            sources: Arc::clone(&sources) as Arc<dyn Sources>,
             updates: tx,
         });
         Self {
             ctx,
+            sources,
             updates,
             statuses: BTreeMap::new(),
             finished: Vec::new(),
@@ -368,4 +416,154 @@ async fn failing_liveness_restarts_and_failing_readiness_unreadies() {
     assert_eq!(status["containerStatuses"][1]["ready"], false);
     assert_eq!(status["containerStatuses"][1]["restartCount"], 0);
     assert!(!ready(&status));
+}
+
+/// Runs `command` in the agnhost container at `ip` (its `/shell`) and returns the output.
+fn shell(ip: &str, command: &str) -> String {
+    let query: String = form_urlencoded::byte_serialize(command.as_bytes()).collect();
+    let body = http_get(ip, 8080, &format!("/shell?shellCommand={query}")).unwrap();
+    let answer: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    answer["output"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Polls `command` in the container until its output satisfies `pred` (30 s at most), letting
+/// the pod worker run in between.
+async fn shell_until(ip: &str, command: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = shell(ip, command);
+        if pred(&out) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting on `{command}`, last output {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn downward_api_and_projected_volumes_show_the_pod_and_a_fresh_token() {
+    let mut node = Node::new();
+    let mnt = node.root.path().join("mnt");
+    let (sa, info) = (mnt.join("sa"), mnt.join("podinfo"));
+    let (sa, info) = (sa.to_str().unwrap(), info.to_str().unwrap());
+    let mut vols = pod(
+        "vols",
+        json!({
+            "serviceAccountName": "builder",
+            "containers": [{
+                "name": "netexec",
+                "image": "registry.k8s.io/e2e-test-images/agnhost:2.47",
+                "args": ["netexec", "--http-port=8080", "--udp-port=-1"],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
+                "resources": {"requests": {"memory": "32Mi"}},
+                "volumeMounts": [
+                    {"name": "kube-api-access", "mountPath": sa, "readOnly": true},
+                    {"name": "podinfo", "mountPath": info},
+                ],
+            }],
+            "volumes": [
+                {"name": "kube-api-access", "projected": {"defaultMode": 0o440, "sources": [
+                    {"serviceAccountToken": {"path": "token", "audience": "rudder-test", "expirationSeconds": 3600}},
+                    {"configMap": {"name": "settings", "items": [{"key": "greeting", "path": "greeting"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                ]}},
+                {"name": "podinfo", "downwardAPI": {"items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "note", "fieldRef": {"fieldPath": "metadata.annotations['note']"}},
+                    {"path": "cpu_limit", "resourceFieldRef": {"containerName": "netexec", "resource": "limits.cpu", "divisor": "1m"}},
+                    {"path": "mem_request", "resourceFieldRef": {"containerName": "netexec", "resource": "requests.memory", "divisor": "1Mi"}, "mode": 0o600},
+                ]}},
+            ],
+            "terminationGracePeriodSeconds": 1,
+        }),
+    );
+    vols.metadata.annotations = Some(BTreeMap::from([("note".into(), "hello".into())]));
+    let handle = pod::spawn(Arc::clone(&node.ctx), vols.clone());
+    let status = node.wait_for("vols", "Ready", ready).await;
+    let ip = status["podIP"].as_str().unwrap().to_owned();
+
+    // The downwardAPI volume, seen inside the container.
+    assert_eq!(shell(&ip, &format!("cat {info}/labels")), "app=\"vols\"");
+    assert_eq!(shell(&ip, &format!("cat {info}/note")), "hello");
+    // No CPU limit: the node's allocatable, in millicores.
+    assert_eq!(shell(&ip, &format!("cat {info}/cpu_limit")), "2000");
+    assert_eq!(shell(&ip, &format!("cat {info}/mem_request")), "32");
+    assert_eq!(
+        shell(&ip, &format!("stat -c %a {info}/labels {info}/mem_request")),
+        "644\n600\n"
+    );
+
+    // The projected volume: a ConfigMap key, a downward API field and a token, in one directory.
+    assert_eq!(shell(&ip, &format!("cat {sa}/greeting")), "hi there");
+    assert_eq!(shell(&ip, &format!("cat {sa}/namespace")), "default");
+    assert_eq!(
+        shell(&ip, &format!("stat -c %a {sa}/token {sa}/greeting")),
+        "440\n440\n"
+    );
+    let first = shell(&ip, &format!("cat {sa}/token"));
+    assert!(first.starts_with("fake-token-"), "{first:?}");
+    let (namespace, account, spec) = node.sources.token_requests.lock().unwrap()[0].clone();
+    assert_eq!(
+        (namespace.as_str(), account.as_str()),
+        ("default", "builder")
+    );
+    assert_eq!(spec.audiences, Some(vec!["rudder-test".to_owned()]));
+    assert_eq!(spec.expiration_seconds, Some(3600));
+    let bound = spec.bound_object_ref.unwrap();
+    assert_eq!(
+        (bound.kind.as_deref(), bound.name.as_deref(), bound.uid),
+        (Some("Pod"), Some("vols"), vols.metadata.uid.clone())
+    );
+
+    // The token lasts 10 s: the worker replaces it while the container runs, and the container
+    // sees the new one in place.
+    let second = shell_until(&ip, &format!("cat {sa}/token"), |t| {
+        t.starts_with("fake-token-") && t != first
+    })
+    .await;
+    assert!(node.sources.token_calls() >= 2, "{second}");
+    assert_eq!(shell(&ip, &format!("cat {sa}/greeting")), "hi there");
+
+    // New labels reach the running container's file.
+    let mut relabelled = vols;
+    relabelled
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("tier".into(), "front end".into());
+    handle.pod.send(Arc::new(relabelled)).unwrap();
+    shell_until(&ip, &format!("cat {info}/labels"), |l| {
+        l == "app=\"vols\"\ntier=\"front end\""
+    })
+    .await;
+
+    // Without a first token the container does not start, and says why.
+    let refused = pod(
+        "refused",
+        json!({"containers": [{
+            "name": "c", "image": "debian", "command": ["sleep", "600"],
+            "volumeMounts": [{"name": "token", "mountPath": mnt.join("refused").to_str().unwrap()}],
+        }], "volumes": [{"name": "token", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token", "audience": "refused"}},
+        ]}}]}),
+    );
+    let _refused = pod::spawn(Arc::clone(&node.ctx), refused);
+    let status = node
+        .wait_for("refused", "CreateContainerConfigError", |s| {
+            container(s)["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+        })
+        .await;
+    let message = container(&status)["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("requesting a token for serviceaccount default/default")
+            && message.contains("forbidden"),
+        "{message}"
+    );
 }

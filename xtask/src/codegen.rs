@@ -30,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "api/coordination/v1",
     "api/autoscaling/v1",
     "api/autoscaling/v2",
+    "api/authentication/v1",
     "api/policy/v1",
     "api/events/v1",
     "apimachinery/pkg/apis/meta/v1",

@@ -28,6 +28,7 @@ pub mod rest;
 pub mod selectors;
 pub mod status;
 pub mod table;
+pub mod tokens;
 pub mod validation;
 pub mod watch;
 
@@ -66,6 +67,8 @@ pub struct State {
     pub bookmark_interval: Duration,
     /// CPU and memory use scraped from the node agents (`metrics.k8s.io`).
     pub metrics: metrics::Samples,
+    /// The key ServiceAccount tokens are signed with.
+    pub service_account_keys: tokens::Keys,
 }
 
 /// A JSON response with `code`.

@@ -232,12 +232,18 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/readyz/")
 }
 
-fn authenticate(state: &State, headers: &HeaderMap) -> Option<User> {
+/// The user of the request's bearer token: a static one, or a ServiceAccount token
+/// ([`super::tokens`]).
+async fn authenticate(state: &State, headers: &HeaderMap) -> Option<User> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = value
         .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?;
-    state.credentials.authenticate(token.trim()).cloned()
+        .or_else(|| value.strip_prefix("bearer "))?
+        .trim();
+    if super::tokens::looks_like_jwt(token) {
+        return super::tokens::authenticate(state, token).await;
+    }
+    state.credentials.authenticate(token).cloned()
 }
 
 /// Routes one request.
@@ -252,7 +258,7 @@ pub async fn route(
         on_upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
         query: parts.uri.query().unwrap_or_default().to_owned(),
     });
-    let user = match authenticate(state, &parts.headers) {
+    let user = match authenticate(state, &parts.headers).await {
         Some(user) => user,
         None if is_public(&path) => User {
             name: "system:anonymous".into(),
@@ -346,6 +352,7 @@ async fn dispatch(
             "status" => rt.status,
             "scale" => rt.scale.is_some(),
             "binding" | "log" | "exec" => rt.plural == "pods" && rt.group.is_empty(),
+            "token" => rt.plural == "serviceaccounts" && rt.group.is_empty(),
             "finalize" => rt.plural == "namespaces",
             _ => false,
         };
@@ -364,6 +371,9 @@ async fn dispatch(
         }
         (Method::GET, Some(name)) => rest::get(state, rt, ns, name, sub, req).await,
         (Method::POST, None) => rest::create(state, rt, ns, req).await,
+        (Method::POST, Some(name)) if sub == Some("token") => {
+            super::tokens::serve(state, ns.unwrap_or_default(), name, req).await
+        }
         (Method::POST, Some(name)) if sub == Some("binding") => {
             rest::bind(state, rt, ns, name, req).await
         }

@@ -471,6 +471,7 @@ async fn before_write(
         }
         ("", "Pod") if old.is_none() => {
             obj["status"] = json!({ "phase": "Pending", "qosClass": qos_class(obj) });
+            super::tokens::admit_pod(state, obj).await;
             Ok(None)
         }
         ("", "Namespace") => {

@@ -57,10 +57,6 @@ use crate::api::selectors::LabelSelector;
 /// `--horizontal-pod-autoscaler-sync-period`).
 pub const SYNC_PERIOD: Duration = Duration::from_secs(15);
 
-/// How far usage may be from the target before the scale changes (Kubernetes'
-/// `--horizontal-pod-autoscaler-tolerance`).
-pub const TOLERANCE: f64 = 0.1;
-
 /// The event source.
 const COMPONENT: &str = "horizontal-pod-autoscaler";
 
@@ -418,7 +414,13 @@ async fn evaluate(
             .iter()
             .map(|p| sample(p, resource, unit, &usage))
             .collect();
-        match autoscaling::replicas_for(resource, current, &samples, &target, TOLERANCE) {
+        match autoscaling::replicas_for(
+            resource,
+            current,
+            &samples,
+            &target,
+            autoscaling::DEFAULT_TOLERANCE,
+        ) {
             Ok(rec) => {
                 let what = match target {
                     Target::Utilization(_) => {

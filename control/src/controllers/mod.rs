@@ -18,7 +18,8 @@
 //! - [`node_ipam`]: gives each Node a PodCIDR;
 //! - [`node_lifecycle`]: marks silent nodes `Unknown`, taints nodes by their conditions and
 //!   evicts pods that do not tolerate a node's `NoExecute` taints;
-//! - [`serviceaccount`]: a `default` ServiceAccount in every namespace;
+//! - [`serviceaccount`]: a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in every
+//!   namespace;
 //! - [`hpa`]: HorizontalPodAutoscalers scale their targets by the CPU or memory their pods use
 //!   (the arithmetic in [`autoscaling`]).
 
@@ -49,7 +50,7 @@ use tokio::task::JoinHandle;
 use crate::api::allocator::Cidr;
 
 /// Starts the controllers that `rudder server` runs; they stop when their tasks are aborted.
-pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
+pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHandle<()>> {
     let services = informer::Informer::start(Api::all(client.clone()));
     let pods = informer::Informer::start(Api::all(client.clone()));
     let slices = informer::Informer::start(Api::all(client.clone()));
@@ -137,7 +138,9 @@ pub fn start(client: Client, cluster_cidr: Cidr) -> Vec<JoinHandle<()>> {
             serviceaccount::Caches {
                 namespaces: informer::Informer::start(Api::all(client.clone())),
                 accounts: informer::Informer::start(Api::all(client.clone())),
+                config_maps: informer::Informer::start(Api::all(client.clone())),
             },
+            ca_pem,
         )),
         tokio::spawn(gc::run(client, gc_caches)),
     ]

@@ -3,12 +3,17 @@
 //! name none (`spec.serviceAccountName` defaults to `default`), so a new namespace gets one
 //! within moments, and one that is deleted comes back. A namespace being deleted gets none.
 //!
-//! Not done here: tokens (the TokenRequest API and projected token volumes) and the
-//! `kube-root-ca.crt` ConfigMap of kube-controller-manager's root CA publisher.
+//! It also publishes the cluster CA as the `kube-root-ca.crt` ConfigMap (key `ca.crt`) in every
+//! active namespace, as kube-controller-manager's `root-ca-cert-publisher` does: pods' projected
+//! token volumes read it to trust the apiserver. A copy that is deleted or changed is put back.
+//!
+//! Tokens are the apiserver's (`api::tokens`, the TokenRequest API).
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
@@ -19,6 +24,9 @@ use super::informer::{Change, Informer, Key, WorkQueue, work};
 /// The name of the account every namespace has.
 pub const DEFAULT: &str = "default";
 
+/// The ConfigMap holding the cluster CA in every namespace.
+pub const ROOT_CA: &str = "kube-root-ca.crt";
+
 /// The caches the controller reads.
 #[derive(Clone)]
 pub struct Caches {
@@ -26,6 +34,8 @@ pub struct Caches {
     pub namespaces: Arc<Informer<Namespace>>,
     /// ServiceAccounts.
     pub accounts: Arc<Informer<ServiceAccount>>,
+    /// ConfigMaps (for `kube-root-ca.crt`).
+    pub config_maps: Arc<Informer<ConfigMap>>,
 }
 
 /// Whether `namespace` should get a `default` ServiceAccount it lacks: it is not being
@@ -40,13 +50,20 @@ pub fn needs_default(namespace: &Namespace, has_default: bool) -> bool {
     !has_default && !terminating
 }
 
-/// Runs the controller until the informers end.
-pub async fn run(client: Client, caches: Caches) {
+/// The `kube-root-ca.crt` ConfigMap's data for the CA `ca_pem`.
+fn root_ca_data(ca_pem: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("ca.crt".to_owned(), ca_pem.to_owned())])
+}
+
+/// Runs the controller until the informers end; `ca_pem` is the cluster CA to publish.
+pub async fn run(client: Client, caches: Caches, ca_pem: String) {
     let queue: Arc<WorkQueue<String>> = WorkQueue::new();
     let mut namespaces = caches.namespaces.subscribe();
     let mut accounts = caches.accounts.subscribe();
+    let mut config_maps = caches.config_maps.subscribe();
     caches.namespaces.synced().await;
     caches.accounts.synced().await;
+    caches.config_maps.synced().await;
     let enqueue_all = {
         let caches = caches.clone();
         let queue = queue.clone();
@@ -80,12 +97,22 @@ pub async fn run(client: Client, caches: Caches) {
                         Some(_) => {}
                         None => break,
                     },
+                    change = config_maps.next() => match change {
+                        Some(Change::Resync) => enqueue_all(),
+                        Some(c) => c
+                            .objects()
+                            .filter(|cm| cm.metadata.name.as_deref() == Some(ROOT_CA))
+                            .for_each(|cm| {
+                                queue.add(cm.metadata.namespace.clone().unwrap_or_default());
+                            }),
+                        None => break,
+                    },
                 }
             }
         }
     };
     let work = work(queue, "creating the default service account", |namespace| {
-        let (client, caches) = (&client, &caches);
+        let (client, caches, ca_pem) = (&client, &caches, &ca_pem);
         async move {
             let Some(ns) = caches.namespaces.store().get(
                 &Key {
@@ -107,6 +134,7 @@ pub async fn run(client: Client, caches: Caches) {
                     .object_ref(),
                 )
                 .is_some();
+            publish_root_ca(client, caches, &ns, &namespace, ca_pem).await?;
             if !needs_default(&ns, has_default) {
                 return Ok(None);
             }
@@ -139,6 +167,62 @@ pub async fn run(client: Client, caches: Caches) {
     tokio::select! {
         () = dispatch => {}
         () = work => {}
+    }
+}
+
+/// Puts `kube-root-ca.crt` with `ca_pem` in `namespace` unless it is there already or the
+/// namespace is going away.
+async fn publish_root_ca(
+    client: &Client,
+    caches: &Caches,
+    ns: &Namespace,
+    namespace: &str,
+    ca_pem: &str,
+) -> Result<(), kube::Error> {
+    let want = root_ca_data(ca_pem);
+    let existing = caches.config_maps.store().get(
+        &Key {
+            namespace: namespace.to_owned(),
+            name: ROOT_CA.to_owned(),
+        }
+        .object_ref(),
+    );
+    if existing
+        .as_ref()
+        .is_some_and(|cm| cm.data.as_ref() == Some(&want))
+        || !needs_default(ns, existing.is_some())
+    {
+        return Ok(());
+    }
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let pp = PostParams {
+        field_manager: Some("root-ca-cert-publisher".into()),
+        ..PostParams::default()
+    };
+    let result = match existing {
+        Some(cm) => {
+            let mut fixed = (*cm).clone();
+            fixed.data = Some(want);
+            fixed.binary_data = None;
+            api.replace(ROOT_CA, &pp, &fixed).await
+        }
+        None => {
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(ROOT_CA.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                data: Some(want),
+                ..ConfigMap::default()
+            };
+            api.create(&pp, &cm).await
+        }
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if matches!(s.code, 403 | 404 | 409) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

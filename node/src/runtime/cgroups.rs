@@ -324,6 +324,24 @@ pub fn usage(layout: &Layout, uid: &str) -> Vec<(String, Usage)> {
     out
 }
 
+/// How many times the kernel's OOM killer has killed a process in the cgroups whose
+/// `cgroup.procs` files are `procs` (the container's: `oom_kill` in `memory.events` on v2, in
+/// `memory.oom_control` on v1). Cgroups without the file count 0.
+pub fn oom_kills(procs: &[PathBuf]) -> u64 {
+    procs
+        .iter()
+        .filter_map(|p| p.parent())
+        .flat_map(|dir| [dir.join("memory.events"), dir.join("memory.oom_control")])
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .filter_map(|text| {
+            text.lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == "oom_kill").then(|| v.trim().parse::<u64>().ok())?
+            })
+        })
+        .sum()
+}
+
 /// Removes the cgroups of every pod whose state directory lies under `agent_root/pods`: the
 /// last-resort cleanup, after the containers were killed, when no agent will remove them. A
 /// cgroup whose last processes are still exiting is retried for up to two seconds.
@@ -517,6 +535,31 @@ mod tests {
         let used = usage(&layout, "u1");
         assert_eq!(used.len(), 1);
         assert_eq!(used[0].1.cpu_seconds, 2.0);
+    }
+
+    #[test]
+    fn oom_kills_are_counted_from_either_hierarchy() {
+        let root = tempfile::tempdir().unwrap();
+        let v2 = root.path().join("v2");
+        let v1 = root.path().join("v1");
+        fs::create_dir_all(&v2).unwrap();
+        fs::create_dir_all(&v1).unwrap();
+        fs::write(
+            v2.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(&[v2.join("cgroup.procs")]), 1);
+        assert_eq!(
+            oom_kills(&[v1.join("cgroup.procs"), root.path().join("cgroup.procs")]),
+            2
+        );
+        assert_eq!(oom_kills(&[]), 0);
     }
 
     #[test]

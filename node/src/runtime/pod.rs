@@ -12,7 +12,11 @@
 //!    `CrashLoopBackOff` meanwhile);
 //! 4. runs startup, liveness and readiness probes (a failed liveness or startup probe restarts the
 //!    container; readiness decides `ready`);
-//! 5. publishes the status ([`status`]) whenever it changed.
+//! 5. publishes the status ([`status`]) whenever it changed;
+//! 6. rewrites projected ServiceAccount tokens that are due (see [`volumes`]): each token's
+//!    refresh time is one of the worker's deadlines, and a failed refresh is retried (with a
+//!    `FailedMount` event) while the running containers keep the old token. A change of the
+//!    pod's labels or annotations rewrites its downward API files.
 //!
 //! When the pod gets a `deletionTimestamp` the worker runs `preStop` hooks, sends SIGTERM, waits
 //! for the grace period, sends SIGKILL, removes the sandbox and reports [`Update::Finished`] so
@@ -33,7 +37,10 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::api::{
+    authentication::v1::TokenRequestSpec,
+    core::v1::{Container, Pod, Probe, ServiceAccountTokenProjection},
+};
 use serde_json::{Value, json};
 use tokio::{
     sync::{mpsc, watch},
@@ -53,7 +60,8 @@ use super::{
 /// A boxed future, for the [`Sources`] trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where the worker reads ConfigMaps and Secrets for `env` (the agent answers from the apiserver).
+/// Where the worker reads ConfigMaps and Secrets for `env` and volumes, and gets ServiceAccount
+/// tokens (the agent answers from the apiserver).
 pub trait Sources: Send + Sync {
     /// The data of ConfigMap `namespace/name`, `Ok(None)` when it does not exist.
     fn config_map<'a>(
@@ -67,6 +75,24 @@ pub trait Sources: Send + Sync {
         namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<BTreeMap<String, String>>, String>>;
+    /// A token for ServiceAccount `namespace/service_account` as `spec` asks (audiences,
+    /// lifetime, the pod it is bound to): the TokenRequest API's
+    /// `POST /api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token`.
+    fn service_account_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        service_account: &'a str,
+        spec: &'a TokenRequestSpec,
+    ) -> BoxFuture<'a, Result<IssuedToken, String>>;
+}
+
+/// A ServiceAccount token the TokenRequest API issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// The token (a JWT).
+    pub token: String,
+    /// When it expires (`status.expirationTimestamp`).
+    pub expires: jiff::Timestamp,
 }
 
 /// Settings of the node's pod runtime.
@@ -86,6 +112,9 @@ pub struct RuntimeConfig {
     pub cluster_domain: String,
     /// The `kubernetes` Service address and port, for `KUBERNETES_SERVICE_HOST`/`_PORT`.
     pub api_service: (Ipv4Addr, u16),
+    /// The node's allocatable CPU and memory, the downward API's limits of a container that
+    /// sets none.
+    pub allocatable: volumes::Allocatable,
 }
 
 /// What a worker tells the agent.
@@ -175,6 +204,9 @@ pub fn spawn(ctx: Arc<Context>, pod: Pod) -> Handle {
     }
 }
 
+/// A failed token refresh is tried again after this long.
+const TOKEN_RETRY: Duration = Duration::from_secs(10);
+
 /// Restart back-off: immediate once, then 10 s doubling to 5 min.
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -253,6 +285,17 @@ impl Slot {
     }
 }
 
+/// A projected ServiceAccount token the worker keeps fresh, keyed by volume name and path.
+#[derive(Debug)]
+struct HeldToken {
+    /// The current token; `None` until the first one arrived (or after an agent restart).
+    token: Option<IssuedToken>,
+    /// When to ask for the next one.
+    refresh_at: Instant,
+    /// The last request failed (its event was sent; the next success ends the streak).
+    failing: bool,
+}
+
 struct Worker {
     ctx: Arc<Context>,
     pod: Arc<Pod>,
@@ -268,6 +311,8 @@ struct Worker {
     last_status: Option<Value>,
     /// Per condition type: its status and when it took it (`lastTransitionTime`).
     transitions: BTreeMap<String, (String, String)>,
+    /// Projected ServiceAccount tokens by (volume, path).
+    tokens: BTreeMap<(String, String), HeldToken>,
 }
 
 async fn run(
@@ -303,8 +348,13 @@ async fn run(
             },
             changed = rx.changed() => match changed {
                 Ok(()) => {
-                    w.pod = rx.borrow_and_update().clone();
+                    let old = std::mem::replace(&mut w.pod, rx.borrow_and_update().clone());
                     w.resend_if_overwritten();
+                    if old.metadata.labels != w.pod.metadata.labels
+                        || old.metadata.annotations != w.pod.metadata.annotations
+                    {
+                        w.rewrite_downward();
+                    }
                 }
                 Err(_) => return,
             },
@@ -362,6 +412,7 @@ impl Worker {
             events_tx,
             last_status: None,
             transitions: BTreeMap::new(),
+            tokens: BTreeMap::new(),
         }
     }
 
@@ -538,6 +589,7 @@ impl Worker {
         if !self.ensure_sandbox().await {
             return;
         }
+        self.refresh_tokens().await;
         let now = Instant::now();
         let policy = self.restart_policy().to_owned();
         // Init containers run one at a time, in order, each to success.
@@ -579,13 +631,187 @@ impl Worker {
             let retry = Instant::now() + Duration::from_secs(2);
             next = Some(next.map_or(retry, |n| n.min(retry)));
         }
+        // Tokens are kept fresh while a container may read them.
+        if self.slots.iter().any(|s| s.running.is_some())
+            && let Some(refresh) = self.tokens.values().map(|t| t.refresh_at).min()
+        {
+            next = Some(next.map_or(refresh, |n| n.min(refresh)));
+        }
         next
     }
 
-    /// Prepares the volumes `c` mounts and returns their bind mounts (see [`volumes`]).
-    async fn volume_mounts(&self, c: &Container) -> Result<Vec<Mount>, String> {
-        let declared = self
+    /// What the downward API tells this pod.
+    fn downward(&self) -> volumes::Downward<'_> {
+        volumes::Downward {
+            pod: &self.pod,
+            node_name: &self.ctx.config.node_name,
+            host_ip: self.ctx.config.host_ip,
+            pod_ip: self.pod_ip(),
+            allocatable: self.ctx.config.allocatable,
+        }
+    }
+
+    /// The token for the `serviceAccountToken` source `source` of projected volume `volume`: the
+    /// one held until its refresh time, else a new one from the TokenRequest API. A failed
+    /// request falls back to the held token while it has not expired.
+    async fn token(
+        &mut self,
+        volume: &str,
+        source: &ServiceAccountTokenProjection,
+    ) -> Result<String, String> {
+        let key = (volume.to_owned(), source.path.clone());
+        let now = Instant::now();
+        if let Some(held) = self.tokens.get(&key)
+            && let Some(t) = &held.token
+            && held.refresh_at > now
+        {
+            return Ok(t.token.clone());
+        }
+        let account = volumes::service_account(&self.pod).to_owned();
+        let result = match volumes::token_request(source, &self.pod) {
+            Ok(spec) => self
+                .ctx
+                .sources
+                .service_account_token(&self.namespace, &account, &spec)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "volume {volume:?}: requesting a token for serviceaccount {}/{account}: {e}",
+                        self.namespace
+                    )
+                }),
+            Err(e) => Err(format!("volume {volume:?}: {e}")),
+        };
+        let held = self.tokens.entry(key).or_insert(HeldToken {
+            token: None,
+            refresh_at: now,
+            failing: false,
+        });
+        match result {
+            Ok(issued) => {
+                let lifetime = jiff::Timestamp::now()
+                    .duration_until(issued.expires)
+                    .try_into()
+                    .unwrap_or(Duration::ZERO);
+                held.refresh_at = Instant::now() + volumes::token_refresh_after(lifetime);
+                held.failing = false;
+                let token = issued.token.clone();
+                held.token = Some(issued);
+                Ok(token)
+            }
+            Err(message) => {
+                held.refresh_at = Instant::now() + TOKEN_RETRY;
+                let first = !held.failing;
+                held.failing = true;
+                let usable = held
+                    .token
+                    .as_ref()
+                    .filter(|t| t.expires > jiff::Timestamp::now())
+                    .map(|t| t.token.clone());
+                if first {
+                    tracing::warn!(pod = %self.name, namespace = %self.namespace, error = %message, "token request failed");
+                    self.event(
+                        "Warning",
+                        "FailedMount",
+                        format!("MountVolume.SetUp failed for volume {volume:?}: {message}"),
+                        None,
+                    );
+                }
+                usable.ok_or(message)
+            }
+        }
+    }
+
+    /// Rewrites the tokens whose refresh time has come, while a container runs. A token whose
+    /// source is gone from the spec is forgotten.
+    async fn refresh_tokens(&mut self) {
+        if !self.slots.iter().any(|s| s.running.is_some()) {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<(String, String)> = self
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.refresh_at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let pod = Arc::clone(&self.pod);
+        for key in due {
+            let (volume, path) = &key;
+            let found = pod
+                .spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .filter(|v| v.name == *volume)
+                .filter_map(|v| v.projected.as_ref())
+                .find_map(|p| {
+                    p.sources
+                        .iter()
+                        .flatten()
+                        .filter_map(|s| s.service_account_token.as_ref())
+                        .find(|t| t.path == *path)
+                        .map(|t| (t, p.default_mode))
+                });
+            let Some((source, default_mode)) = found else {
+                self.tokens.remove(&key);
+                continue;
+            };
+            let Ok(token) = self.token(volume, source).await else {
+                continue;
+            };
+            let dir = self.dir.join("volumes").join(volume);
+            let written = volumes::file_mode(None, default_mode, path).and_then(|mode| {
+                let file = volumes::File {
+                    path: PathBuf::from(path),
+                    content: token.into_bytes(),
+                    mode,
+                };
+                volumes::write(&dir, &[file]).map_err(|e| e.to_string())
+            });
+            if let Err(e) = written {
+                tracing::warn!(pod = %self.name, volume, error = %e, "writing a refreshed token");
+            }
+        }
+    }
+
+    /// Rewrites the downward API files of the volumes already set up (after the pod's labels or
+    /// annotations changed).
+    fn rewrite_downward(&self) {
+        let downward = self.downward();
+        for v in self
             .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+        {
+            let dir = self.dir.join("volumes").join(&v.name);
+            if !dir.is_dir() {
+                continue;
+            }
+            let files = if let Some(d) = &v.downward_api {
+                downward.files(d.items.as_deref().unwrap_or_default(), d.default_mode)
+            } else if let Some(p) = &v.projected {
+                p.sources
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| s.downward_api.as_ref())
+                    .map(|d| downward.files(d.items.as_deref().unwrap_or_default(), p.default_mode))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|parts| parts.concat())
+            } else {
+                continue;
+            };
+            if let Err(e) = files.and_then(|f| volumes::write(&dir, &f).map_err(|e| e.to_string()))
+            {
+                tracing::warn!(pod = %self.name, volume = %v.name, error = %e, "rewriting downward API files");
+            }
+        }
+    }
+
+    /// Prepares the volumes `c` mounts and returns their bind mounts (see [`volumes`]).
+    async fn volume_mounts(&mut self, c: &Container) -> Result<Vec<Mount>, String> {
+        let pod = Arc::clone(&self.pod);
+        let declared = pod
             .spec
             .as_ref()
             .and_then(|s| s.volumes.as_deref())
@@ -631,9 +857,43 @@ impl Worker {
                 )?;
                 volumes::write(&dir, &files).map_err(|e| format!("volume {:?}: {e}", v.name))?;
                 dir
+            } else if let Some(d) = &v.downward_api {
+                let files = self
+                    .downward()
+                    .files(d.items.as_deref().unwrap_or_default(), d.default_mode)
+                    .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                volumes::write(&dir, &files).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                dir
+            } else if let Some(p) = &v.projected {
+                let mut fetched = volumes::Fetched::default();
+                for s in p.sources.iter().flatten() {
+                    if let Some(cm) = &s.config_map {
+                        let data = self
+                            .ctx
+                            .sources
+                            .config_map(&self.namespace, &cm.name)
+                            .await?;
+                        fetched.config_maps.insert(cm.name.clone(), data);
+                    } else if let Some(secret) = &s.secret {
+                        let data = self
+                            .ctx
+                            .sources
+                            .secret(&self.namespace, &secret.name)
+                            .await?;
+                        fetched.secrets.insert(secret.name.clone(), data);
+                    } else if let Some(t) = &s.service_account_token {
+                        let token = self.token(&v.name, t).await?;
+                        fetched.tokens.insert(t.path.clone(), token);
+                    }
+                }
+                let files = volumes::projected(p, &fetched, &self.downward())
+                    .map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                volumes::write(&dir, &files).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                dir
             } else {
                 return Err(format!(
-                    "volume {:?}: only emptyDir, hostPath, configMap and secret volumes are supported",
+                    "volume {:?}: only emptyDir, hostPath, configMap, secret, downwardAPI and \
+                     projected volumes are supported",
                     v.name
                 ));
             };
@@ -706,8 +966,9 @@ impl Worker {
                 expand(v, &env)
             } else if let Some(from) = &var.value_from {
                 if let Some(field) = &from.field_ref {
-                    self.field(&field.field_path)
-                        .ok_or_else(|| format!("unsupported fieldRef {:?}", field.field_path))?
+                    self.downward()
+                        .field(&field.field_path)
+                        .map_err(|e| format!("env {:?}: {e}", var.name))?
                 } else if let Some(key) = &from.config_map_key_ref {
                     let data = self
                         .ctx
@@ -737,7 +998,9 @@ impl Worker {
                         }
                     }
                 } else if let Some(r) = &from.resource_field_ref {
-                    resource_value(c, &r.resource)
+                    self.downward()
+                        .resource(r, Some(c))
+                        .map_err(|e| format!("env {:?}: {e}", var.name))?
                 } else {
                     continue;
                 }
@@ -747,36 +1010,6 @@ impl Worker {
             set(&mut env, var.name.clone(), value);
         }
         Ok(env)
-    }
-
-    /// Downward API fields.
-    fn field(&self, path: &str) -> Option<String> {
-        let meta = &self.pod.metadata;
-        let spec = self.pod.spec.as_ref();
-        Some(match path {
-            "metadata.name" => self.name.clone(),
-            "metadata.namespace" => self.namespace.clone(),
-            "metadata.uid" => self.uid.clone(),
-            "spec.nodeName" => self.ctx.config.node_name.clone(),
-            "spec.serviceAccountName" => spec
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_else(|| "default".into()),
-            "status.hostIP" | "status.hostIPs" => self.ctx.config.host_ip.to_string(),
-            "status.podIP" | "status.podIPs" => {
-                self.pod_ip().map(|i| i.to_string()).unwrap_or_default()
-            }
-            _ => {
-                let (map, key) = if let Some(k) = path.strip_prefix("metadata.labels['") {
-                    (meta.labels.as_ref(), k)
-                } else if let Some(k) = path.strip_prefix("metadata.annotations['") {
-                    (meta.annotations.as_ref(), k)
-                } else {
-                    return None;
-                };
-                let key = key.strip_suffix("']")?;
-                map.and_then(|m| m.get(key).cloned()).unwrap_or_default()
-            }
-        })
     }
 
     /// Works out the container's argv, or why it cannot run.
@@ -974,6 +1207,29 @@ impl Worker {
                     self.exited(index, record);
                 }
                 None => {}
+            }
+        }
+        // The tokens an earlier agent wrote: their lifetimes are not known here, so they are
+        // replaced at once (as after a kubelet restart).
+        let pod = Arc::clone(&self.pod);
+        for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+            if !self.dir.join("volumes").join(&v.name).is_dir() {
+                continue;
+            }
+            for t in v
+                .projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten())
+                .filter_map(|s| s.service_account_token.as_ref())
+            {
+                self.tokens.insert(
+                    (v.name.clone(), t.path.clone()),
+                    HeldToken {
+                        token: None,
+                        refresh_at: Instant::now(),
+                        failing: false,
+                    },
+                );
             }
         }
     }
@@ -1498,18 +1754,6 @@ pub fn expand(text: &str, env: &[(String, String)]) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn resource_value(c: &Container, resource: &str) -> String {
-    let res = c.resources.as_ref();
-    let (kind, name) = resource.split_once('.').unwrap_or(("", resource));
-    let map = match kind {
-        "limits" => res.and_then(|r| r.limits.as_ref()),
-        _ => res.and_then(|r| r.requests.as_ref()),
-    };
-    map.and_then(|m| m.get(name))
-        .map(|q| q.0.clone())
-        .unwrap_or_else(|| "0".into())
 }
 
 /// The pod's resolv.conf for its dnsPolicy, or `None` to copy the node's (`Default`).

@@ -145,7 +145,7 @@ pub struct ExitRecord {
     /// The signal that killed it, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
-    /// `Completed`, `Error`, `StartError`.
+    /// `Completed`, `Error`, `OOMKilled`, `StartError`.
     pub reason: String,
     /// Why it could not start, when it could not.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -406,6 +406,8 @@ fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
         });
     }
     let started_at = now_rfc3339();
+    // The cgroup outlives an attempt: an OOM kill counts if it happened during this one.
+    let ooms_before = super::cgroups::oom_kills(&args.cgroups);
     let spawned = command.spawn();
     // The command holds the pipes' write ends: close ours so the copiers see the end.
     drop(command);
@@ -444,10 +446,18 @@ fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
         (None, Some(sig)) => (128 + sig, Some(sig)),
         (None, None) => (255, None),
     };
+    // The kernel killed something in the container for its memory limit: the container (PID 1
+    // or a process whose end made it fail) reports `OOMKilled`, as container runtimes do.
+    let oom = exit_code != 0 && super::cgroups::oom_kills(&args.cgroups) > ooms_before;
     Ok(ExitRecord {
         exit_code,
         signal,
-        reason: if exit_code == 0 { "Completed" } else { "Error" }.into(),
+        reason: match (exit_code, oom) {
+            (0, _) => "Completed",
+            (_, true) => "OOMKilled",
+            _ => "Error",
+        }
+        .into(),
         message: String::new(),
         started_at,
         finished_at: now_rfc3339(),

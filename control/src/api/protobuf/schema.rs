@@ -192,6 +192,57 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { tag: 1, json: "type", kind: Kind::String, repeated: false, inline: false }, // r#type
         Field { tag: 2, json: "rollingUpdate", kind: Kind::Message("api.apps.v1.RollingUpdateStatefulSetStrategy"), repeated: false, inline: false }, // rolling_update
     ] },
+    Message { name: "api.authentication.v1.BoundObjectReference", fields: &[
+        Field { tag: 1, json: "kind", kind: Kind::String, repeated: false, inline: false }, // kind
+        Field { tag: 2, json: "apiVersion", kind: Kind::String, repeated: false, inline: false }, // api_version
+        Field { tag: 3, json: "name", kind: Kind::String, repeated: false, inline: false }, // name
+        Field { tag: 4, json: "uid", kind: Kind::String, repeated: false, inline: false }, // u_id
+    ] },
+    Message { name: "api.authentication.v1.ExtraValue", fields: &[
+        Field { tag: 1, json: "items", kind: Kind::String, repeated: true, inline: false }, // items
+    ] },
+    Message { name: "api.authentication.v1.SelfSubjectReview", fields: &[
+        Field { tag: 1, json: "metadata", kind: Kind::Message("apimachinery.pkg.apis.meta.v1.ObjectMeta"), repeated: false, inline: false }, // metadata
+        Field { tag: 2, json: "status", kind: Kind::Message("api.authentication.v1.SelfSubjectReviewStatus"), repeated: false, inline: false }, // status
+    ] },
+    Message { name: "api.authentication.v1.SelfSubjectReviewStatus", fields: &[
+        Field { tag: 1, json: "userInfo", kind: Kind::Message("api.authentication.v1.UserInfo"), repeated: false, inline: false }, // user_info
+    ] },
+    Message { name: "api.authentication.v1.TokenRequest", fields: &[
+        Field { tag: 1, json: "metadata", kind: Kind::Message("apimachinery.pkg.apis.meta.v1.ObjectMeta"), repeated: false, inline: false }, // metadata
+        Field { tag: 2, json: "spec", kind: Kind::Message("api.authentication.v1.TokenRequestSpec"), repeated: false, inline: false }, // spec
+        Field { tag: 3, json: "status", kind: Kind::Message("api.authentication.v1.TokenRequestStatus"), repeated: false, inline: false }, // status
+    ] },
+    Message { name: "api.authentication.v1.TokenRequestSpec", fields: &[
+        Field { tag: 1, json: "audiences", kind: Kind::String, repeated: true, inline: false }, // audiences
+        Field { tag: 3, json: "boundObjectRef", kind: Kind::Message("api.authentication.v1.BoundObjectReference"), repeated: false, inline: false }, // bound_object_ref
+        Field { tag: 4, json: "expirationSeconds", kind: Kind::Int64, repeated: false, inline: false }, // expiration_seconds
+    ] },
+    Message { name: "api.authentication.v1.TokenRequestStatus", fields: &[
+        Field { tag: 1, json: "token", kind: Kind::String, repeated: false, inline: false }, // token
+        Field { tag: 2, json: "expirationTimestamp", kind: Kind::Message("apimachinery.pkg.apis.meta.v1.Time"), repeated: false, inline: false }, // expiration_timestamp
+    ] },
+    Message { name: "api.authentication.v1.TokenReview", fields: &[
+        Field { tag: 1, json: "metadata", kind: Kind::Message("apimachinery.pkg.apis.meta.v1.ObjectMeta"), repeated: false, inline: false }, // metadata
+        Field { tag: 2, json: "spec", kind: Kind::Message("api.authentication.v1.TokenReviewSpec"), repeated: false, inline: false }, // spec
+        Field { tag: 3, json: "status", kind: Kind::Message("api.authentication.v1.TokenReviewStatus"), repeated: false, inline: false }, // status
+    ] },
+    Message { name: "api.authentication.v1.TokenReviewSpec", fields: &[
+        Field { tag: 1, json: "token", kind: Kind::String, repeated: false, inline: false }, // token
+        Field { tag: 2, json: "audiences", kind: Kind::String, repeated: true, inline: false }, // audiences
+    ] },
+    Message { name: "api.authentication.v1.TokenReviewStatus", fields: &[
+        Field { tag: 1, json: "authenticated", kind: Kind::Bool, repeated: false, inline: false }, // authenticated
+        Field { tag: 2, json: "user", kind: Kind::Message("api.authentication.v1.UserInfo"), repeated: false, inline: false }, // user
+        Field { tag: 3, json: "error", kind: Kind::String, repeated: false, inline: false }, // error
+        Field { tag: 4, json: "audiences", kind: Kind::String, repeated: true, inline: false }, // audiences
+    ] },
+    Message { name: "api.authentication.v1.UserInfo", fields: &[
+        Field { tag: 1, json: "username", kind: Kind::String, repeated: false, inline: false }, // username
+        Field { tag: 2, json: "uid", kind: Kind::String, repeated: false, inline: false }, // uid
+        Field { tag: 3, json: "groups", kind: Kind::String, repeated: true, inline: false }, // groups
+        Field { tag: 4, json: "extra", kind: Kind::Map(&Kind::String, &Kind::Message("api.authentication.v1.ExtraValue")), repeated: false, inline: false }, // extra
+    ] },
     Message { name: "api.autoscaling.v1.ContainerResourceMetricSource", fields: &[
         Field { tag: 1, json: "name", kind: Kind::String, repeated: false, inline: false }, // name
         Field { tag: 2, json: "targetAverageUtilization", kind: Kind::Int32, repeated: false, inline: false }, // target_average_utilization
@@ -2726,6 +2777,8 @@ pub(super) static RESOURCES: &[(&str, &str, &str)] = &[
     ("apps/v1", "Deployment", "api.apps.v1.Deployment"),
     ("apps/v1", "ReplicaSet", "api.apps.v1.ReplicaSet"),
     ("apps/v1", "StatefulSet", "api.apps.v1.StatefulSet"),
+    ("authentication.k8s.io/v1", "SelfSubjectReview", "api.authentication.v1.SelfSubjectReview"),
+    ("authentication.k8s.io/v1", "TokenReview", "api.authentication.v1.TokenReview"),
     ("autoscaling/v1", "HorizontalPodAutoscaler", "api.autoscaling.v1.HorizontalPodAutoscaler"),
     ("autoscaling/v2", "HorizontalPodAutoscaler", "api.autoscaling.v2.HorizontalPodAutoscaler"),
     ("batch/v1", "CronJob", "api.batch.v1.CronJob"),
