@@ -132,6 +132,13 @@ struct NodeArgs {
     /// Name of the node (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// A container's log is rotated once it would grow past this size (the kubelet's
+    /// `containerLogMaxSize`), e.g. `10Mi`.
+    #[arg(long, default_value = "10Mi", value_parser = parse_bytes)]
+    container_log_max_size: u64,
+    /// Log files kept per container, the live one included (`containerLogMaxFiles`).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    container_log_max_files: u32,
     /// Bridge the node's pods attach to.
     #[arg(long, default_value = "rudder0", hide = true)]
     pod_bridge: String,
@@ -339,6 +346,10 @@ fn agent_config(
     agent.netns_prefix = node.pod_netns_prefix.clone();
     agent.kubelet_port = node.kubelet_port;
     agent.kubelet_token = Some(kubelet_token);
+    agent.container_logs = rudder_node::runtime::shim::LogRotation {
+        max_size: node.container_log_max_size,
+        max_files: node.container_log_max_files,
+    };
     agent.proxy = match node.dataplane.as_str() {
         "none" => None,
         dataplane => Some(rudder_node::proxy::standalone::ProxyConfig {
@@ -533,4 +544,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A byte quantity flag (`10Mi`, `512Ki`, `1048576`).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    rudder_node::quantity::quantity(text, 1.0)
+        .and_then(|b| u64::try_from(b).ok())
+        .ok_or_else(|| format!("{text:?} is not a byte quantity such as 10Mi"))
 }

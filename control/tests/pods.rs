@@ -148,7 +148,17 @@ fn pods_run_on_the_local_node() {
 #[ignore = "needs root, iproute2 and kubectl 1.37; run by cargo xtask ci"]
 fn volumes_and_limits_apply_to_containers() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(&dir.path().join("data"), 1, &[]);
+    // Small logs, so that a chatty container's log rotates.
+    let node = Node::start(
+        &dir.path().join("data"),
+        1,
+        &[
+            "--container-log-max-size",
+            "4Ki",
+            "--container-log-max-files",
+            "2",
+        ],
+    );
     let server = &node.server;
     // Containers run on the node's file system: mount paths are node paths, made on demand.
     let base = format!("/run/rudder-test-volumes-{}", std::process::id());
@@ -188,6 +198,16 @@ spec:
     secret: {{secretName: app-secret, defaultMode: 0400}}
   - name: scratch
     emptyDir: {{}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: chatty}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: chatty
+    image: debian
+    command: [sh, -c, "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo line $i; done"]
 ---
 apiVersion: v1
 kind: Pod
@@ -295,6 +315,16 @@ spec:
                 ])
                 .contains("configmap \\\"missing\\\" not found")
         },
+    );
+    // The chatty container's log was rotated: `kubectl logs` shows the live file, the end of
+    // the output.
+    server.wait_for("the chatty pod to finish", || {
+        server.ok(&["get", "pod", "chatty", "-o", "jsonpath={.status.phase}"]) == "Succeeded"
+    });
+    let logs = server.ok(&["logs", "chatty"]);
+    assert!(
+        logs.ends_with("line 400\n") && !logs.starts_with("line 1\n") && logs.len() < 4096,
+        "{logs}"
     );
     // Going over the memory limit: the kernel kills it, and the pod says why.
     server.wait_for("the memory hog to be OOMKilled", || {

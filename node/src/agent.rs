@@ -119,6 +119,8 @@ pub struct AgentConfig {
     pub kubelet_token: Option<String>,
     /// Set by [`run`]: the fingerprint of the kubelet API's certificate, published on the Node.
     pub kubelet_fingerprint: Option<String>,
+    /// How containers' logs are rotated (the kubelet's `containerLogMaxSize`/`MaxFiles`).
+    pub container_logs: crate::runtime::shim::LogRotation,
 }
 
 impl AgentConfig {
@@ -141,6 +143,7 @@ impl AgentConfig {
             kubelet_port: crate::kubelet_api::PORT,
             kubelet_token: None,
             kubelet_fingerprint: None,
+            container_logs: crate::runtime::shim::LogRotation::default(),
         }
     }
 }
@@ -527,6 +530,7 @@ pub async fn run(client: Client, config: AgentConfig) -> Result<()> {
                     memory_bytes: i64::try_from(mem_kib.saturating_mul(1024)).unwrap_or(i64::MAX),
                 }
             },
+            container_logs: config.container_logs,
         },
         network,
         sources: Arc::new(ApiSources {

@@ -419,6 +419,10 @@ async fn container_logs(root: &Path, container: &str, o: &LogOptions) -> Result<
         })?
     };
     let path = dir.join(format!("{attempt}.log"));
+    let ino = tokio::fs::metadata(&path)
+        .await
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let raw = tokio::fs::read(&path).await.map_err(LogError::Io)?;
     let mut decoder = Decoder::new(o);
     let data = decoder.feed(&raw);
@@ -451,6 +455,7 @@ async fn container_logs(root: &Path, container: &str, o: &LogOptions) -> Result<
             exited,
             pod_dir,
             offset,
+            ino,
             decoder,
         };
         from.run(limit - sent, tx).await;
@@ -470,6 +475,8 @@ struct Follow {
     exited: PathBuf,
     pod_dir: PathBuf,
     offset: u64,
+    /// The inode of the file being read, to notice a rotation.
+    ino: Option<u64>,
     decoder: Decoder,
 }
 
@@ -480,35 +487,91 @@ impl Follow {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let done = self.exited.exists() || !self.pod_dir.exists();
-            let mut grew = false;
-            if let Ok(mut file) = tokio::fs::File::open(&self.path).await
-                && file.seek(SeekFrom::Start(self.offset)).await.is_ok()
-            {
-                loop {
-                    match file.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            grew = true;
-                            self.offset += n as u64;
-                            let mut out = self.decoder.feed(&buf[..n]);
-                            if out.is_empty() {
-                                continue;
-                            }
-                            out.truncate(usize::try_from(budget).unwrap_or(usize::MAX));
-                            budget -= out.len() as u64;
-                            if tx.send(Bytes::from(out)).await.is_err() || budget == 0 {
-                                return;
-                            }
-                        }
-                    }
+            // Another file under the log's name (or a shorter one) means the log was rotated:
+            // the rest of the old one is the newest rotated file's, then the new one is read
+            // from its start.
+            let meta = tokio::fs::metadata(&self.path).await.ok();
+            let ino = meta.as_ref().map(std::os::unix::fs::MetadataExt::ino);
+            let rotated = meta.as_ref().is_some_and(|m| {
+                m.len() < self.offset || self.ino.is_some_and(|old| Some(old) != ino)
+            });
+            if self.ino.is_none() {
+                self.ino = ino;
+            }
+            if rotated {
+                self.ino = ino;
+                let old = newest_rotated(&self.path);
+                let path = std::mem::replace(&mut self.path, old);
+                let ended = self.drain(&mut buf, &mut budget, &tx).await;
+                self.path = path;
+                self.offset = 0;
+                if ended {
+                    return;
                 }
             }
+            let before = self.offset;
+            if self.drain(&mut buf, &mut budget, &tx).await {
+                return;
+            }
+            let grew = self.offset > before;
             if (done && !grew) || tx.is_closed() {
                 return;
             }
             tokio::time::sleep(FOLLOW_POLL).await;
         }
     }
+
+    /// Sends what `self.path` holds past `self.offset`; `true` once the reader is gone or the
+    /// budget spent.
+    async fn drain(&mut self, buf: &mut [u8], budget: &mut u64, tx: &mpsc::Sender<Bytes>) -> bool {
+        let Ok(mut file) = tokio::fs::File::open(&self.path).await else {
+            return false;
+        };
+        if file.seek(SeekFrom::Start(self.offset)).await.is_err() {
+            return false;
+        }
+        loop {
+            match file.read(buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => {
+                    self.offset += n as u64;
+                    let mut out = self.decoder.feed(&buf[..n]);
+                    if out.is_empty() {
+                        continue;
+                    }
+                    out.truncate(usize::try_from(*budget).unwrap_or(usize::MAX));
+                    *budget -= out.len() as u64;
+                    if tx.send(Bytes::from(out)).await.is_err() || *budget == 0 {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The most recently rotated file of the log at `path` (`<name>.<time>`; names sort by time),
+/// or `path` itself if there is none.
+fn newest_rotated(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let prefix = format!("{name}.");
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .map(|e| e.path())
+        .max()
+        .unwrap_or_else(|| path.to_owned())
 }
 
 #[cfg(test)]
@@ -568,6 +631,49 @@ mod tests {
         assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
         assert_eq!(tail_lines(b"a\nb\n", 0), b"");
         assert_eq!(tail_lines(b"", 3), b"");
+    }
+
+    #[tokio::test]
+    async fn following_goes_on_across_a_rotation() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("pods/u1/logs/app");
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = |n: u32| format!("2026-01-01T00:00:0{n}Z stdout F line {n}\n");
+        std::fs::write(dir.join("0.log"), line(1)).unwrap();
+        let o = LogOptions {
+            pod_uid: "u1".into(),
+            follow: true,
+            ..LogOptions::default()
+        };
+        let body = container_logs(root.path(), "app", &o).await.unwrap();
+        let reader = tokio::spawn(async move { body.collect().await.unwrap().to_bytes() });
+        tokio::time::sleep(FOLLOW_POLL * 2).await;
+        // More output, then the log is rotated (the rest went to the old file) and goes on.
+        let append = |text: String| {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("0.log"))
+                .unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+        };
+        append(line(2));
+        std::fs::rename(
+            dir.join("0.log"),
+            dir.join("0.log.20260101-000002.000000000"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("0.log"), line(3) + &line(4)).unwrap();
+        tokio::time::sleep(FOLLOW_POLL * 3).await;
+        append(line(5));
+        let state = root.path().join("pods/u1/containers/app/0");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("exit"), "{}").unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, "line 1\nline 2\nline 3\nline 4\nline 5\n");
     }
 
     #[tokio::test]

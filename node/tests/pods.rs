@@ -142,6 +142,11 @@ impl Node {
                     cpu_millis: 2000,
                     memory_bytes: 4 << 30,
                 },
+                // Small, so the test sees its logs rotate.
+                container_logs: rudder_node::runtime::shim::LogRotation {
+                    max_size: 4096,
+                    max_files: 3,
+                },
             },
             network,
             sources: Arc::clone(&sources) as Arc<dyn Sources>,

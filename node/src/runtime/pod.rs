@@ -115,6 +115,8 @@ pub struct RuntimeConfig {
     /// The node's allocatable CPU and memory, the downward API's limits of a container that
     /// sets none.
     pub allocatable: volumes::Allocatable,
+    /// How containers' logs are rotated.
+    pub container_logs: super::shim::LogRotation,
 }
 
 /// What a worker tells the agent.
@@ -1151,6 +1153,7 @@ impl Worker {
             netns: self.netns_path(),
             hostname: self.hostname(),
             log,
+            rotation: self.ctx.config.container_logs,
             state,
             mounts,
             cgroups: cgroup_procs,

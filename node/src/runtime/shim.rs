@@ -43,6 +43,108 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// How a container's log is rotated, as the kubelet's `containerLogMaxSize` and
+/// `containerLogMaxFiles`: once the log would grow past `max_size` bytes it is renamed to
+/// `<log>.<YYYYMMDD-HHMMSS.nnnnnnnnn>` and a new one started; at most `max_files` files (the
+/// live one included) are kept, the oldest going first. Rotated files are not compressed.
+/// `max_size` 0 never rotates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRotation {
+    /// Bytes a log may hold before it is rotated.
+    pub max_size: u64,
+    /// Files kept, the live one included (at least 2 when rotating).
+    pub max_files: u32,
+}
+
+impl Default for LogRotation {
+    /// The kubelet's defaults: 10 MiB, 5 files.
+    fn default() -> Self {
+        Self {
+            max_size: 10 << 20,
+            max_files: 5,
+        }
+    }
+}
+
+/// A container's CRI log being written, rotated per its [`LogRotation`].
+struct LogFile {
+    path: PathBuf,
+    file: fs::File,
+    size: u64,
+    rotation: LogRotation,
+}
+
+impl LogFile {
+    fn open(path: &Path, rotation: LogRotation) -> io::Result<Self> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            size,
+            rotation,
+        })
+    }
+
+    /// Appends one record, rotating first if it would not fit. Write errors are dropped: a
+    /// full disk must not stop the container.
+    fn write(&mut self, record: &[u8]) {
+        let len = record.len() as u64;
+        if self.rotation.max_size > 0
+            && self.size > 0
+            && self.size + len > self.rotation.max_size
+            && let Err(e) = self.rotate()
+        {
+            eprintln!("rudder shim: rotating {}: {e}", self.path.display());
+        }
+        if self.file.write_all(record).is_ok() {
+            self.size += len;
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let now = jiff::Timestamp::now();
+        let stamp = format!(
+            "{}.{:09}",
+            now.strftime("%Y%m%d-%H%M%S"),
+            now.subsec_nanosecond()
+        );
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("log")
+            .to_owned();
+        fs::rename(
+            &self.path,
+            self.path.with_file_name(format!("{name}.{stamp}")),
+        )?;
+        *self = Self::open(&self.path, self.rotation)?;
+        // Keep `max_files - 1` rotated files: their names sort by time.
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        let prefix = format!("{name}.");
+        let mut rotated: Vec<PathBuf> = fs::read_dir(dir)?
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .map(|e| e.path())
+            .collect();
+        rotated.sort();
+        let keep = self.rotation.max_files.max(2) as usize - 1;
+        let excess = rotated.len().saturating_sub(keep);
+        for old in rotated.into_iter().take(excess) {
+            let _ = fs::remove_file(old);
+        }
+        Ok(())
+    }
+}
+
 /// Everything the shim needs, passed as flags.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShimArgs {
@@ -52,6 +154,8 @@ pub struct ShimArgs {
     pub hostname: String,
     /// CRI log file.
     pub log: PathBuf,
+    /// How the log is rotated.
+    pub rotation: LogRotation,
     /// Directory for `pid` and `exit`.
     pub state: PathBuf,
     /// Bind mounts.
@@ -76,6 +180,10 @@ impl ShimArgs {
             self.log.display().to_string(),
             "--state".into(),
             self.state.display().to_string(),
+            "--log-max-size".into(),
+            self.rotation.max_size.to_string(),
+            "--log-max-files".into(),
+            self.rotation.max_files.to_string(),
         ];
         for m in &self.mounts {
             out.push(if m.read_only { "--mount-ro" } else { "--mount" }.into());
@@ -111,6 +219,16 @@ impl ShimArgs {
                 "--hostname" => out.hostname = value.clone(),
                 "--log" => out.log = value.into(),
                 "--state" => out.state = value.into(),
+                "--log-max-size" => {
+                    out.rotation.max_size = value
+                        .parse()
+                        .map_err(|_| format!("--log-max-size wants bytes, got {value:?}"))?;
+                }
+                "--log-max-files" => {
+                    out.rotation.max_files = value
+                        .parse()
+                        .map_err(|_| format!("--log-max-files wants a count, got {value:?}"))?;
+                }
                 "--mount" | "--mount-ro" => {
                     let (source, target) = value
                         .split_once(':')
@@ -274,7 +392,7 @@ fn enter(args: &ShimArgs) -> io::Result<()> {
 }
 
 /// Copies one stream into the CRI log, a line at a time.
-fn copy_log(stream: impl Read, name: &'static str, log: Arc<Mutex<fs::File>>) {
+fn copy_log(stream: impl Read, name: &'static str, log: Arc<Mutex<LogFile>>) {
     const MAX_LINE: usize = 16 * 1024;
     let mut reader = BufReader::with_capacity(MAX_LINE, stream);
     let mut line = Vec::with_capacity(256);
@@ -298,7 +416,7 @@ fn copy_log(stream: impl Read, name: &'static str, log: Arc<Mutex<fs::File>>) {
         record.extend_from_slice(&line);
         record.push(b'\n');
         if let Ok(mut file) = log.lock() {
-            let _ = file.write_all(&record);
+            file.write(&record);
         }
     }
 }
@@ -338,10 +456,7 @@ pub fn main(raw: &[String]) -> i32 {
 
 fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
     fs::create_dir_all(&args.state)?;
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.log)?;
+    let log = LogFile::open(&args.log, args.rotation)?;
     enter(args)?;
     let cgroups = args
         .cgroups
@@ -470,11 +585,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn logs_rotate_past_their_size_keeping_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let rotation = LogRotation {
+            max_size: 100,
+            max_files: 3,
+        };
+        let mut log = LogFile::open(&path, rotation).unwrap();
+        let records: Vec<String> = (0..12)
+            .map(|i| format!("record {i:02} {}\n", "x".repeat(30)))
+            .collect();
+        for r in &records {
+            log.write(r.as_bytes());
+        }
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names.len(),
+            3,
+            "the live log and two rotated ones: {names:?}"
+        );
+        assert!(names.iter().all(|n| n.starts_with("0.log")));
+        // Each file stays within the size, and together they end with the newest records in
+        // order.
+        let mut rotated: Vec<&String> = names.iter().filter(|n| *n != "0.log").collect();
+        rotated.sort();
+        let mut text = String::new();
+        for n in rotated.into_iter().chain([&"0.log".to_owned()]) {
+            let content = fs::read_to_string(dir.path().join(n)).unwrap();
+            assert!(content.len() <= 100, "{n}: {}", content.len());
+            text.push_str(&content);
+        }
+        assert!(records.concat().ends_with(&text), "{text}");
+        assert!(text.ends_with(&records[11]));
+        // A record bigger than the limit still gets written, alone.
+        log.write("y".repeat(150).as_bytes());
+        assert_eq!(fs::read_to_string(&path).unwrap().len(), 150);
+        let args = ShimArgs {
+            rotation,
+            ..ShimArgs::default()
+        };
+        assert!(args.to_args().contains(&"--log-max-files".to_owned()));
+    }
+
+    #[test]
     fn flags_round_trip() {
         let args = ShimArgs {
             netns: "/run/netns/x".into(),
             hostname: "web-0".into(),
             log: "/tmp/l".into(),
+            rotation: LogRotation {
+                max_size: 1 << 20,
+                max_files: 3,
+            },
             state: "/tmp/s".into(),
             mounts: vec![Mount {
                 source: "/a".into(),
@@ -497,13 +664,14 @@ mod tests {
         assert!(parse(&["--log", "l", "--state", "s"]).contains("no command"));
         assert!(parse(&["--mount", "nocolon", "--", "x"]).contains("SOURCE:TARGET"));
         assert!(parse(&["--log"]).contains("needs a value"));
+        assert!(parse(&["--log-max-size", "10Mi", "--", "x"]).contains("wants bytes"));
     }
 
     #[test]
     fn logs_are_cri_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let file = fs::File::create(&path).unwrap();
+        let file = LogFile::open(&path, LogRotation::default()).unwrap();
         let long = "y".repeat(20 * 1024);
         let input = format!("hello\n{long}\nlast");
         copy_log(input.as_bytes(), "stdout", Arc::new(Mutex::new(file)));
