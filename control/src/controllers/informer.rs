@@ -184,6 +184,13 @@ where
 {
     /// Starts watching `api` in the background.
     pub fn start(api: Api<K>) -> Arc<Self> {
+        Self::start_with(api, |_| {})
+    }
+
+    /// Starts watching `api` in the background, passing every object through `transform`
+    /// before it is cached (to drop what no controller reads, as client-go's informer
+    /// transforms do).
+    pub fn start_with(api: Api<K>, transform: fn(&mut K)) -> Arc<Self> {
         let (store, mut writer) = reflector::store::<K>();
         let (tx, _) = broadcast::channel(BUFFER);
         let (synced_tx, synced) = tokio::sync::watch::channel(false);
@@ -199,7 +206,7 @@ where
             // Objects the store held when a relist began.
             let mut before: Option<Vec<Arc<K>>> = None;
             while let Some(event) = events.next().await {
-                let event = match event {
+                let mut event = match event {
                     Ok(event) => event,
                     Err(e) => {
                         // The watcher retries with back-off; say why so a stuck cache is visible.
@@ -207,6 +214,12 @@ where
                         continue;
                     }
                 };
+                if let watcher::Event::Apply(obj)
+                | watcher::Event::InitApply(obj)
+                | watcher::Event::Delete(obj) = &mut event
+                {
+                    transform(obj);
+                }
                 let old = match &event {
                     watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
                         store.get(&ObjectRef::from_obj(obj))

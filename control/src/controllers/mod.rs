@@ -52,7 +52,8 @@ use crate::api::allocator::Cidr;
 /// Starts the controllers that `rudder server` runs; they stop when their tasks are aborted.
 pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHandle<()>> {
     let services = informer::Informer::start(Api::all(client.clone()));
-    let pods = informer::Informer::start(Api::all(client.clone()));
+    // One pod cache for every controller, without what none of them reads.
+    let pods = informer::Informer::start_with(Api::all(client.clone()), workload::slim_pod);
     let slices = informer::Informer::start(Api::all(client.clone()));
     let replicasets = informer::Informer::start(Api::all(client.clone()));
     let deployments = informer::Informer::start(Api::all(client.clone()));

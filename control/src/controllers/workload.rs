@@ -504,6 +504,43 @@ fn replicaset_status(
     status
 }
 
+/// Drops from a cached pod what no controller reads, so the shared pod cache holds less (the
+/// role of client-go's informer transforms). Kept: metadata (but the
+/// `kubectl.kubernetes.io/last-applied-configuration` annotation), status, and of the spec what
+/// the controllers decide on: node name, affinity, tolerations, hostname and subdomain, the
+/// restart policy, PersistentVolumeClaim volumes, and of each container its name, image,
+/// ports, resources and restart policy. Gone: environment, commands, mounts, probes,
+/// lifecycle hooks, security contexts, and the other volumes (ServiceAccount token volumes
+/// included).
+pub fn slim_pod(pod: &mut Pod) {
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    let slim = |c: &mut k8s_openapi::api::core::v1::Container| {
+        *c = k8s_openapi::api::core::v1::Container {
+            name: std::mem::take(&mut c.name),
+            image: c.image.take(),
+            ports: c.ports.take(),
+            resources: c.resources.take(),
+            restart_policy: c.restart_policy.take(),
+            ..Default::default()
+        };
+    };
+    spec.containers.iter_mut().for_each(slim);
+    spec.init_containers.iter_mut().flatten().for_each(slim);
+    spec.ephemeral_containers = None;
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|v| v.persistent_volume_claim.is_some());
+    }
+    spec.security_context = None;
+    spec.dns_config = None;
+    spec.host_aliases = None;
+    spec.image_pull_secrets = None;
+}
+
 /// A new pod for `rs` (Kubernetes' `GetPodFromTemplate`): `generateName` `<rs-name>-`, the
 /// ReplicaSet's namespace, labels, annotations and finalizers from the template, a controller
 /// owner reference to the ReplicaSet, and the template's spec.
@@ -1941,6 +1978,54 @@ mod tests {
         let refs: Vec<&Pod> = pods.iter().collect();
         let plan = plan_replicaset(&replicaset(0), &refs, at(200));
         assert_eq!(plan.delete, ["cheap", "double-2", "double-1", "alone"]);
+    }
+
+    #[test]
+    fn cached_pods_keep_what_controllers_read() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"app": "x"}, "annotations": {
+                "controller.kubernetes.io/pod-deletion-cost": "5",
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}"}},
+            "spec": {
+                "nodeName": "n1", "hostname": "h", "subdomain": "s",
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "initContainers": [{"name": "side", "restartPolicy": "Always",
+                                     "command": ["x"], "env": [{"name": "A", "value": "b"}]}],
+                "containers": [{"name": "c", "image": "i", "ports": [{"name": "http", "containerPort": 80}],
+                                "resources": {"requests": {"cpu": "100m"}},
+                                "env": [{"name": "A", "value": "b"}], "args": ["a"],
+                                "volumeMounts": [{"name": "tok", "mountPath": "/t"}],
+                                "readinessProbe": {"exec": {"command": ["true"]}}}],
+                "volumes": [{"name": "tok", "projected": {"sources": []}},
+                            {"name": "data", "persistentVolumeClaim": {"claimName": "data-p"}}],
+            },
+            "status": {"phase": "Running", "podIP": "10.0.0.1"},
+        }))
+        .unwrap();
+        slim_pod(&mut pod);
+        let v = serde_json::to_value(&pod).unwrap();
+        assert_eq!(
+            v["metadata"]["annotations"],
+            serde_json::json!({"controller.kubernetes.io/pod-deletion-cost": "5"})
+        );
+        assert_eq!(
+            v["spec"]["containers"][0],
+            serde_json::json!({"name": "c", "image": "i",
+                "ports": [{"name": "http", "containerPort": 80}],
+                "resources": {"requests": {"cpu": "100m"}}})
+        );
+        assert_eq!(
+            v["spec"]["initContainers"][0],
+            serde_json::json!({"name": "side", "restartPolicy": "Always"})
+        );
+        assert_eq!(
+            v["spec"]["volumes"],
+            serde_json::json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-p"}}])
+        );
+        for kept in ["nodeName", "hostname", "subdomain", "tolerations"] {
+            assert!(v["spec"].get(kept).is_some(), "{kept}");
+        }
+        assert_eq!(v["status"]["podIP"], "10.0.0.1");
     }
 
     #[test]
