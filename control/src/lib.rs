@@ -9,8 +9,10 @@
 //! - [`controllers`]: control loops;
 //! - [`leader`]: leader election through Leases (scheduler, controllers);
 //! - [`server`]: `rudder server` start-up and bootstrap;
-//! - [`lab`]: `rudder lab`, a multi-node cluster of network namespaces on one machine.
+//! - [`lab`]: `rudder lab`, a multi-node cluster of network namespaces on one machine;
+//! - [`alloc`]: the binary's allocator (mimalloc for `rudder server`, the system's otherwise).
 
+pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod controllers;

@@ -300,12 +300,10 @@ fn init_logging() {
         .init();
 }
 
-/// mimalloc rather than glibc's malloc: the control plane allocates and frees millions of
-/// small objects (decoded watch events, informer caches), where glibc's per-thread arenas
-/// fragment and spend a third of the CPU in `_int_malloc` at 30,000 pods (measured with
-/// `cargo xtask bench control --hollow-nodes 1000 --pods 30000`; docs/benchmarks.md).
+/// mimalloc for `rudder server`, the system allocator for the rest (see
+/// `rudder_control::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: rudder_control::alloc::ByRole = rudder_control::alloc::ByRole;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
