@@ -1,7 +1,7 @@
 //! ServiceAccounts and their tokens on `rudder server`, end to end with unmodified kubectl:
 //! `kubectl create token` gives a JWT the API accepts as `system:serviceaccount:<ns>:<name>`
 //! (but not for another audience, not for less than 10 minutes, and no longer once the account
-//! is deleted); every namespace has the `kube-root-ca.crt` ConfigMap; and a pod finds a bound
+//! is deleted), which `kubectl auth whoami` and a TokenReview confirm; every namespace has the `kube-root-ca.crt` ConfigMap; and a pod finds a bound
 //! token, the CA and its namespace in `/var/run/secrets/kubernetes.io/serviceaccount`, and can
 //! call the API with that token.
 //!
@@ -34,6 +34,32 @@ fn service_account_tokens() {
     };
     let out = as_token(&token, "/api/v1/namespaces/default/pods");
     assert!(out.status.success(), "{out:?}");
+    let whoami = server.ok(&["auth", "whoami", &format!("--token={token}")]);
+    assert!(
+        whoami.contains("system:serviceaccount:default:default"),
+        "{whoami}"
+    );
+    assert!(server.ok(&["auth", "whoami"]).contains("admin"));
+    // A TokenReview says the same to whoever asks.
+    let review = |token: &str| {
+        let out = server.kubectl_stdin(
+            &[
+                "create",
+                "--validate=false",
+                "-f",
+                "-",
+                "-o",
+                "jsonpath={.status.authenticated} {.status.user.username}",
+            ],
+            &format!(
+                "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec:\n  token: {token}\n"
+            ),
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(review(&token), "true system:serviceaccount:default:default");
+    assert_eq!(review("bogus"), "false");
     // One for another audience does not.
     let vault = server
         .ok(&["create", "token", "default", "--audience=vault"])

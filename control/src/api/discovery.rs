@@ -87,7 +87,7 @@ pub fn api_group_list(registry: &Registry) -> Value {
         .groups()
         .iter()
         .map(|(g, vs)| group_json(g, vs))
-        .chain([super::metrics::group()])
+        .chain([super::metrics::group(), super::tokens::review_group()])
         .collect();
     json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups })
 }

@@ -316,6 +316,27 @@ pub async fn route(
         Route::Resource(info) if info.group == super::metrics::GROUP => {
             super::metrics::serve(state, &info, &request).await
         }
+        Route::Group(group) if group == super::tokens::REVIEW_GROUP => {
+            let mut g = super::tokens::review_group();
+            g["kind"] = serde_json::json!("APIGroup");
+            g["apiVersion"] = serde_json::json!("v1");
+            Ok(json_response(StatusCode::OK, &g))
+        }
+        Route::GroupVersion(group, version)
+            if group == super::tokens::REVIEW_GROUP && version == "v1" =>
+        {
+            Ok(json_response(
+                StatusCode::OK,
+                &super::tokens::review_resources(),
+            ))
+        }
+        Route::Resource(info)
+            if info.group == super::tokens::REVIEW_GROUP
+                && info.namespace.is_none()
+                && info.name.is_none() =>
+        {
+            super::tokens::serve_review(state, &info.resource, &info.version, &mut request).await
+        }
         Route::Group(group) => discovery::api_group(&state.registry, &group)
             .map(|v| json_response(StatusCode::OK, &v))
             .ok_or_else(|| ApiError::no_route(&path)),

@@ -16,6 +16,9 @@
 //!   UIDs it names: deleting either revokes it. The user is `system:serviceaccount:<ns>:<name>`
 //!   in the groups `system:serviceaccounts` and `system:serviceaccounts:<ns>`. rudder has no
 //!   authorisation layer yet: any authenticated user may do anything.
+//! - `authentication.k8s.io/v1` reviews ([`serve_review`]): `selfsubjectreviews` tell the
+//!   caller who it is (`kubectl auth whoami`); `tokenreviews` tell whether a token (static or
+//!   ServiceAccount, for this API's audience) authenticates, and as whom.
 //! - Admission ([`admit_pod`]), as the ServiceAccount admission plugin: a new pod gets the
 //!   projected volume `kube-api-access-<suffix>` (a bound token refreshed by the node, the
 //!   `kube-root-ca.crt` ConfigMap's `ca.crt`, the namespace) mounted read-only at
@@ -371,6 +374,104 @@ pub async fn serve(
         out["spec"]["boundObjectRef"] = bound.clone();
     }
     Ok(json_response(StatusCode::CREATED, &out))
+}
+
+/// The authentication group's name and version.
+pub const REVIEW_GROUP: &str = "authentication.k8s.io";
+
+/// `/apis/authentication.k8s.io`'s group entry.
+pub fn review_group() -> Value {
+    let gv = json!({"groupVersion": format!("{REVIEW_GROUP}/v1"), "version": "v1"});
+    json!({"name": REVIEW_GROUP, "versions": [gv], "preferredVersion": gv})
+}
+
+/// `/apis/authentication.k8s.io/v1`.
+pub fn review_resources() -> Value {
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{REVIEW_GROUP}/v1"),
+        "resources": [
+            {"name": "selfsubjectreviews", "singularName": "selfsubjectreview",
+             "namespaced": false, "kind": "SelfSubjectReview", "verbs": ["create"]},
+            {"name": "tokenreviews", "singularName": "tokenreview",
+             "namespaced": false, "kind": "TokenReview", "verbs": ["create"]},
+        ],
+    })
+}
+
+fn user_info(user: &User) -> Value {
+    json!({"username": user.name, "groups": user.groups})
+}
+
+/// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` and `.../tokenreviews`.
+pub async fn serve_review(
+    state: &Arc<State>,
+    resource: &str,
+    version: &str,
+    req: &mut Request,
+) -> ApiResult<Response<Body>> {
+    let path = format!("/apis/{REVIEW_GROUP}/{version}/{resource}");
+    if version != "v1" {
+        return Err(ApiError::no_route(&path));
+    }
+    if req.method != http::Method::POST {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({})",
+            req.method
+        )));
+    }
+    let body = req.object(state.max_body_bytes).await?;
+    let api_version = format!("{REVIEW_GROUP}/v1");
+    match resource {
+        "selfsubjectreviews" => Ok(json_response(
+            StatusCode::CREATED,
+            &json!({
+                "kind": "SelfSubjectReview",
+                "apiVersion": api_version,
+                "metadata": {"creationTimestamp": null},
+                "status": {"userInfo": user_info(&req.user)},
+            }),
+        )),
+        "tokenreviews" => {
+            let token = body
+                .pointer("/spec/token")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        REVIEW_GROUP,
+                        "TokenReview",
+                        "",
+                        vec![Cause::required("spec.token", "")],
+                    )
+                })?
+                .trim()
+                .to_owned();
+            let user = if looks_like_jwt(&token) {
+                authenticate(state, &token).await
+            } else {
+                state.credentials.authenticate(&token).cloned()
+            };
+            let status = match user {
+                Some(u) => {
+                    json!({"authenticated": true, "user": user_info(&u), "audiences": [ISSUER]})
+                }
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            };
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({
+                    "kind": "TokenReview",
+                    "apiVersion": api_version,
+                    "metadata": {"creationTimestamp": null},
+                    "spec": body.get("spec").cloned().unwrap_or(json!({})),
+                    "status": status,
+                }),
+            ))
+        }
+        _ => Err(ApiError::no_route(&path)),
+    }
 }
 
 /// Adds the ServiceAccount token volume to a pod being created (see the module docs).
