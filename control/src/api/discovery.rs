@@ -81,20 +81,47 @@ fn group_json(group: &str, versions: &[String]) -> Value {
     })
 }
 
+/// Groups served by handlers of their own rather than from storage (not in the registry): the
+/// resource metrics and the authentication reviews.
+const COMPUTED: [(&str, &str); 2] = [
+    (super::metrics::GROUP, super::metrics::VERSION),
+    (super::tokens::REVIEW_GROUP, super::tokens::REVIEW_VERSION),
+];
+
+/// The resource list of a computed group-version.
+fn computed_resources(group: &str, version: &str) -> Option<Value> {
+    match (group, version) {
+        (super::metrics::GROUP, super::metrics::VERSION) => Some(super::metrics::resource_list()),
+        (super::tokens::REVIEW_GROUP, super::tokens::REVIEW_VERSION) => {
+            Some(super::tokens::review_resources())
+        }
+        _ => None,
+    }
+}
+
+/// Every served group with its versions: the registry's, then the computed ones.
+fn all_groups(registry: &Registry) -> Vec<(String, Vec<String>)> {
+    let mut groups = registry.groups();
+    groups.extend(
+        COMPUTED
+            .iter()
+            .map(|(g, v)| ((*g).to_owned(), vec![(*v).to_owned()])),
+    );
+    groups
+}
+
 /// `/apis`.
 pub fn api_group_list(registry: &Registry) -> Value {
-    let groups: Vec<Value> = registry
-        .groups()
+    let groups: Vec<Value> = all_groups(registry)
         .iter()
         .map(|(g, vs)| group_json(g, vs))
-        .chain([super::metrics::group(), super::tokens::review_group()])
         .collect();
     json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups })
 }
 
 /// `/apis/{group}`.
 pub fn api_group(registry: &Registry, group: &str) -> Option<Value> {
-    let groups = registry.groups();
+    let groups = all_groups(registry);
     let (g, vs) = groups.iter().find(|(g, _)| g == group)?;
     let mut v = group_json(g, vs);
     v["kind"] = json!("APIGroup");
@@ -164,7 +191,7 @@ fn resource_entries(t: &ResourceType) -> Vec<Value> {
 pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let types = registry.in_group_version(group, version);
     if types.is_empty() {
-        return None;
+        return computed_resources(group, version);
     }
     let group_version = if group.is_empty() {
         version.to_owned()

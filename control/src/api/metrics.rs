@@ -393,12 +393,6 @@ async fn fetch(endpoint: &Endpoint, token: &str, node_name: &str) -> ApiResult<S
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// `/apis/metrics.k8s.io`'s group entry.
-pub fn group() -> Value {
-    let gv = json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION});
-    json!({"name": GROUP, "versions": [gv], "preferredVersion": gv})
-}
-
 /// `/apis/metrics.k8s.io/v1beta1`.
 pub fn resource_list() -> Value {
     json!({
@@ -470,8 +464,9 @@ fn pod_metrics(
     })
 }
 
-/// The labels of the stored objects under `prefix`, by name.
-async fn labels_under(state: &State, prefix: &str) -> ApiResult<HashMap<String, Value>> {
+/// The labels of the stored objects under `prefix`, by (namespace, name); the namespace is
+/// empty for cluster-scoped objects.
+async fn labels_under(state: &State, prefix: &str) -> ApiResult<HashMap<PodKey, Value>> {
     let page = state
         .store
         .list(prefix, ListOptions::default())
@@ -482,12 +477,17 @@ async fn labels_under(state: &State, prefix: &str) -> ApiResult<HashMap<String, 
         .iter()
         .filter_map(|kv| {
             let obj: Value = serde_json::from_slice(&kv.value).ok()?;
-            let name = super::object::name(&obj).to_owned();
+            let key = (
+                super::object::namespace(&obj)
+                    .unwrap_or_default()
+                    .to_owned(),
+                super::object::name(&obj).to_owned(),
+            );
             let labels = obj
                 .pointer("/metadata/labels")
                 .cloned()
                 .unwrap_or(json!({}));
-            Some((name, labels))
+            Some((key, labels))
         })
         .collect())
 }
@@ -532,7 +532,9 @@ pub async fn serve(
         info.name.as_deref(),
     ) {
         ("nodes", None, name) => {
-            let labels = labels_under(state, "/registry/nodes/").await?;
+            let by_key = labels_under(state, "/registry/nodes/").await?;
+            let labels: HashMap<&str, &Value> =
+                by_key.iter().map(|((_, n), l)| (n.as_str(), l)).collect();
             match name {
                 Some(name) => {
                     let u = state
@@ -541,7 +543,7 @@ pub async fn serve(
                         .ok_or_else(|| ApiError::not_found(GROUP, "nodemetrics", name))?;
                     Ok(json_response(
                         StatusCode::OK,
-                        &node_metrics(name, &u, labels.get(name)),
+                        &node_metrics(name, &u, labels.get(name).copied()),
                     ))
                 }
                 None => {
@@ -549,8 +551,10 @@ pub async fn serve(
                         .metrics
                         .nodes()
                         .iter()
-                        .filter(|(n, _)| selector.matches(&with_labels(n, labels.get(n))))
-                        .map(|(n, u)| node_metrics(n, u, labels.get(n)))
+                        .filter(|(n, _)| {
+                            selector.matches(&with_labels(n, labels.get(n.as_str()).copied()))
+                        })
+                        .map(|(n, u)| node_metrics(n, u, labels.get(n.as_str()).copied()))
                         .collect();
                     Ok(json_response(
                         StatusCode::OK,
@@ -564,29 +568,7 @@ pub async fn serve(
                 Some(ns) => format!("/registry/pods/{ns}/"),
                 None => "/registry/pods/".to_owned(),
             };
-            // Pods are keyed by name within their namespace; labels by (namespace, name).
-            let mut labels: HashMap<(String, String), Value> = HashMap::new();
-            let page = state
-                .store
-                .list(&prefix, ListOptions::default())
-                .await
-                .map_err(|e| ApiError::internal(format!("reading pods: {e}")))?;
-            for kv in &page.items {
-                if let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) {
-                    let key = (
-                        super::object::namespace(&obj)
-                            .unwrap_or_default()
-                            .to_owned(),
-                        super::object::name(&obj).to_owned(),
-                    );
-                    labels.insert(
-                        key,
-                        obj.pointer("/metadata/labels")
-                            .cloned()
-                            .unwrap_or(json!({})),
-                    );
-                }
-            }
+            let labels = labels_under(state, &prefix).await?;
             let pods = state.metrics.pods(ns);
             match name {
                 Some(name) => {

@@ -299,36 +299,9 @@ pub async fn route(
         return discovery::openapi(state, &path, &request);
     }
     match parse_path(&path) {
-        Route::Group(group) if group == super::metrics::GROUP => {
-            let mut g = super::metrics::group();
-            g["kind"] = serde_json::json!("APIGroup");
-            g["apiVersion"] = serde_json::json!("v1");
-            Ok(json_response(StatusCode::OK, &g))
-        }
-        Route::GroupVersion(group, version)
-            if group == super::metrics::GROUP && version == super::metrics::VERSION =>
-        {
-            Ok(json_response(
-                StatusCode::OK,
-                &super::metrics::resource_list(),
-            ))
-        }
+        // Groups not in the registry (their discovery is `discovery`'s): computed answers.
         Route::Resource(info) if info.group == super::metrics::GROUP => {
             super::metrics::serve(state, &info, &request).await
-        }
-        Route::Group(group) if group == super::tokens::REVIEW_GROUP => {
-            let mut g = super::tokens::review_group();
-            g["kind"] = serde_json::json!("APIGroup");
-            g["apiVersion"] = serde_json::json!("v1");
-            Ok(json_response(StatusCode::OK, &g))
-        }
-        Route::GroupVersion(group, version)
-            if group == super::tokens::REVIEW_GROUP && version == "v1" =>
-        {
-            Ok(json_response(
-                StatusCode::OK,
-                &super::tokens::review_resources(),
-            ))
         }
         Route::Resource(info)
             if info.group == super::tokens::REVIEW_GROUP

@@ -531,7 +531,7 @@ fn cells(rt: &ResourceType, obj: &Value) -> Vec<Value> {
                 "spec.selector.matchLabels"
             ))),
         ],
-        ("apps", "ReplicaSet") => vec![
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => vec![
             name,
             json!(i(obj, "spec.replicas")),
             json!(i(obj, "status.replicas")),
@@ -543,24 +543,15 @@ fn cells(rt: &ResourceType, obj: &Value) -> Vec<Value> {
                 "spec.template.spec.containers",
                 "image"
             )),
+            // A LabelSelector's matchLabels, or a ReplicationController's plain label map.
             json!(selector_string(object::get_path(
                 obj,
-                "spec.selector.matchLabels"
+                if rt.kind == "ReplicationController" {
+                    "spec.selector"
+                } else {
+                    "spec.selector.matchLabels"
+                }
             ))),
-        ],
-        ("", "ReplicationController") => vec![
-            name,
-            json!(i(obj, "spec.replicas")),
-            json!(i(obj, "status.replicas")),
-            json!(i(obj, "status.readyReplicas")),
-            json!(age(obj)),
-            json!(container_list(obj, "spec.template.spec.containers", "name")),
-            json!(container_list(
-                obj,
-                "spec.template.spec.containers",
-                "image"
-            )),
-            json!(selector_string(object::get_path(obj, "spec.selector"))),
         ],
         ("apps", "StatefulSet") => vec![
             name,

@@ -376,14 +376,10 @@ pub async fn serve(
     Ok(json_response(StatusCode::CREATED, &out))
 }
 
-/// The authentication group's name and version.
+/// The authentication group's name.
 pub const REVIEW_GROUP: &str = "authentication.k8s.io";
-
-/// `/apis/authentication.k8s.io`'s group entry.
-pub fn review_group() -> Value {
-    let gv = json!({"groupVersion": format!("{REVIEW_GROUP}/v1"), "version": "v1"});
-    json!({"name": REVIEW_GROUP, "versions": [gv], "preferredVersion": gv})
-}
+/// Its version.
+pub const REVIEW_VERSION: &str = "v1";
 
 /// `/apis/authentication.k8s.io/v1`.
 pub fn review_resources() -> Value {
