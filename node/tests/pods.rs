@@ -14,7 +14,7 @@ use std::{
     collections::BTreeMap,
     io::Read,
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
@@ -345,15 +345,18 @@ async fn agnhost_pod_serves_on_its_address_restarts_and_goes_away() {
 #[tokio::test]
 async fn host_commands_run_isolated_with_env_logs_and_exit_codes() {
     let mut node = Node::new();
+    // Each container has a /tmp of its own: the init container's file is neither in the main
+    // container's /tmp nor on the host's.
+    let marker = format!("/tmp/rudder-private-tmp-{}", uuid());
     let job = pod(
         "job-0",
         json!({
             "restartPolicy": "Never",
-            "initContainers": [{"name": "init", "image": "busybox", "command": ["sh", "-c", "echo init done"]}],
+            "initContainers": [{"name": "init", "image": "busybox", "command": ["sh", "-c", format!("echo init done; touch {marker}")]}],
             "containers": [{
                 "name": "main",
                 "image": "debian:13",
-                "command": ["sh", "-c", "echo $GREETING from $(hostname) as pid $$$$ in $POD_NS; echo oops >&2; exit 3"],
+                "command": ["sh", "-c", format!("test -e {marker} && echo tmp shared || echo tmp private; echo $GREETING from $(hostname) as pid $$$$ in $POD_NS; echo oops >&2; exit 3")],
                 "env": [
                     {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
                     {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -380,6 +383,8 @@ async fn host_commands_run_isolated_with_env_logs_and_exit_codes() {
         "{log}"
     );
     assert!(log.contains(" stderr F oops\n"), "{log}");
+    assert!(log.contains(" stdout F tmp private\n"), "{log}");
+    assert!(!Path::new(&marker).exists(), "{marker} reached the host");
     // No command, not a built-in image: a clear waiting reason, not a silent failure.
     let nocmd = pod(
         "nocmd",

@@ -127,6 +127,13 @@ pub fn down(data_dir: &Path, purge: bool) -> Result<()> {
     let lab = lab_dir(data_dir);
     if lab.exists() {
         let binary = target_dir().join("release/rudder");
+        if !binary.exists() {
+            // `up` ran with another target dir (or it was cleaned): the lab still needs removing.
+            step(
+                "cargo build --release",
+                cargo().args(["build", "--release", "-p", "rudder-control"]),
+            )?;
+        }
         let mut command = Command::new(&binary);
         command
             .args(["lab", "down", "--name", "lab", "--data-dir"])

@@ -10,7 +10,9 @@
 //!
 //! Steps: join the pod's network namespace; unshare PID, mount, UTS and IPC namespaces; set the
 //! hostname; make mounts private and bind the pod's files (`/etc/hosts`, `/etc/resolv.conf`,
-//! volumes) over the host's; then start the command as PID 1 of the new PID namespace with a fresh
+//! volumes) over the host's; give the command a private `/tmp` (a fresh tmpfs each attempt, as
+//! a container's writable layer would be, so nothing it writes there reaches the host's, with
+//! the volumes mounted inside it); then start the command as PID 1 of the new PID namespace with a fresh
 //! `/proc`, in the pod's cgroups, dying with the shim (`PR_SET_PDEATHSIG`). SIGTERM, SIGINT,
 //! SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to the shim are forwarded to the container. Its
 //! stdout and stderr become CRI-format log lines (`<RFC 3339 nano> stdout F <text>`, long lines
@@ -20,7 +22,10 @@ use std::{
     ffi::CString,
     fs,
     io::{self, BufRead, BufReader, Read, Write},
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -349,7 +354,7 @@ fn enter(args: &ShimArgs) -> io::Result<()> {
             "making mounts private",
         )?;
     }
-    for m in &args.mounts {
+    for m in args.mounts.iter().filter(|m| !under_tmp(&m.target)) {
         let source = cstring(&m.source)?;
         let target = cstring(&m.target)?;
         if !m.target.exists() {
@@ -389,6 +394,143 @@ fn enter(args: &ShimArgs) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a container path is the private `/tmp` or inside it.
+fn under_tmp(target: &Path) -> bool {
+    target.starts_with("/tmp")
+}
+
+/// The container's private `/tmp`: a fresh tmpfs in a mount namespace of the command's own (the
+/// shim keeps the host's `/tmp`, where its state and logs may live), with the mounts whose
+/// targets are inside it. Everything is prepared here so that [`PrivateTmp::mount`] runs
+/// between fork and exec with syscalls only.
+struct PrivateTmp {
+    /// Directories to create in the tmpfs, parents first.
+    dirs: Vec<CString>,
+    /// Empty files to create in the tmpfs (targets of file binds).
+    files: Vec<CString>,
+    /// `(detached copy of the source, target, read-only)`: the sources are cloned
+    /// (`open_tree(OPEN_TREE_CLONE)`) while the host's `/tmp` is still visible, and a detached
+    /// mount can be attached in any mount namespace.
+    binds: Vec<(OwnedFd, CString, bool)>,
+}
+
+impl PrivateTmp {
+    fn prepare(mounts: &[Mount]) -> io::Result<Self> {
+        let mut tmp = PrivateTmp {
+            dirs: Vec::new(),
+            files: Vec::new(),
+            binds: Vec::new(),
+        };
+        for m in mounts.iter().filter(|m| under_tmp(&m.target)) {
+            let source = cstring(&m.source)?;
+            // SAFETY: a valid C string; the returned descriptor is owned below.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    source.as_ptr(),
+                    libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
+                )
+            };
+            let fd = i32::try_from(fd)
+                .ok()
+                .filter(|fd| *fd >= 0)
+                .ok_or_else(|| {
+                    let e = io::Error::last_os_error();
+                    io::Error::new(e.kind(), format!("{}: {e}", m.source.display()))
+                })?;
+            // SAFETY: open_tree returned a new descriptor that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            for dir in m
+                .target
+                .ancestors()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                let dir = cstring(dir)?;
+                if dir.as_bytes().starts_with(b"/tmp/") && !tmp.dirs.contains(&dir) {
+                    tmp.dirs.push(dir);
+                }
+            }
+            let target = cstring(&m.target)?;
+            if m.target != Path::new("/tmp") {
+                if m.source.is_dir() {
+                    tmp.dirs.push(target.clone());
+                } else {
+                    tmp.files.push(target.clone());
+                }
+            }
+            tmp.binds.push((fd, target, m.read_only));
+        }
+        Ok(tmp)
+    }
+
+    /// In the child, in its own mount namespace: the tmpfs, then the mounts inside it.
+    /// Syscalls only.
+    ///
+    /// # Safety
+    /// Only between fork and exec.
+    unsafe fn mount(&self) -> io::Result<()> {
+        // SAFETY: the caller's contract; every pointer is a live C string of `self` and every
+        // descriptor one it owns.
+        unsafe {
+            if libc::mount(
+                c"tmpfs".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=1777".as_ptr().cast(),
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            for dir in &self.dirs {
+                if libc::mkdir(dir.as_ptr(), 0o755) != 0
+                    && *libc::__errno_location() != libc::EEXIST
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for file in &self.files {
+                let fd = libc::open(
+                    file.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            for (tree, target, read_only) in &self.binds {
+                let moved = libc::syscall(
+                    libc::SYS_move_mount,
+                    tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    libc::MOVE_MOUNT_F_EMPTY_PATH,
+                );
+                if moved != 0
+                    || (*read_only
+                        && libc::mount(
+                            std::ptr::null(),
+                            target.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                            std::ptr::null(),
+                        ) != 0)
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Copies one stream into the CRI log, a line at a time.
@@ -458,6 +600,7 @@ fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
     fs::create_dir_all(&args.state)?;
     let log = LogFile::open(&args.log, args.rotation)?;
     enter(args)?;
+    let private_tmp = PrivateTmp::prepare(&args.mounts)?;
     let cgroups = args
         .cgroups
         .iter()
@@ -500,6 +643,10 @@ fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
+            // A mount namespace of the command's own: its /proc and /tmp are not the shim's.
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::mount(
                 c"proc".as_ptr(),
                 c"/proc".as_ptr(),
@@ -510,6 +657,7 @@ fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
             {
                 return Err(io::Error::last_os_error());
             }
+            private_tmp.mount()?;
             for procs in &cgroups {
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd >= 0 {
