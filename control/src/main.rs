@@ -43,6 +43,12 @@ enum Command {
     /// the file, re-reading it when it changes. Stopping leaves the dataplane in place so
     /// connections survive a restart; --cleanup removes it.
     Proxy(ProxyArgs),
+    /// Run the cluster DNS alone (it also runs inside `rudder server`).
+    ///
+    /// Answers the Kubernetes DNS specification's records for the cluster's Services,
+    /// EndpointSlices and Pods from watches (hickory-dns), on UDP and TCP, and forwards other
+    /// names to /etc/resolv.conf's nameservers.
+    Dns(DnsCommandArgs),
     /// Print the version and exit.
     Version,
     /// Container shim (started by the node agent, one per container).
@@ -100,6 +106,61 @@ struct ProxyArgs {
     /// Remove the dataplane (pins and links, or iptables chains) and exit.
     #[arg(long)]
     cleanup: bool,
+}
+
+/// Settings of the cluster DNS, shared by `rudder server` and `rudder dns`.
+#[derive(clap::Args, Clone)]
+struct DnsArgs {
+    /// The cluster domain: the DNS zone, and the search domains of pods' resolv.conf.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Addresses DNS answers on, UDP and TCP (default for `rudder server`: the advertise
+    /// address, port 53, where the kube-dns Service 10.96.0.10 sends pods' queries).
+    #[arg(long, value_delimiter = ',')]
+    dns_addr: Vec<std::net::SocketAddr>,
+    /// TTL of DNS answers, in seconds.
+    #[arg(long, default_value_t = 30)]
+    dns_ttl: u32,
+    /// TTL of negative DNS answers (NXDOMAIN, NODATA: the SOA minimum), in seconds.
+    #[arg(long, default_value_t = 5)]
+    dns_negative_ttl: u32,
+    /// Where DNS sends names outside the cluster domain: `system` (/etc/resolv.conf's
+    /// nameservers, cached) or `none` (answered REFUSED).
+    #[arg(long, alias = "upstream", default_value = "system", value_parser = ["system", "none"])]
+    dns_upstream: String,
+    /// Serve DNS metrics (Prometheus text) over HTTP at this address, path /metrics.
+    #[arg(long)]
+    dns_metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl DnsArgs {
+    fn options(
+        &self,
+        addrs: Vec<std::net::SocketAddr>,
+        service_ip: Option<IpAddr>,
+    ) -> rudder_dns::Options {
+        rudder_dns::Options {
+            zone: self.cluster_domain.clone(),
+            ttl: self.dns_ttl,
+            negative_ttl: self.dns_negative_ttl,
+            addrs,
+            service_ip,
+            forward: self.dns_upstream == "system",
+            metrics_addr: self.dns_metrics_addr,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct DnsCommandArgs {
+    /// Kubeconfig of the cluster to serve (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The DNS Service's address, named by the zone's NS record.
+    #[arg(long)]
+    service_ip: Option<IpAddr>,
+    #[command(flatten)]
+    dns: DnsArgs,
 }
 
 /// Settings of a node agent, shared by `rudder server` (its local node) and `rudder agent`.
@@ -200,6 +261,8 @@ struct ServerArgs {
     advertise_address: Option<std::net::Ipv4Addr>,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    dns: DnsArgs,
     /// Parts not to start: any of agent, dns, ingress.
     #[arg(long, value_delimiter = ',', value_parser = ["agent", "dns", "ingress"])]
     disable: Vec<String>,
@@ -293,7 +356,8 @@ async fn terminated() {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // hickory-server logs every DNS response at info.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -413,6 +477,27 @@ async fn start_cluster_parts(
             }),
         ),
     ];
+    if !args.disable.iter().any(|d| d == "dns") {
+        let service_ip = IpAddr::V4(args.service_cidr.nth(10));
+        let addrs = if args.dns.dns_addr.is_empty() {
+            vec![std::net::SocketAddr::new(
+                server.advertise_address.into(),
+                53,
+            )]
+        } else {
+            args.dns.dns_addr.clone()
+        };
+        let options = args.dns.options(addrs.clone(), Some(service_ip));
+        let dns_client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = publish_kube_dns(dns_client.clone(), service_ip, addrs[0]).await {
+                tracing::error!("kube-dns Service: {e:#}");
+            }
+            if let Err(e) = rudder_dns::run(dns_client, options, std::future::pending()).await {
+                tracing::error!("cluster DNS stopped: {e}");
+            }
+        }));
+    }
     if !args.disable.iter().any(|d| d == "agent") {
         let agent = agent_config(
             &args.node,
@@ -422,6 +507,8 @@ async fn start_cluster_parts(
             args.service_cidr,
             server.state.credentials.node_token.clone(),
         )?;
+        let mut agent = agent;
+        agent.cluster_domain = args.dns.cluster_domain.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = rudder_node::agent::run(client, agent).await {
                 tracing::error!("node agent stopped: {:#}", anyhow::Error::from(e));
@@ -429,6 +516,84 @@ async fn start_cluster_parts(
         }));
     }
     Ok(tasks)
+}
+
+/// `rudder dns`: serve the cluster DNS of a kubeconfig's cluster until stopped.
+async fn dns(args: DnsCommandArgs) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("loading {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig")?,
+    };
+    let client = kube::Client::try_from(config).context("building the client")?;
+    let addrs = if args.dns.dns_addr.is_empty() {
+        vec!["127.0.0.1:53".parse().context("default address")?]
+    } else {
+        args.dns.dns_addr.clone()
+    };
+    let options = args.dns.options(addrs, args.service_ip);
+    let stop = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = terminated() => {},
+        }
+        tracing::info!("stopping DNS");
+    };
+    rudder_dns::run(client, options, stop)
+        .await
+        .context("DNS")?;
+    Ok(())
+}
+
+/// The `kube-dns` Service (kube-system, the service CIDR's 10th address, 53/UDP and 53/TCP)
+/// and its EndpointSlice pointing at this server's DNS, so pods' resolv.conf nameserver works
+/// through the Service dataplane like any ClusterIP. Kept as they are when they exist.
+async fn publish_kube_dns(
+    client: kube::Client,
+    service_ip: IpAddr,
+    endpoint: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use kube::api::{Api, Patch, PatchParams};
+    let labels = serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"});
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+        "spec": {"clusterIP": service_ip.to_string(), "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": endpoint.port()},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": endpoint.port()},
+        ]},
+    }))?;
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kube-dns-rudder", "namespace": "kube-system", "labels": {
+            "kubernetes.io/service-name": "kube-dns",
+            "endpointslice.kubernetes.io/managed-by": "rudder-dns",
+        }},
+        "addressType": if endpoint.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}],
+        "ports": [
+            {"name": "dns", "port": endpoint.port(), "protocol": "UDP"},
+            {"name": "dns-tcp", "port": endpoint.port(), "protocol": "TCP"},
+        ],
+    }))?;
+    let apply = PatchParams::apply("rudder-dns");
+    Api::<Service>::namespaced(client.clone(), "kube-system")
+        .patch("kube-dns", &apply, &Patch::Apply(&service))
+        .await
+        .context("applying the kube-dns Service")?;
+    Api::<EndpointSlice>::namespaced(client, "kube-system")
+        .patch("kube-dns-rudder", &apply, &Patch::Apply(&slice))
+        .await
+        .context("applying the kube-dns EndpointSlice")?;
+    Ok(())
 }
 
 /// The local address this host would use to reach `server` (a UDP socket's connect only picks
@@ -489,6 +654,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Shim { .. } | Command::Agnhost { .. } | Command::Lab { .. } => {}
         Command::Version => println!("rudder {}", env!("CARGO_PKG_VERSION")),
+        Command::Dns(args) => {
+            init_logging();
+            dns(args).await?;
+        }
         Command::Proxy(args) => {
             init_logging();
             proxy(args).await?;
@@ -499,7 +668,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Server(args) => {
             init_logging();
-            let missing: Vec<&str> = ["dns", "ingress"]
+            let missing: Vec<&str> = ["ingress"]
                 .into_iter()
                 .filter(|part| !args.disable.iter().any(|d| d == part))
                 .collect();

@@ -1,4 +1,148 @@
-//! Cluster DNS for rudder, following the Kubernetes DNS-Based Service Discovery specification.
+//! rudder's cluster DNS: the Kubernetes DNS-Based Service Discovery specification (schema
+//! 1.1.0) served by hickory-dns.
 //!
-//! Not built yet (issue: "Cluster DNS on hickory-dns"). The plan: an in-memory index kept current by
-//! kube-rs watches, pure answer-building functions over it, and hickory-server on UDP and TCP.
+//! - [`index`]: the pure core, the records the specification derives from Services,
+//!   EndpointSlices and Pods, answering a name and a type with no I/O;
+//! - [`watch`]: kube-rs watches keeping the index current (answers follow an object change as
+//!   soon as its watch event arrives, never an apiserver call on the query path);
+//! - [`server`]: hickory-server on UDP (a socket per core) and TCP, EDNS0, negative answers with
+//!   the SOA, search-path expansion and forwarding of other names upstream;
+//! - [`metrics`]: Prometheus counters, served over HTTP at `/metrics`.
+//!
+//! [`run`] puts them together; `rudder server` runs it for its cluster (the `kube-dns` Service,
+//! 10.96.0.10:53) and `rudder dns --kubeconfig F` alone.
+
+pub mod index;
+pub mod metrics;
+pub mod server;
+pub mod watch;
+
+use std::{future::Future, net::IpAddr, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How to serve DNS.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The cluster domain (`cluster.local`).
+    pub zone: String,
+    /// TTL of positive answers, seconds (30).
+    pub ttl: u32,
+    /// TTL of negative answers, seconds (5).
+    pub negative_ttl: u32,
+    /// Addresses to serve on, UDP and TCP each.
+    pub addrs: Vec<SocketAddr>,
+    /// The DNS Service's address, named by the zone's NS record (`ns.dns.<zone>`).
+    pub service_ip: Option<IpAddr>,
+    /// Forward names outside the zone to `/etc/resolv.conf`'s nameservers.
+    pub forward: bool,
+    /// Where to serve `/metrics` (HTTP), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Why DNS could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves DNS for the cluster `client` talks to until `shutdown` completes. Queries are
+/// answered once the first lists of Services, EndpointSlices and Pods are in (or after 10 s,
+/// from what has arrived, so a slow apiserver does not keep DNS down).
+pub async fn run(
+    client: kube::Client,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let mut config = index::Config::new(&options.zone).map_err(Error::Config)?;
+    config.ttl = options.ttl;
+    config.negative_ttl = options.negative_ttl;
+    config.dns_ip = options.service_ip;
+    let upstream = if options.forward {
+        match server::system_upstream() {
+            Ok(resolver) => Some(resolver),
+            Err(e) => {
+                tracing::warn!("DNS forwarding is off: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let shared = Arc::new(server::Shared::new(index::Index::new(config), upstream));
+    let mut synced = watch::start(client, Arc::clone(&shared));
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..3 {
+            if synced.recv().await.is_none() {
+                break;
+            }
+        }
+    })
+    .await;
+    if waited.is_err() {
+        tracing::warn!("DNS is serving before its first lists arrived");
+    }
+    let services = shared
+        .index
+        .read()
+        .map(|i| i.service_count())
+        .unwrap_or_default();
+    let mut servers = Vec::new();
+    for addr in &options.addrs {
+        let server = server::serve(server::Handler(Arc::clone(&shared)), *addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: *addr,
+                source,
+            })?;
+        tracing::info!(%addr, services, zone = %options.zone, "DNS serving");
+        servers.push(server);
+    }
+    if let Some(addr) = options.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        tokio::spawn(serve_metrics(listener, Arc::clone(&shared)));
+    }
+    shutdown.await;
+    for mut server in servers {
+        let _ = server.shutdown_gracefully().await;
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 responder: `GET /metrics` gets the Prometheus text, anything else 404.
+async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<server::Shared>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await
+            else {
+                return;
+            };
+            let line = String::from_utf8_lossy(&request[..n]);
+            let (status, body) = if line.starts_with("GET /metrics ") {
+                ("200 OK", shared.metrics.render())
+            } else {
+                ("404 Not Found", "not found: try /metrics\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
