@@ -308,6 +308,10 @@ fn start(args: &UpArgs) -> Result<()> {
                 node_ip(1).to_string(),
                 "--secure-port".into(),
                 port.to_string(),
+                // The lab is closed: its DNS answers cluster names and refuses the rest, so no
+                // query leaves the machine.
+                "--dns-upstream".into(),
+                "none".into(),
             ]
         } else {
             vec![

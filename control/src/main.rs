@@ -561,7 +561,7 @@ async fn publish_kube_dns(
     endpoint: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-    use kube::api::{Api, Patch, PatchParams};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
     let labels = serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"});
     let service: Service = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
@@ -584,15 +584,38 @@ async fn publish_kube_dns(
             {"name": "dns-tcp", "port": endpoint.port(), "protocol": "TCP"},
         ],
     }))?;
-    let apply = PatchParams::apply("rudder-dns");
-    Api::<Service>::namespaced(client.clone(), "kube-system")
-        .patch("kube-dns", &apply, &Patch::Apply(&service))
+    // Created when missing, else left as they are (a user may have changed the Service); the
+    // slice follows this server's address. (Not server-side apply: rudder's apply merges
+    // Service ports by port alone, so 53/UDP and 53/TCP would collide.)
+    let create = PostParams::default();
+    let services = Api::<Service>::namespaced(client.clone(), "kube-system");
+    let existing = services
+        .get_opt("kube-dns")
         .await
-        .context("applying the kube-dns Service")?;
-    Api::<EndpointSlice>::namespaced(client, "kube-system")
-        .patch("kube-dns-rudder", &apply, &Patch::Apply(&slice))
-        .await
-        .context("applying the kube-dns EndpointSlice")?;
+        .context("reading the kube-dns Service")?;
+    if existing.is_none() {
+        match services.create(&create, &service).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e).context("creating the kube-dns Service"),
+        }
+    }
+    let slices = Api::<EndpointSlice>::namespaced(client, "kube-system");
+    match slices.create(&create, &slice).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let patch = serde_json::json!({"endpoints": slice.endpoints, "ports": slice.ports});
+            slices
+                .patch(
+                    "kube-dns-rudder",
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .context("updating the kube-dns EndpointSlice")?;
+        }
+        Err(e) => return Err(e).context("creating the kube-dns EndpointSlice"),
+    }
     Ok(())
 }
 

@@ -299,3 +299,106 @@ fn cluster_dns_answers_the_specification_records_and_follows_changes() {
         dns.status("db.default.svc.cluster.local", "A") == "NXDOMAIN"
     });
 }
+
+#[test]
+#[ignore = "needs root, BPF, iproute2, dig and kubectl 1.37; run by cargo xtask ci"]
+fn pods_resolve_short_names_through_the_kube_dns_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid = std::process::id();
+    // Node slot 1's ranges (see common/node.rs): DNS listens on the pod bridge's address, the
+    // kube-dns Service (the 10th service address) sends pods' queries there.
+    let octet = ((pid % 60) * 4 + 2) % 240;
+    let dns_addr = format!("10.252.{octet}.1:53");
+    let metrics_port = common::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let node = common::node::Node::start(
+        dir.path(),
+        1,
+        &[
+            "--dns-addr",
+            &dns_addr,
+            "--dns-upstream",
+            "none",
+            "--dns-metrics-addr",
+            &metrics,
+        ],
+    );
+    let server = &node.server;
+    let kube_dns = server.ok(&[
+        "-n",
+        "kube-system",
+        "get",
+        "svc",
+        "kube-dns",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(kube_dns, format!("10.253.{octet}.10"));
+    server.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let web_ip = server.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    server.ok(&[
+        "run",
+        "client",
+        "--image=registry.k8s.io/e2e-test-images/agnhost:2.47",
+        "--",
+        "netexec",
+        "--http-port=8080",
+    ]);
+    server.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=60s",
+    ]);
+    let resolv = server.ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains(&format!("nameserver {kube_dns}")),
+        "{resolv}"
+    );
+
+    // Short names through the search list (ndots:5), via the Service address.
+    for name in [
+        "web",
+        "web.default",
+        "web.default.svc",
+        "web.default.svc.cluster.local",
+    ] {
+        let out = server.ok(&["exec", "client", "--", "getent", "hosts", name]);
+        assert!(out.starts_with(&format!("{web_ip} ")), "{name}: {out}");
+    }
+    // Another namespace's Service by `<svc>.<ns>`: the server expands the search path, so the
+    // pod's first query already gets the answer (a CNAME to the real name).
+    let dig = server.ok(&[
+        "exec",
+        "client",
+        "--",
+        "dig",
+        "+noall",
+        "+answer",
+        "kubernetes.default.default.svc.cluster.local",
+    ]);
+    assert!(
+        dig.contains("CNAME") && dig.contains("kubernetes.default.svc.cluster.local."),
+        "{dig}"
+    );
+    let text = rudder_node::lab::http_get("127.0.0.1", metrics_port, "/metrics").unwrap();
+    let expanded: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rudder_dns_autopath_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(expanded >= 1, "{text}");
+
+    // From the node itself, through the Service address too.
+    let out = Command::new("dig")
+        .args([
+            &format!("@{kube_dns}"),
+            "+short",
+            "+time=2",
+            "+tries=2",
+            "web.default.svc.cluster.local",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), web_ip);
+}

@@ -372,6 +372,19 @@ impl RequestHandler for Handler {
     }
 }
 
+/// A socket for `addr` that may bind before the address exists (`IP_FREEBIND`: the node's
+/// bridge address appears when the agent creates the bridge).
+fn socket(addr: SocketAddr, kind: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, None)?;
+    match addr {
+        SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+        SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
 /// Binds the UDP sockets (one per core, `SO_REUSEPORT`) and the TCP listener on `addr`, and
 /// serves until the returned server is shut down.
 pub async fn serve(handler: Handler, addr: SocketAddr) -> std::io::Result<Server<Handler>> {
@@ -379,14 +392,8 @@ pub async fn serve(handler: Handler, addr: SocketAddr) -> std::io::Result<Server
     let sockets = std::thread::available_parallelism().map_or(1, usize::from);
     let mut addr = addr;
     for _ in 0..sockets {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
+        let socket = socket(addr, socket2::Type::DGRAM)?;
         socket.set_reuse_port(true)?;
-        socket.set_reuse_address(true)?;
-        socket.set_nonblocking(true)?;
         // Room for bursts: 4 MiB of queued queries (capped by net.core.rmem_max).
         let _ = socket.set_recv_buffer_size(4 << 20);
         socket.bind(&addr.into())?;
@@ -396,7 +403,10 @@ pub async fn serve(handler: Handler, addr: SocketAddr) -> std::io::Result<Server
         }
         server.register_socket(tokio::net::UdpSocket::from_std(socket.into())?);
     }
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = socket(addr, socket2::Type::STREAM)?;
+    listener.bind(&addr.into())?;
+    listener.listen(1024)?;
+    let listener = tokio::net::TcpListener::from_std(listener.into())?;
     server.register_listener(listener, Duration::from_secs(5), 32);
     Ok(server)
 }

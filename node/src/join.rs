@@ -260,7 +260,19 @@ pub async fn client(
         }
         (None, None) => return Err(Error::NoCa),
         (None, Some(want)) => {
-            let pem = fetch_ca(server).await?;
+            // The server may still be starting (a node booting with it, or a restart): retry
+            // for a minute, as a k3s agent keeps trying to join.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let pem = loop {
+                match fetch_ca(server).await {
+                    Ok(pem) => break pem,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::info!("waiting for the server: {e}");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             let got = ca_hash(pem.as_bytes());
             if &got != want {
                 return Err(Error::CaMismatch {

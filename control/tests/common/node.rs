@@ -41,9 +41,11 @@ impl Node {
             routes: vec![cluster.clone(), services.clone()],
             pin_dir: pin_dir.clone(),
         };
+        // DNS runs when the test says where (`--dns-addr`).
+        let dns = extra.contains(&"--dns-addr");
         let mut args: Vec<String> = [
             "--disable",
-            "dns,ingress",
+            if dns { "ingress" } else { "dns,ingress" },
             "--node-name",
             "n1",
             "--cluster-cidr",

@@ -31,6 +31,13 @@ pub fn rudder_from_pod(ctx: TcContext) -> i32 {
     pod::from_pod(&ctx)
 }
 
+/// TC egress on a pod's host-side veth: traffic entering the pod. Restores the service
+/// address on replies whose backend is not a pod of this node.
+#[classifier]
+pub fn rudder_to_pod(ctx: TcContext) -> i32 {
+    pod::to_pod(&ctx)
+}
+
 /// XDP on the node's uplink: NodePort DNAT for clients outside the node.
 #[xdp(frags)]
 pub fn rudder_xdp_nodeport(ctx: XdpContext) -> u32 {

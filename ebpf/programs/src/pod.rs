@@ -1,4 +1,6 @@
-//! TC ingress on a pod's host-side veth: every packet the pod sends passes here.
+//! TC ingress on a pod's host-side veth: every packet the pod sends passes here ([`from_pod`]);
+//! TC egress ([`to_pod`]) restores the service address on replies from backends that are not
+//! pods of this node.
 //!
 //! - A reply from a backend (found in conntrack's reply direction) gets its source restored to
 //!   the service address the client used.
@@ -62,6 +64,45 @@ pub fn from_pod(ctx: &TcContext) -> i32 {
         route::to_local_pod(ctx)
     } else {
         action
+    }
+}
+
+/// TC egress on a pod's host-side veth: a reply of a service flow whose backend is the node
+/// itself or another node (so it never passed a backend pod's veth, where [`from_pod`]
+/// restores the source) gets the service address back before the pod sees it. Everything else
+/// passes untouched; replies already translated no longer match a reply key.
+#[inline(always)]
+pub fn to_pod(ctx: &TcContext) -> i32 {
+    let flow = match parse(ctx) {
+        Ok(Some(flow)) if !flow.fragment => flow,
+        _ => return OK,
+    };
+    let reply = CtKey4 {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        sport: flow.sport,
+        dport: flow.dport,
+        proto: flow.l4proto,
+        dir: CT_REPLY,
+        pad: 0,
+    };
+    let Some(entry) = conntrack::get(&reply) else {
+        return OK;
+    };
+    conntrack::touch(entry, flow.l4proto, flow.tcp, true, lb::now_s());
+    // SAFETY: pointer from a successful lookup in this run.
+    let e = unsafe { *entry };
+    let len = ctx.len();
+    counters::service(e.service_id, len);
+    match reverse(ctx, &flow, &e) {
+        Ok(()) => {
+            counters::reason(Reason::ReplyNat, len);
+            OK
+        }
+        Err(_) => {
+            counters::reason(Reason::RewriteFailed, len);
+            SHOT
+        }
     }
 }
 

@@ -42,6 +42,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/rudder";
 
 /// The TC program for pods' host-side veths.
 const TC_POD: &str = "rudder_from_pod";
+const TC_TO_POD: &str = "rudder_to_pod";
 const XDP_NODEPORT: &str = "rudder_xdp_nodeport";
 const XDP_PASS: &str = "rudder_xdp_pass";
 /// The socket-LB programs.
@@ -344,6 +345,8 @@ impl Datapath {
             .map_err(|e| Error::Load(pin_dir.display().to_string(), Box::new(e)))?;
         let prog: &mut SchedClassifier = program(&mut ebpf, TC_POD)?;
         prog.load().map_err(prog_err(TC_POD, "load"))?;
+        let prog: &mut SchedClassifier = program(&mut ebpf, TC_TO_POD)?;
+        prog.load().map_err(prog_err(TC_TO_POD, "load"))?;
         for name in [XDP_NODEPORT, XDP_PASS] {
             let prog: &mut Xdp = program(&mut ebpf, name)?;
             prog.load().map_err(prog_err(name, "load"))?;
@@ -387,9 +390,35 @@ impl Datapath {
             path: sysctl.into(),
             source,
         })?;
-        let pin = self.pin_dir.join("links").join(format!("tc-{ifname}"));
-        let prog: &mut SchedClassifier = program(&mut self.ebpf, TC_POD)?;
-        let attach_err = |what: String| prog_err(TC_POD, what);
+        self.attach_tc(TC_POD, TcAttachType::Ingress, "tc", ifname)?;
+        // Replies of flows whose backend is not a pod of this node (the node itself, another
+        // node) reach the client pod through its veth's egress: their source is restored there.
+        self.attach_tc(TC_TO_POD, TcAttachType::Egress, "tc-egress", ifname)?;
+        // Listed last: packets are only redirected to a pod whose own program is in place.
+        // Best effort: a pod whose link is not listed is still served, through the stack.
+        match ifindex(ifname) {
+            Ok(index) => {
+                if let Err(e) = self.pod_links.insert(index, 1, 0) {
+                    tracing::warn!(ifname, error = %e, "pod link not listed for direct delivery");
+                }
+            }
+            Err(e) => tracing::warn!(ifname, error = %e, "pod link not listed for direct delivery"),
+        }
+        Ok(())
+    }
+
+    /// Attaches TC program `name` to `direction` of `ifname`, pinned as `links/<tag>-<ifname>`;
+    /// a program a previous agent attached there is replaced atomically through its pin.
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        direction: TcAttachType,
+        tag: &str,
+        ifname: &str,
+    ) -> Result<(), Error> {
+        let pin = self.pin_dir.join("links").join(format!("{tag}-{ifname}"));
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        let attach_err = |what: String| prog_err(name, what);
         let replaced = match PinnedLink::from_pin(&pin) {
             Ok(old) => {
                 let link =
@@ -423,23 +452,13 @@ impl Datapath {
             None => prog
                 .attach_with_options(
                     ifname,
-                    TcAttachType::Ingress,
+                    direction,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(attach_err(format!("attach to {ifname}")))?,
         };
         let link = prog.take_link(id).map_err(attach_err("take link".into()))?;
         pin_link(link, &pin, was_replaced)?;
-        // Listed last: packets are only redirected to a pod whose own program is in place.
-        // Best effort: a pod whose link is not listed is still served, through the stack.
-        match ifindex(ifname) {
-            Ok(index) => {
-                if let Err(e) = self.pod_links.insert(index, 1, 0) {
-                    tracing::warn!(ifname, error = %e, "pod link not listed for direct delivery");
-                }
-            }
-            Err(e) => tracing::warn!(ifname, error = %e, "pod link not listed for direct delivery"),
-        }
         Ok(())
     }
 
@@ -527,6 +546,12 @@ impl Datapath {
             ignore_missing(self.pod_links.remove(&index)).map_err(map_err("RUDDER_POD_LINKS"))?;
         }
         self.prune_pod_links()?;
+        unpin(
+            &self
+                .pin_dir
+                .join("links")
+                .join(format!("tc-egress-{ifname}")),
+        )?;
         let pin = self.pin_dir.join("links").join(format!("tc-{ifname}"));
         unpin(&pin)
     }
