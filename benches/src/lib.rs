@@ -4,6 +4,7 @@
 //!   (`target/bench/<name>/results.json`) and its markdown report.
 //! - [`control`]: the control-plane benchmark (embedded store vs etcd, through the real apiserver
 //!   and the kube-rs client), and its [`scheduling`] half with hollow nodes.
+//! - [`dns`]: dnsperf against `rudder dns` and Knot DNS serving the same records.
 //! - [`forwarding`]: Service forwarding through each dataplane in network namespaces, with the
 //!   event-driven servers and clients of [`loadgen`].
 //! - [`pods`]: pod start latency and agent memory on a two-node `rudder lab`.
@@ -13,6 +14,7 @@
 //! Criterion micro-benchmarks of the datapath's user-side hot paths live in `benches/datapath.rs`.
 
 pub mod control;
+pub mod dns;
 pub mod forwarding;
 pub mod loadgen;
 pub mod plots;

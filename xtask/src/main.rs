@@ -59,12 +59,12 @@ enum Cmd {
     },
     /// Run a benchmark; results go to target/bench/<name>/ (results.json, report.md).
     Bench {
-        /// Which benchmark: control, forwarding, pods.
+        /// Which benchmark: control, dns, forwarding, pods.
         name: String,
         /// Smaller sizes for a quick look.
         #[arg(long)]
         quick: bool,
-        /// forwarding: service counts, e.g. 1,1000,10000.
+        /// forwarding, dns: service counts, e.g. 1,1000,10000.
         #[arg(long)]
         services: Option<String>,
         /// forwarding: subjects, e.g. none,iptables,ebpf-tc,socket-lb.
@@ -128,7 +128,7 @@ fn bench(
     prereqs::ensure()?;
     match name {
         // Benchmarks of the rudder binary itself.
-        "control" | "pods" => {
+        "control" | "dns" | "pods" => {
             step(
                 "cargo build --release",
                 cargo().args([
@@ -160,6 +160,11 @@ fn bench(
             if let Some(stores) = stores {
                 cmd.arg("--stores").arg(stores);
             }
+            if name == "dns"
+                && let Some(services) = services
+            {
+                cmd.arg("--services").arg(services);
+            }
             step(&format!("rudder-bench {name}"), &mut cmd)
         }
         "forwarding" => {
@@ -181,7 +186,7 @@ fn bench(
             }
             step("rudder-bench forwarding", &mut cmd)
         }
-        other => bail!("unknown benchmark {other:?}; available: control, forwarding, pods"),
+        other => bail!("unknown benchmark {other:?}; available: control, dns, forwarding, pods"),
     }
 }
 

