@@ -585,8 +585,7 @@ async fn publish_kube_dns(
         ],
     }))?;
     // Created when missing, else left as they are (a user may have changed the Service); the
-    // slice follows this server's address. (Not server-side apply: rudder's apply merges
-    // Service ports by port alone, so 53/UDP and 53/TCP would collide.)
+    // slice follows this server's address.
     let create = PostParams::default();
     let services = Api::<Service>::namespaced(client.clone(), "kube-system");
     let existing = services

@@ -276,6 +276,26 @@ fn cluster_dns_answers_the_specification_records_and_follows_changes() {
     ]);
     assert!(udp.contains("flags: qr aa tc"), "{udp}");
 
+    // One port number over UDP and TCP (as kube-dns), applied server-side twice: two ports.
+    let twin = "apiVersion: v1\nkind: Service\nmetadata: {name: twin, namespace: default}\nspec:\n  ports:\n  - {name: dns, port: 53, protocol: UDP}\n  - {name: dns-tcp, port: 53, protocol: TCP}\n";
+    for _ in 0..2 {
+        let out = server.kubectl_stdin(&["apply", "--server-side", "-f", "-"], twin);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    server.wait_for("twin's SRV records", || {
+        dns.answer("_dns._udp.twin.default.svc.cluster.local", "SRV")
+            .len()
+            == 1
+            && dns
+                .answer("_dns-tcp._tcp.twin.default.svc.cluster.local", "SRV")
+                .len()
+                == 1
+    });
+
     // Changes show within a watch event: a new Service, then its deletion.
     let started = Instant::now();
     server.ok(&["create", "service", "clusterip", "late", "--tcp=80:8080"]);

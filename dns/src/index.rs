@@ -272,8 +272,9 @@ fn addresses(name: &Name, ttl: u32, ips: &BTreeSet<IpAddr>) -> (Option<Rrset>, O
     (set(v4), set(v6))
 }
 
-/// SRV records for targets `(name, port)` and the additional records of their addresses.
-fn srv(owner: &Name, ttl: u32, targets: &[(Name, u16)], glue: &[Record]) -> Option<SrvSet> {
+/// SRV records for targets `(name, port)` and the additional records of their addresses: the
+/// `glue` set itself (shared, not copied) when all of it belongs to these targets.
+fn srv(owner: &Name, ttl: u32, targets: &[(Name, u16)], glue: Option<&Rrset>) -> Option<SrvSet> {
     let weight = u16::try_from(100 / targets.len().max(1))
         .unwrap_or(1)
         .max(1);
@@ -287,12 +288,25 @@ fn srv(owner: &Name, ttl: u32, targets: &[(Name, u16)], glue: &[Record]) -> Opti
             )
         })
         .collect();
-    let additionals = glue
-        .iter()
-        .filter(|r| targets.iter().any(|(t, _)| *t == r.name))
-        .cloned()
-        .collect();
-    rrset(records).map(|r| (r, rrset(additionals)))
+    let wanted = |r: &Record| targets.iter().any(|(t, _)| *t == r.name);
+    let additionals = glue.and_then(|glue| {
+        if glue.iter().all(wanted) {
+            Some(Rrset::clone(glue))
+        } else {
+            rrset(glue.iter().filter(|r| wanted(r)).cloned().collect())
+        }
+    });
+    rrset(records).map(|r| (r, additionals))
+}
+
+/// One set of the records of `sets` (the set itself when there is one).
+fn joined<'a>(sets: impl IntoIterator<Item = &'a Rrset>) -> Option<Rrset> {
+    let sets: Vec<&Rrset> = sets.into_iter().collect();
+    match sets[..] {
+        [] => None,
+        [one] => Some(Rrset::clone(one)),
+        _ => rrset(sets.iter().flat_map(|s| s.iter().cloned()).collect()),
+    }
 }
 
 fn port_labels(name: &str, protocol: &str) -> PortLabels {
@@ -833,27 +847,18 @@ fn build(
         let ips: BTreeSet<IpAddr> = info.cluster_ips.iter().copied().collect();
         (built.a, built.aaaa) = addresses(&name, ttl, &ips);
         built.ptrs = ips.iter().map(|ip| (*ip, name.clone())).collect();
+        let glue = joined(built.a.iter().chain(built.aaaa.iter()));
         let mut all = Vec::new();
         for (port, proto, number) in &info.ports {
             let Ok(owner) = child(&format!("{port}.{proto}")) else {
                 continue;
             };
-            let glue: Vec<Record> = [&built.a, &built.aaaa]
-                .into_iter()
-                .flatten()
-                .flat_map(|s| s.iter().cloned())
-                .collect();
-            if let Some(set) = srv(&owner, ttl, &[(name.clone(), *number)], &glue) {
+            if let Some(set) = srv(&owner, ttl, &[(name.clone(), *number)], glue.as_ref()) {
                 built.ports.insert((port.clone(), proto.clone()), set);
             }
             all.push((name.clone(), *number));
         }
-        let glue: Vec<Record> = [&built.a, &built.aaaa]
-            .into_iter()
-            .flatten()
-            .flat_map(|s| s.iter().cloned())
-            .collect();
-        built.srv = srv(&name, ttl, &all, &glue);
+        built.srv = srv(&name, ttl, &all, glue.as_ref());
         return built;
     }
     // Headless: the endpoints, by hostname (or dashed address), in a stable order.
@@ -885,7 +890,7 @@ fn build(
         .flat_map(|(ips, _)| ips.iter().copied())
         .collect();
     (built.a, built.aaaa) = addresses(&name, ttl, &all);
-    let mut glue = Vec::new();
+    let mut glue: Vec<Record> = Vec::new();
     let mut targets: BTreeMap<PortLabels, Vec<(Name, u16)>> = BTreeMap::new();
     for (host, (ips, ports)) in &hosts {
         let Ok(host_name) = child(host) else {
@@ -904,17 +909,18 @@ fn build(
                 .push((host_name.clone(), *number));
         }
     }
+    let glue = rrset(glue);
     let mut all_targets = Vec::new();
     for ((port, proto), list) in targets {
         let Ok(owner) = child(&format!("{port}.{proto}")) else {
             continue;
         };
-        if let Some(set) = srv(&owner, ttl, &list, &glue) {
+        if let Some(set) = srv(&owner, ttl, &list, glue.as_ref()) {
             built.ports.insert((port, proto), set);
         }
         all_targets.extend(list);
     }
-    built.srv = srv(&name, ttl, &all_targets, &glue);
+    built.srv = srv(&name, ttl, &all_targets, glue.as_ref());
     built
 }
 

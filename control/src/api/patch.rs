@@ -2,7 +2,8 @@
 //! server-side apply.
 //!
 //! Strategic merge patch follows Kubernetes' rules for built-in types: lists with a merge key
-//! (`containers` by `name`, container `ports` by `containerPort`, Service `ports` by `port`, `env`,
+//! (`containers` by `name`, container `ports` by `containerPort` and `protocol`, Service `ports` by
+//! `port` and `protocol` (see [`merge_keys`]), `env`,
 //! `volumes`, `volumeMounts`, `conditions`...) merge element-wise; other lists are replaced; the
 //! directives `$patch` (`replace`/`delete`/`merge`), `$setElementOrder/<list>`,
 //! `$deleteFromPrimitiveList/<list>` and `$retainKeys` are honoured; `metadata.finalizers` merges as
@@ -165,6 +166,52 @@ fn merge_key(path: &[&str]) -> Option<&'static str> {
     }
 }
 
+/// The keys that identify an element of the list at `path`: the merge key, and for ports the
+/// protocol too (the list-map keys `[port, protocol]` / `[containerPort, protocol]` server-side
+/// apply uses upstream, so 53/UDP and 53/TCP are two elements; upstream's strategic merge patch
+/// keys ports by number alone, which makes them collide).
+fn merge_keys(path: &[&str]) -> Option<&'static [&'static str]> {
+    match merge_key(path)? {
+        "port" => Some(&["port", "protocol"]),
+        "containerPort" => Some(&["containerPort", "protocol"]),
+        "name" => Some(&["name"]),
+        "mountPath" => Some(&["mountPath"]),
+        "devicePath" => Some(&["devicePath"]),
+        "type" => Some(&["type"]),
+        "uid" => Some(&["uid"]),
+        "ip" => Some(&["ip"]),
+        "topologyKey" => Some(&["topologyKey"]),
+        _ => None,
+    }
+}
+
+/// An element's identity under `keys` (`None` without the first key); a missing `protocol`
+/// counts as `TCP`, its default.
+fn item_key(item: &Value, keys: &[&str]) -> Option<Map<String, Value>> {
+    let mut id = Map::new();
+    for (i, k) in keys.iter().enumerate() {
+        match (item.get(*k), *k) {
+            (Some(v), _) => {
+                id.insert((*k).to_owned(), v.clone());
+            }
+            (None, "protocol") => {
+                id.insert("protocol".to_owned(), Value::String("TCP".into()));
+            }
+            (None, _) if i == 0 => return None,
+            (None, _) => {}
+        }
+    }
+    Some(id)
+}
+
+/// Whether a list element has the identity `key` (a `k:` FieldsV1 entry).
+fn has_key(item: &Value, key: &Map<String, Value>) -> bool {
+    key.iter().all(|(k, v)| match item.get(k) {
+        Some(have) => have == v,
+        None => k == "protocol" && v == "TCP",
+    })
+}
+
 /// Primitive lists that merge as sets.
 fn is_set_list(path: &[&str]) -> bool {
     path == ["metadata", "finalizers"]
@@ -271,17 +318,18 @@ fn merge_list(original: Option<&Value>, items: &[Value], path: &[&str]) -> Resul
         }
         return Ok(Value::Array(out));
     }
-    let Some(key) = merge_key(path) else {
+    let Some(keys) = merge_keys(path) else {
         return Ok(Value::Array(items.to_vec()));
     };
     let mut out = orig;
     for item in items {
-        let Some(id) = item.get(key) else {
+        let Some(id) = item_key(item, keys) else {
             return Err(format!(
-                "map: {item} does not contain declared merge key: {key}"
+                "map: {item} does not contain declared merge key: {}",
+                keys[0]
             ));
         };
-        let pos = out.iter().position(|o| o.get(key) == Some(id));
+        let pos = out.iter().position(|o| has_key(o, &id));
         if item.get("$patch").and_then(Value::as_str) == Some("delete") {
             if let Some(p) = pos {
                 out.remove(p);
@@ -351,10 +399,12 @@ fn collect_fields(
         }
         Value::Array(items) => {
             let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            if let Some(key) = merge_key(&name_refs) {
+            if let Some(keys) = merge_keys(&name_refs) {
                 for item in items {
-                    let Some(id) = item.get(key) else { continue };
-                    path.push(format!("k:{}", json!({ key: id })));
+                    let Some(id) = item_key(item, keys) else {
+                        continue;
+                    };
+                    path.push(format!("k:{}", Value::Object(id)));
                     out.insert(path.clone());
                     collect_fields(item, names, path, out);
                     path.pop();
@@ -433,10 +483,7 @@ fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
             cur = cur.get(f)?;
         } else if let Some(k) = part.strip_prefix("k:") {
             let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-            cur = cur
-                .as_array()?
-                .iter()
-                .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?;
+            cur = cur.as_array()?.iter().find(|item| has_key(item, &key))?;
         } else if let Some(v) = part.strip_prefix("v:") {
             let want: Value = serde_json::from_str(v).ok()?;
             cur = cur.as_array()?.iter().find(|item| **item == want)?;
@@ -460,10 +507,8 @@ fn remove_at(obj: &mut Value, path: &[String]) {
             let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
                 return;
             };
-            cur.as_array_mut().and_then(|a| {
-                a.iter_mut()
-                    .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))
-            })
+            cur.as_array_mut()
+                .and_then(|a| a.iter_mut().find(|item| has_key(item, &key)))
         } else {
             None
         };
@@ -481,7 +526,7 @@ fn remove_at(obj: &mut Value, path: &[String]) {
             serde_json::from_str::<Map<String, Value>>(k),
             cur.as_array_mut(),
         ) {
-            a.retain(|item| !key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)));
+            a.retain(|item| !has_key(item, &key));
         }
     } else if let Some(v) = last.strip_prefix("v:")
         && let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(v), cur.as_array_mut())
@@ -938,6 +983,36 @@ mod tests {
         // Same value: shared ownership, no conflict.
         let same = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "1"}});
         assert!(apply_config(Some(&live), &same, "carol", false, "v1", None).is_ok());
+    }
+
+    #[test]
+    fn ports_are_keyed_by_port_and_protocol() {
+        let svc = |ports: Value| {
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns"},
+                   "spec": {"ports": ports}})
+        };
+        let both = svc(json!([
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+        ]));
+        let live = apply_config(None, &both, "alice", false, "v1", None).unwrap();
+        // Re-applying keeps two ports (keyed by port alone they were one, a duplicate name).
+        let live = apply_config(Some(&live), &both, "alice", false, "v1", None).unwrap();
+        assert_eq!(live["spec"]["ports"].as_array().unwrap().len(), 2, "{live}");
+        assert!(field_set(&both).contains(&vec![
+            "f:spec".to_string(),
+            "f:ports".into(),
+            "k:{\"port\":53,\"protocol\":\"UDP\"}".into(),
+            "f:name".into(),
+        ]));
+        // Dropping the UDP port removes only it: a port without protocol is the TCP one (whose
+        // protocol field alice no longer applies; the server's defaults put it back).
+        let tcp = svc(json!([{"name": "dns-tcp", "port": 53}]));
+        let live = apply_config(Some(&live), &tcp, "alice", false, "v1", None).unwrap();
+        assert_eq!(
+            live["spec"]["ports"],
+            json!([{"name": "dns-tcp", "port": 53}])
+        );
     }
 
     fn pod(env: bool, image: &str) -> Value {
