@@ -37,7 +37,7 @@
 //! Names are matched case-insensitively (queries come lowercased as [`LowerName`]).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
@@ -154,8 +154,8 @@ struct Built {
     cname: Option<Rrset>,
     /// SRV of every named port, and the targets' addresses.
     srv: Option<SrvSet>,
-    /// `_<port>._<proto>` → SRV and the targets' addresses.
-    ports: HashMap<PortLabels, SrvSet>,
+    /// `_<port>._<proto>` → SRV and the targets' addresses (a few: a list).
+    ports: Vec<(PortLabels, SrvSet)>,
     /// Endpoint hostnames → A and AAAA.
     hosts: HashMap<Box<str>, (Option<Rrset>, Option<Rrset>)>,
     /// The PTR names this Service gives its addresses.
@@ -183,8 +183,8 @@ pub struct Index {
     namespaces: HashMap<Box<str>, usize>,
     /// Slice key → the Service it was last filed under (a slice's label can change).
     slice_owner: HashMap<Key, Box<str>>,
-    /// Address → the names pointing at it, and their PTR records.
-    ptr: HashMap<IpAddr, (BTreeSet<Name>, Rrset)>,
+    /// Address → the PTR records of the names pointing at it (sorted by name).
+    ptr: HashMap<IpAddr, Rrset>,
     /// Pod key → its addresses; address → the namespaces of the pods that have it.
     pods: HashMap<Key, Vec<IpAddr>>,
     pod_ips: HashMap<IpAddr, Vec<Box<str>>>,
@@ -640,31 +640,53 @@ impl Index {
         if entry.info.is_none() && entry.slices.is_empty() {
             self.services.remove(k);
         }
-        for (ip, name) in old {
-            if let Some((names, _)) = self.ptr.get_mut(&ip) {
-                names.remove(&name);
-                self.refresh_ptr(ip);
-            }
+        let was: HashSet<&(IpAddr, Name)> = old.iter().collect();
+        let now: HashSet<&(IpAddr, Name)> = new.iter().collect();
+        for (ip, name) in old.iter().filter(|p| !now.contains(p)) {
+            self.unpoint(*ip, name);
         }
-        for (ip, name) in new {
-            self.ptr.entry(ip).or_default().0.insert(name);
-            self.refresh_ptr(ip);
+        for (ip, name) in new.iter().filter(|p| !was.contains(p)) {
+            self.point(*ip, name.clone());
         }
     }
 
-    fn refresh_ptr(&mut self, ip: IpAddr) {
-        let Some((names, set)) = self.ptr.get_mut(&ip) else {
-            return;
-        };
-        if names.is_empty() {
-            self.ptr.remove(&ip);
+    /// The PTR target of a record.
+    fn target(record: &Record) -> Option<&Name> {
+        match &record.data {
+            RData::PTR(PTR(name)) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Adds `name` to the PTR records of `ip`.
+    fn point(&mut self, ip: IpAddr, name: Name) {
+        let mut records: Vec<Record> = self.ptr.get(&ip).map(|s| s.to_vec()).unwrap_or_default();
+        if records.iter().any(|r| Self::target(r) == Some(&name)) {
             return;
         }
-        let owner = reverse_name(ip);
-        *set = names
+        records.push(Record::from_rdata(
+            reverse_name(ip),
+            self.config.ttl,
+            RData::PTR(PTR(name)),
+        ));
+        records.sort_by(|a, b| Self::target(a).cmp(&Self::target(b)));
+        self.ptr.insert(ip, Rrset::from(records));
+    }
+
+    /// Removes `name` from the PTR records of `ip`.
+    fn unpoint(&mut self, ip: IpAddr, name: &Name) {
+        let Some(set) = self.ptr.get(&ip) else {
+            return;
+        };
+        let kept: Vec<Record> = set
             .iter()
-            .map(|n| Record::from_rdata(owner.clone(), self.config.ttl, RData::PTR(PTR(n.clone()))))
+            .filter(|r| Self::target(r) != Some(name))
+            .cloned()
             .collect();
+        match rrset(kept) {
+            Some(set) => self.ptr.insert(ip, set),
+            None => self.ptr.remove(&ip),
+        };
     }
 
     /// Answers a query. `name` is lowercased (as hickory's [`LowerName`]).
@@ -725,12 +747,17 @@ impl Index {
                         Some((a, aaaa)) => self.typed(rtype, a, aaaa),
                         None => Answer::NxDomain,
                     },
-                    [proto] => match built.ports.keys().any(|(_, p)| &**p == *proto) {
+                    [proto] => match built.ports.iter().any(|((_, p), _)| &**p == *proto) {
                         true => Answer::NoData,
                         false => Answer::NxDomain,
                     },
                     [proto, port] => {
-                        match built.ports.get(&(Box::from(*port), Box::from(*proto))) {
+                        match built
+                            .ports
+                            .iter()
+                            .find(|((n, p), _)| &**n == *port && &**p == *proto)
+                            .map(|(_, set)| set)
+                        {
                             Some((srv, glue)) if rtype == RecordType::SRV => {
                                 self.found(srv, glue.clone())
                             }
@@ -809,7 +836,7 @@ impl Index {
             None
         };
         match ip.and_then(|ip| self.ptr.get(&ip)) {
-            Some((_, set)) if rtype == RecordType::PTR => self.found(set, None),
+            Some(set) if rtype == RecordType::PTR => self.found(set, None),
             Some(_) => Answer::NoData,
             None => Answer::NotInZone,
         }
@@ -854,7 +881,7 @@ fn build(
                 continue;
             };
             if let Some(set) = srv(&owner, ttl, &[(name.clone(), *number)], glue.as_ref()) {
-                built.ports.insert((port.clone(), proto.clone()), set);
+                built.ports.push(((port.clone(), proto.clone()), set));
             }
             all.push((name.clone(), *number));
         }
@@ -916,7 +943,7 @@ fn build(
             continue;
         };
         if let Some(set) = srv(&owner, ttl, &list, glue.as_ref()) {
-            built.ports.insert((port, proto), set);
+            built.ports.push(((port, proto), set));
         }
         all_targets.extend(list);
     }
