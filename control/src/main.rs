@@ -489,10 +489,23 @@ async fn start_cluster_parts(
         };
         let options = args.dns.options(addrs.clone(), Some(service_ip));
         let dns_client = client.clone();
+        // Pods reach this server's DNS at the first address, or at the advertise address when
+        // that one is a wildcard or loopback.
+        let first = addrs[0];
+        let endpoint = if first.ip().is_unspecified() || first.ip().is_loopback() {
+            std::net::SocketAddr::new(server.advertise_address.into(), first.port())
+        } else {
+            first
+        };
+        let publish_client = client.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = publish_kube_dns(dns_client.clone(), service_ip, addrs[0]).await {
-                tracing::error!("kube-dns Service: {e:#}");
+            while let Err(e) = publish_kube_dns(publish_client.clone(), service_ip, endpoint).await
+            {
+                tracing::warn!("kube-dns Service (retrying in 5 s): {e:#}");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             }
+        }));
+        tasks.push(tokio::spawn(async move {
             if let Err(e) = rudder_dns::run(dns_client, options, std::future::pending()).await {
                 tracing::error!("cluster DNS stopped: {e}");
             }
@@ -553,8 +566,10 @@ async fn dns(args: DnsCommandArgs) -> anyhow::Result<()> {
 }
 
 /// The `kube-dns` Service (kube-system, the service CIDR's 10th address, 53/UDP and 53/TCP)
-/// and its EndpointSlice pointing at this server's DNS, so pods' resolv.conf nameserver works
-/// through the Service dataplane like any ClusterIP. Kept as they are when they exist.
+/// and an EndpointSlice per server (`kube-dns-<address>`) pointing at its DNS, so pods'
+/// resolv.conf nameserver works through the Service dataplane like any ClusterIP, balanced over
+/// the servers. The Service is kept as it is when it exists. A server that is gone for good
+/// leaves its slice behind (delete it with kubectl).
 async fn publish_kube_dns(
     client: kube::Client,
     service_ip: IpAddr,
@@ -563,6 +578,10 @@ async fn publish_kube_dns(
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use kube::api::{Api, Patch, PatchParams, PostParams};
     let labels = serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"});
+    let slice_name = format!(
+        "kube-dns-{}",
+        endpoint.ip().to_string().replace(['.', ':'], "-")
+    );
     let service: Service = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
@@ -573,7 +592,7 @@ async fn publish_kube_dns(
     }))?;
     let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kube-dns-rudder", "namespace": "kube-system", "labels": {
+        "metadata": {"name": slice_name, "namespace": "kube-system", "labels": {
             "kubernetes.io/service-name": "kube-dns",
             "endpointslice.kubernetes.io/managed-by": "rudder-dns",
         }},

@@ -6,7 +6,7 @@
 //! - In the zone, the index's: authoritative (AA), NOERROR with the records, or NODATA and
 //!   NXDOMAIN with the zone's SOA in the authority section (its TTL the short negative TTL) so
 //!   negative caching works. An ExternalName's CNAME is followed through the upstream resolvers
-//!   when forwarding is on, the target's records appended as CoreDNS does.
+//!   when forwarding is on, the target's records following the CNAME as CoreDNS does.
 //! - Search-path expansion (CoreDNS's `autopath`): a pod asking `<name>.<its ns>.svc.<zone>`
 //!   that does not exist is really walking its resolv.conf search list (`ndots:5` makes an
 //!   external name cost five queries). The server walks the rest of that list itself
@@ -233,30 +233,48 @@ impl Handler {
         let keep = (name.num_labels() - first.num_labels()) as usize;
         let base = Name::from_labels(name.iter().take(keep)).ok()?;
         let svc = Name::from_ascii("svc").ok()?.append_domain(&zone).ok()?;
-        for domain in [svc, zone] {
+        for domain in [svc, zone.clone()] {
             let Ok(candidate) = base.clone().append_domain(&domain) else {
                 continue;
             };
-            if let Answer::Records {
-                answers,
-                additionals,
-            } = self.0.lookup(&LowerName::new(&candidate), rtype)
-            {
-                self.0.metrics.expanded();
-                let mut records = vec![cname(original, &candidate, self.ttl())];
-                records.extend(answers.iter().cloned());
-                return Some(Reply {
-                    code: ResponseCode::NoError,
-                    authoritative: true,
-                    answers: records,
-                    shared: None,
+            match self.0.lookup(&LowerName::new(&candidate), rtype) {
+                Answer::Records {
+                    answers,
                     additionals,
-                    soa: false,
-                });
+                } => {
+                    self.0.metrics.expanded();
+                    let mut records = vec![cname(original, &candidate, self.ttl())];
+                    records.extend(answers.iter().cloned());
+                    return Some(Reply {
+                        code: ResponseCode::NoError,
+                        authoritative: true,
+                        answers: records,
+                        shared: None,
+                        additionals,
+                        soa: false,
+                    });
+                }
+                // The name exists without this type: the search ends here, as with CoreDNS.
+                Answer::NoData => {
+                    self.0.metrics.expanded();
+                    return Some(Reply {
+                        code: ResponseCode::NoError,
+                        authoritative: true,
+                        answers: vec![cname(original, &candidate, self.ttl())],
+                        shared: None,
+                        additionals: None,
+                        soa: true,
+                    });
+                }
+                Answer::NxDomain | Answer::NotInZone => {}
             }
         }
         let mut external = base;
         external.set_fqdn(true);
+        // A name in the zone was answered above (or does not exist): never ask upstream.
+        if zone.zone_of(&external) {
+            return None;
+        }
         match self.forward(&external, rtype).await {
             Ok(Some(found)) if !found.is_empty() => {
                 self.0.metrics.expanded();
@@ -351,10 +369,13 @@ impl RequestHandler for Handler {
             None
         };
         self.0.metrics.answered(rtype, reply.code, started);
+        // The index's records first: an ExternalName's CNAME precedes the target's records
+        // (resolvers read the chain in order).
         let answers = reply
-            .answers
+            .shared
             .iter()
-            .chain(reply.shared.iter().flat_map(|s| s.iter()));
+            .flat_map(|s| s.iter())
+            .chain(reply.answers.iter());
         let response = builder.build(
             metadata,
             answers,

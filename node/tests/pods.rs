@@ -356,12 +356,22 @@ async fn host_commands_run_isolated_with_env_logs_and_exit_codes() {
             "containers": [{
                 "name": "main",
                 "image": "debian:13",
-                "command": ["sh", "-c", format!("test -e {marker} && echo tmp shared || echo tmp private; echo $GREETING from $(hostname) as pid $$$$ in $POD_NS; echo oops >&2; exit 3")],
+                // A volume at /tmp, another inside it (read-only), the working directory there.
+                "volumeMounts": [
+                    {"name": "scratch", "mountPath": "/tmp"},
+                    {"name": "conf", "mountPath": "/tmp/conf", "readOnly": true},
+                ],
+                "workingDir": "/tmp/conf",
+                "command": ["sh", "-c", format!("test -e {marker} && echo tmp shared || echo tmp private; echo conf says $(cat greeting); touch x 2>/dev/null || echo conf read-only; echo $GREETING from $(hostname) as pid $$$$ in $POD_NS; echo oops >&2; exit 3")],
                 "env": [
                     {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
                     {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 ],
             }],
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "conf", "configMap": {"name": "settings"}},
+            ],
         }),
     );
     let uid = job.metadata.uid.clone().unwrap();
@@ -384,6 +394,8 @@ async fn host_commands_run_isolated_with_env_logs_and_exit_codes() {
     );
     assert!(log.contains(" stderr F oops\n"), "{log}");
     assert!(log.contains(" stdout F tmp private\n"), "{log}");
+    assert!(log.contains(" stdout F conf says hi there\n"), "{log}");
+    assert!(log.contains(" stdout F conf read-only\n"), "{log}");
     assert!(!Path::new(&marker).exists(), "{marker} reached the host");
     // No command, not a built-in image: a clear waiting reason, not a silent failure.
     let nocmd = pod(

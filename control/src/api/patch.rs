@@ -329,7 +329,13 @@ fn merge_list(original: Option<&Value>, items: &[Value], path: &[&str]) -> Resul
                 keys[0]
             ));
         };
-        let pos = out.iter().position(|o| has_key(o, &id));
+        // A patch element without `protocol` is found by its first key alone, as upstream's
+        // strategic merge patch does (kubectl sends `{"port": 53, ...}` for a 53/UDP port).
+        let pos = if keys.contains(&"protocol") && item.get("protocol").is_none() {
+            out.iter().position(|o| o.get(keys[0]) == item.get(keys[0]))
+        } else {
+            out.iter().position(|o| has_key(o, &id))
+        };
         if item.get("$patch").and_then(Value::as_str) == Some("delete") {
             if let Some(p) = pos {
                 out.remove(p);
@@ -1013,6 +1019,28 @@ mod tests {
             live["spec"]["ports"],
             json!([{"name": "dns-tcp", "port": 53}])
         );
+    }
+
+    #[test]
+    fn a_patch_without_protocol_edits_a_udp_port() {
+        let live = json!({"spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}});
+        let edited = strategic_merge(
+            &live,
+            &json!({"spec": {"ports": [{"port": 53, "targetPort": 5353}]}}),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            edited["spec"]["ports"],
+            json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}])
+        );
+        let deleted = strategic_merge(
+            &live,
+            &json!({"spec": {"ports": [{"port": 53, "$patch": "delete"}]}}),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(deleted["spec"]["ports"], json!([]));
     }
 
     fn pod(env: bool, image: &str) -> Value {

@@ -406,25 +406,45 @@ fn under_tmp(target: &Path) -> bool {
 /// targets are inside it. Everything is prepared here so that [`PrivateTmp::mount`] runs
 /// between fork and exec with syscalls only.
 struct PrivateTmp {
-    /// Directories to create in the tmpfs, parents first.
+    /// Per mount inside `/tmp`, shallowest first (so a volume at `/tmp/a` is in place before
+    /// one at `/tmp/a/b`): the directories to create before attaching it (parents first), the
+    /// empty file to create for a file bind, the detached copy of its source and its target.
+    binds: Vec<TmpBind>,
+    /// The working directory, entered after the mounts (it may be inside `/tmp`).
+    workdir: Option<CString>,
+}
+
+struct TmpBind {
     dirs: Vec<CString>,
-    /// Empty files to create in the tmpfs (targets of file binds).
-    files: Vec<CString>,
-    /// `(detached copy of the source, target, read-only)`: the sources are cloned
-    /// (`open_tree(OPEN_TREE_CLONE)`) while the host's `/tmp` is still visible, and a detached
-    /// mount can be attached in any mount namespace.
-    binds: Vec<(OwnedFd, CString, bool)>,
+    file: Option<CString>,
+    /// `open_tree(OPEN_TREE_CLONE)` of the source, made while the host's `/tmp` is still
+    /// visible (a detached mount can be attached in any mount namespace), read-only already
+    /// when the volume is.
+    tree: OwnedFd,
+    target: CString,
+}
+
+/// `MOUNT_ATTR_RDONLY` of `mount_setattr(2)` (not in the libc crate).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
 impl PrivateTmp {
-    fn prepare(mounts: &[Mount]) -> io::Result<Self> {
-        let mut tmp = PrivateTmp {
-            dirs: Vec::new(),
-            files: Vec::new(),
-            binds: Vec::new(),
-        };
-        for m in mounts.iter().filter(|m| under_tmp(&m.target)) {
+    fn prepare(mounts: &[Mount], workdir: Option<&Path>) -> io::Result<Self> {
+        let mut inside: Vec<&Mount> = mounts.iter().filter(|m| under_tmp(&m.target)).collect();
+        inside.sort_by_key(|m| m.target.components().count());
+        let mut binds = Vec::new();
+        for m in inside {
             let source = cstring(&m.source)?;
+            let named =
+                |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", m.source.display()));
             // SAFETY: a valid C string; the returned descriptor is owned below.
             let fd = unsafe {
                 libc::syscall(
@@ -437,12 +457,32 @@ impl PrivateTmp {
             let fd = i32::try_from(fd)
                 .ok()
                 .filter(|fd| *fd >= 0)
-                .ok_or_else(|| {
-                    let e = io::Error::last_os_error();
-                    io::Error::new(e.kind(), format!("{}: {e}", m.source.display()))
-                })?;
+                .ok_or_else(|| named(io::Error::last_os_error()))?;
             // SAFETY: open_tree returned a new descriptor that nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+            if m.read_only {
+                let attr = MountAttr {
+                    attr_set: MOUNT_ATTR_RDONLY,
+                    attr_clr: 0,
+                    propagation: 0,
+                    userns_fd: 0,
+                };
+                // SAFETY: a live descriptor, an empty path and a struct of the kernel's layout.
+                let set = unsafe {
+                    libc::syscall(
+                        libc::SYS_mount_setattr,
+                        tree.as_raw_fd(),
+                        c"".as_ptr(),
+                        libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+                        &attr as *const MountAttr,
+                        std::mem::size_of::<MountAttr>(),
+                    )
+                };
+                if set != 0 {
+                    return Err(named(io::Error::last_os_error()));
+                }
+            }
+            let mut dirs = Vec::new();
             for dir in m
                 .target
                 .ancestors()
@@ -451,26 +491,34 @@ impl PrivateTmp {
                 .into_iter()
                 .rev()
             {
-                let dir = cstring(dir)?;
-                if dir.as_bytes().starts_with(b"/tmp/") && !tmp.dirs.contains(&dir) {
-                    tmp.dirs.push(dir);
+                if dir.starts_with("/tmp") && dir != Path::new("/tmp") {
+                    dirs.push(cstring(dir)?);
                 }
             }
             let target = cstring(&m.target)?;
+            let mut file = None;
             if m.target != Path::new("/tmp") {
                 if m.source.is_dir() {
-                    tmp.dirs.push(target.clone());
+                    dirs.push(target.clone());
                 } else {
-                    tmp.files.push(target.clone());
+                    file = Some(target.clone());
                 }
             }
-            tmp.binds.push((fd, target, m.read_only));
+            binds.push(TmpBind {
+                dirs,
+                file,
+                tree,
+                target,
+            });
         }
-        Ok(tmp)
+        Ok(PrivateTmp {
+            binds,
+            workdir: workdir.map(cstring).transpose()?,
+        })
     }
 
-    /// In the child, in its own mount namespace: the tmpfs, then the mounts inside it.
-    /// Syscalls only.
+    /// In the child, in its own mount namespace: the tmpfs, the mounts inside it, then the
+    /// working directory. Syscalls only.
     ///
     /// # Safety
     /// Only between fork and exec.
@@ -488,45 +536,41 @@ impl PrivateTmp {
             {
                 return Err(io::Error::last_os_error());
             }
-            for dir in &self.dirs {
-                if libc::mkdir(dir.as_ptr(), 0o755) != 0
-                    && *libc::__errno_location() != libc::EEXIST
-                {
-                    return Err(io::Error::last_os_error());
+            for bind in &self.binds {
+                for dir in &bind.dirs {
+                    if libc::mkdir(dir.as_ptr(), 0o755) != 0
+                        && *libc::__errno_location() != libc::EEXIST
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
-            }
-            for file in &self.files {
-                let fd = libc::open(
-                    file.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
-                    0o644,
-                );
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
+                if let Some(file) = &bind.file {
+                    let fd = libc::open(
+                        file.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    libc::close(fd);
                 }
-                libc::close(fd);
-            }
-            for (tree, target, read_only) in &self.binds {
                 let moved = libc::syscall(
                     libc::SYS_move_mount,
-                    tree.as_raw_fd(),
+                    bind.tree.as_raw_fd(),
                     c"".as_ptr(),
                     libc::AT_FDCWD,
-                    target.as_ptr(),
+                    bind.target.as_ptr(),
                     libc::MOVE_MOUNT_F_EMPTY_PATH,
                 );
-                if moved != 0
-                    || (*read_only
-                        && libc::mount(
-                            std::ptr::null(),
-                            target.as_ptr(),
-                            std::ptr::null(),
-                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                            std::ptr::null(),
-                        ) != 0)
-                {
+                if moved != 0 {
                     return Err(io::Error::last_os_error());
                 }
+            }
+            if let Some(dir) = &self.workdir
+                && libc::chdir(dir.as_ptr()) != 0
+            {
+                return Err(io::Error::last_os_error());
             }
         }
         Ok(())
@@ -600,7 +644,7 @@ fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
     fs::create_dir_all(&args.state)?;
     let log = LogFile::open(&args.log, args.rotation)?;
     enter(args)?;
-    let private_tmp = PrivateTmp::prepare(&args.mounts)?;
+    let private_tmp = PrivateTmp::prepare(&args.mounts, args.workdir.as_deref())?;
     let cgroups = args
         .cgroups
         .iter()
@@ -632,9 +676,7 @@ fn run(args: &ShimArgs) -> io::Result<ExitRecord> {
         .stdin(Stdio::null())
         .stdout(out_w)
         .stderr(err_w);
-    if let Some(dir) = &args.workdir {
-        command.current_dir(dir);
-    }
+    // The working directory is entered in the hook, after the private /tmp is mounted.
     // SAFETY: the closure only makes syscalls (prctl, mount, open/write/close) and builds
     // errors from errno without allocating, so the log threads' locks do not matter.
     unsafe {
