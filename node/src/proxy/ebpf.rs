@@ -546,14 +546,15 @@ impl Datapath {
             ignore_missing(self.pod_links.remove(&index)).map_err(map_err("RUDDER_POD_LINKS"))?;
         }
         self.prune_pod_links()?;
-        unpin(
+        let egress = unpin(
             &self
                 .pin_dir
                 .join("links")
                 .join(format!("tc-egress-{ifname}")),
-        )?;
+        );
         let pin = self.pin_dir.join("links").join(format!("tc-{ifname}"));
-        unpin(&pin)
+        unpin(&pin)?;
+        egress
     }
 
     /// Attaches the socket-LB programs to the cgroup v2 directory `cgroup` (the cgroup2 root on a
