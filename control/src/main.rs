@@ -231,6 +231,10 @@ struct AgentArgs {
     /// Service ClusterIP range of the cluster.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: Cidr,
+    /// The cluster domain, for the search domains of pods' resolv.conf (the server's
+    /// `--cluster-domain`).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -674,7 +678,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         None => local_address_towards(&args.server)?,
     };
     let client = rudder_node::join::client(&args.server, &token, args.ca_file.as_deref()).await?;
-    let config = agent_config(
+    let mut config = agent_config(
         &args.node,
         node_ip,
         &args.data_dir,
@@ -682,6 +686,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.service_cidr,
         token.secret.clone(),
     )?;
+    config.cluster_domain = args.cluster_domain.clone();
     tracing::info!(server = args.server, node = config.node_name, %node_ip, "joining");
     tokio::select! {
         result = rudder_node::agent::run(client, config) => result.context("node agent")?,
