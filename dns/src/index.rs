@@ -23,7 +23,7 @@
 //!   records go in the additional section. A SRV query for the Service name itself lists every
 //!   named port.
 //! - Pods: `<a-b-c-d>.<ns>.pod.<zone>` A (or the dashed IPv6 form, AAAA) when a pod of that
-//!   namespace has that address ("verified" pods, rather than CoreDNS's kubeadm default
+//!   namespace has that address and has not finished ("verified" pods, rather than CoreDNS's kubeadm default
 //!   "insecure", which answers any address).
 //! - `dns-version.<zone>` TXT `"1.1.0"`; the zone apex answers SOA and NS (`ns.dns.<zone>`, whose
 //!   A record is the DNS Service address when configured).
@@ -229,7 +229,13 @@ fn reverse_ip(labels: &[&[u8]]) -> Option<IpAddr> {
             let octets: Vec<u8> = labels
                 .iter()
                 .rev()
-                .map(|l| text(l)?.parse().ok())
+                // Canonical decimal only (`010` or `+5` would name an address under another
+                // owner name than the PTR record's).
+                .map(|l| {
+                    let t = text(l)?;
+                    let octet: u8 = t.parse().ok()?;
+                    (octet.to_string() == t).then_some(octet)
+                })
                 .collect::<Option<_>>()?;
             Some(IpAddr::V4(Ipv4Addr::new(
                 octets[0], octets[1], octets[2], octets[3],
@@ -584,7 +590,12 @@ impl Index {
             .as_ref()
             .and_then(|s| s.host_network)
             .unwrap_or(false);
-        if host_network {
+        // A host-network pod's address is the node's; a finished pod's may go to another pod.
+        let finished = matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if host_network || finished {
             ips.clear();
         }
         if self.pods.get(&k) == Some(&ips) {
@@ -1099,7 +1110,12 @@ mod tests {
         ] {
             assert_eq!(text(&q(&idx, name, RecordType::A)), ["NXDOMAIN"], "{name}");
         }
-        for name in ["example.com.", "5.3.96.10.in-addr.arpa.", "local."] {
+        for name in [
+            "example.com.",
+            "5.3.96.10.in-addr.arpa.",
+            "local.",
+            "04.3.96.10.in-addr.arpa.",
+        ] {
             assert_eq!(text(&q(&idx, name, RecordType::A)), ["NOTINZONE"], "{name}");
         }
         idx.delete_service("prod", "web");
@@ -1259,6 +1275,14 @@ mod tests {
         ] {
             assert_eq!(text(&q(&idx, name, RecordType::A)), ["NXDOMAIN"], "{name}");
         }
+        // A finished pod's address is no longer its own.
+        let mut done = pod.clone();
+        if let Some(status) = done.status.as_mut() {
+            status.phase = Some("Succeeded".into());
+        }
+        idx.apply_pod(&done);
+        assert_eq!(idx.pod_namespace("10.244.1.5".parse().expect("ip")), None);
+        idx.apply_pod(&pod);
         idx.delete_pod("default", "p");
         assert_eq!(idx.pod_namespace("10.244.1.5".parse().expect("ip")), None);
     }
