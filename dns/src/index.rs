@@ -23,8 +23,8 @@
 //!   records go in the additional section. A SRV query for the Service name itself lists every
 //!   named port.
 //! - Pods: `<a-b-c-d>.<ns>.pod.<zone>` A (or the dashed IPv6 form, AAAA) when a pod of that
-//!   namespace has that address and has not finished ("verified" pods, rather than CoreDNS's kubeadm default
-//!   "insecure", which answers any address).
+//!   namespace has that address and has not finished ("verified" pods, rather than CoreDNS's
+//!   kubeadm default "insecure", which answers any address).
 //! - `dns-version.<zone>` TXT `"1.1.0"`; the zone apex answers SOA and NS (`ns.dns.<zone>`, whose
 //!   A record is the DNS Service address when configured).
 //! - A name with records of other types, or a name that only has names below it
