@@ -71,10 +71,11 @@ impl Sizes {
     }
 }
 
-struct Server {
+/// A `rudder server` of a benchmark, killed on drop.
+pub(crate) struct Server {
     child: Child,
     _dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
+    pub(crate) kubeconfig: PathBuf,
 }
 
 impl Drop for Server {
@@ -90,7 +91,9 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-async fn start_server(rudder: &Path, etcd: Option<&str>) -> Result<(Server, Client)> {
+/// Starts `rudder server` (control plane only, on the embedded store or on `etcd`) on a free
+/// loopback port and waits until it answers.
+pub(crate) async fn start_server(rudder: &Path, etcd: Option<&str>) -> Result<(Server, Client)> {
     let dir = tempfile::Builder::new().prefix("rudder-bench-").tempdir()?;
     let port = free_port()?;
     let mut cmd = Command::new(rudder);
@@ -113,13 +116,16 @@ async fn start_server(rudder: &Path, etcd: Option<&str>) -> Result<(Server, Clie
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", rudder.display()))?;
-    let server = Server {
+    let mut server = Server {
         child,
         kubeconfig: dir.path().join("kubeconfig"),
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        if let Some(status) = server.child.try_wait()? {
+            bail!("rudder server exited ({status})");
+        }
         if server.kubeconfig.exists() {
             let kubeconfig = Kubeconfig::read_from(&server.kubeconfig)?;
             let config =

@@ -45,7 +45,7 @@ use std::{
     fmt::Write as _,
     io::{BufRead, BufReader},
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -59,12 +59,11 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client,
     api::{ListParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use serde_json::json;
 
 use crate::{
-    control::{rss_bytes, status_bytes},
+    control::{self, rss_bytes, status_bytes},
     results::Results,
 };
 
@@ -413,19 +412,6 @@ impl Drop for Daemon {
     }
 }
 
-/// `rudder server` with its data directory (removed on drop, after the process).
-struct Server {
-    daemon: Daemon,
-    kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// A loopback port free for both UDP and TCP (a DNS server binds both).
 fn free_dns_port() -> Result<u16> {
     for _ in 0..100 {
@@ -436,52 +422,6 @@ fn free_dns_port() -> Result<u16> {
         }
     }
     bail!("no loopback port free for both UDP and TCP")
-}
-
-/// Starts `rudder server` on the embedded store with only the control plane, as the control
-/// benchmark does, and waits until its apiserver answers.
-async fn start_server(rudder: &Path) -> Result<(Server, Client)> {
-    let dir = tempfile::Builder::new()
-        .prefix("rudder-bench-dns-")
-        .tempdir()?;
-    let port = free_port()?;
-    let daemon = Daemon::spawn(
-        "rudder server",
-        Command::new(rudder)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--bind-address", "127.0.0.1"])
-            .args(["--secure-port", &port.to_string()])
-            .args(["--service-cidr", "10.96.0.0/12"])
-            .args(["--disable", "agent,dns,ingress"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit()),
-    )?;
-    let mut server = Server {
-        daemon,
-        kubeconfig: dir.path().join("kubeconfig"),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        server.daemon.check_alive()?;
-        if server.kubeconfig.exists() {
-            let kubeconfig = Kubeconfig::read_from(&server.kubeconfig)?;
-            let config =
-                kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                    .await?;
-            let client = Client::try_from(config)?;
-            if client.apiserver_version().await.is_ok() {
-                return Ok((server, client));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("rudder server did not become ready in 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Creates the model's namespaces, Services and EndpointSlices, 64 requests in flight, then
@@ -960,7 +900,7 @@ pub async fn run(rudder: &Path, out: &Path, options: &Options) -> Result<Results
     for &n in &options.services {
         eprintln!("== {n} services: starting rudder server, creating the objects");
         let mut model = Model::new(n);
-        let (server, client) = start_server(rudder).await?;
+        let (server, client) = control::start_server(rudder, None).await?;
         let started = Instant::now();
         create_objects(&client, &mut model).await?;
         eprintln!(

@@ -75,10 +75,7 @@ impl Shared {
     }
 
     fn lookup(&self, name: &LowerName, rtype: RecordType) -> Answer {
-        match self.index.read() {
-            Ok(index) => index.lookup(name, rtype),
-            Err(poisoned) => poisoned.into_inner().lookup(name, rtype),
-        }
+        self.with_index(|index| index.lookup(name, rtype))
     }
 
     fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {

@@ -77,31 +77,43 @@ pub fn to_pod(ctx: &TcContext) -> i32 {
         Ok(Some(flow)) if !flow.fragment => flow,
         _ => return OK,
     };
-    let reply = CtKey4 {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        proto: flow.l4proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
-    let Some(entry) = conntrack::get(&reply) else {
+    let Some((reason, service, action)) = reply_nat(ctx, &flow, lb::now_s()) else {
         return OK;
     };
-    conntrack::touch(entry, flow.l4proto, flow.tcp, true, lb::now_s());
+    let len = ctx.len();
+    counters::reason(reason, len);
+    if let Some(id) = service {
+        counters::service(id, len);
+    }
+    action
+}
+
+/// A reply of a tracked service flow (found in conntrack's reply direction) gets the service
+/// address back as its source; `None` when the packet is no such reply.
+#[inline(always)]
+fn reply_nat(ctx: &TcContext, flow: &Flow, now: u64) -> Option<(Reason, Option<u32>, i32)> {
+    let entry = conntrack::get(&flow.key(CT_REPLY))?;
+    conntrack::touch(entry, flow.l4proto, flow.tcp, true, now);
     // SAFETY: pointer from a successful lookup in this run.
     let e = unsafe { *entry };
-    let len = ctx.len();
-    counters::service(e.service_id, len);
-    match reverse(ctx, &flow, &e) {
-        Ok(()) => {
-            counters::reason(Reason::ReplyNat, len);
-            OK
-        }
-        Err(_) => {
-            counters::reason(Reason::RewriteFailed, len);
-            SHOT
+    Some(match reverse(ctx, flow, &e) {
+        Ok(()) => (Reason::ReplyNat, Some(e.service_id), OK),
+        Err(_) => (Reason::RewriteFailed, Some(e.service_id), SHOT),
+    })
+}
+
+impl Flow {
+    /// The flow's conntrack key in direction `dir`.
+    #[inline(always)]
+    fn key(&self, dir: u8) -> CtKey4 {
+        CtKey4 {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.l4proto,
+            dir,
+            pad: 0,
         }
     }
 }
@@ -168,30 +180,12 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
 
     if !flow.fragment {
         // A reply from a backend?
-        let reply = CtKey4 {
-            saddr: flow.saddr,
-            daddr: flow.daddr,
-            sport: flow.sport,
-            dport: flow.dport,
-            proto: flow.l4proto,
-            dir: CT_REPLY,
-            pad: 0,
-        };
-        if let Some(entry) = conntrack::get(&reply) {
-            conntrack::touch(entry, flow.l4proto, flow.tcp, true, now);
-            // SAFETY: pointer from a successful lookup in this run.
-            let e = unsafe { *entry };
-            return match reverse(ctx, &flow, &e) {
-                Ok(()) => (Reason::ReplyNat, Some(e.service_id), OK),
-                Err(_) => (Reason::RewriteFailed, Some(e.service_id), SHOT),
-            };
+        if let Some(outcome) = reply_nat(ctx, &flow, now) {
+            return outcome;
         }
 
         // A packet of a tracked flow?
-        let forward = CtKey4 {
-            dir: CT_FORWARD,
-            ..reply
-        };
+        let forward = flow.key(CT_FORWARD);
         if let Some((e, backend)) = conntrack::tracked(&forward, flow.tcp, now) {
             return match translate(ctx, &flow, backend.addr, backend.port, e.snat_addr) {
                 Ok(()) => (Reason::Forward, Some(e.service_id), OK),
@@ -231,15 +225,7 @@ fn handle(ctx: &TcContext) -> (Reason, Option<u32>, i32) {
     } else {
         0
     };
-    let forward = CtKey4 {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        proto: flow.l4proto,
-        dir: CT_FORWARD,
-        pad: 0,
-    };
+    let forward = flow.key(CT_FORWARD);
     conntrack::open(
         &forward, backend_id, svc.id, &backend, snat_addr, flow.tcp, now,
     );
