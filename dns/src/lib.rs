@@ -126,13 +126,27 @@ async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<server::Sh
         };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await
-            else {
-                return;
+            // The request may come in several segments: read its head to the blank line (at most
+            // 8 KiB, within 5 s), so a client is neither answered from half a line nor reset
+            // by a close with its headers unread.
+            let mut request = Vec::with_capacity(256);
+            let read_line = async {
+                let mut chunk = [0u8; 512];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
             };
-            let line = String::from_utf8_lossy(&request[..n]);
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(5), read_line).await,
+                Ok(true)
+            ) {
+                return;
+            }
+            let line = String::from_utf8_lossy(&request);
             let (status, body) = if line.starts_with("GET /metrics ") {
                 ("200 OK", shared.metrics.render())
             } else {
@@ -144,5 +158,35 @@ async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<server::Sh
             );
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scraper whose request arrives in pieces still gets the metrics, not a 404 or a reset.
+    #[tokio::test]
+    async fn metrics_answer_a_request_sent_in_pieces() {
+        let config = index::Config::new("cluster.local").expect("zone");
+        let shared = Arc::new(server::Shared::new(index::Index::new(config), None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve_metrics(listener, shared));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        for piece in ["GET ", "/metrics", " HTTP/1.1\r\n", "Host: x\r\n", "\r\n"] {
+            stream.write_all(piece.as_bytes()).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        assert!(
+            response.contains("rudder_dns_autopath_total 0"),
+            "{response}"
+        );
     }
 }

@@ -560,10 +560,9 @@ pub fn http_get(ip: &str, port: u16, path: &str) -> io::Result<String> {
         .map_err(|_| io::Error::other(format!("bad address {ip}:{port}")))?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n"
-    )?;
+    // One write: a server reading the request line from one segment sees all of it.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
+    io::Write::write_all(&mut s, request.as_bytes())?;
     let mut out = String::new();
     io::Read::read_to_string(&mut s, &mut out)?;
     Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
