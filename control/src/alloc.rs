@@ -10,6 +10,9 @@
 //!   with glibc, and started a burst of 100 pods in 6.3 s against 2.4 s (`cargo xtask bench
 //!   pods`).
 //!
+//! `RUDDER_ALLOCATOR=system` (or `mimalloc`) overrides the choice, for heap profilers such as
+//! heaptrack that see only the system allocator.
+//!
 //! The choice is made at the process's first allocation, from `/proc/self/cmdline` read into a
 //! buffer on the stack, and never changes, so every block is freed by the allocator that made
 //! it.
@@ -60,7 +63,23 @@ fn choice() -> u8 {
             usize::try_from(n).unwrap_or(0)
         }
     };
-    let wanted = if is_server(buf.get(..read).unwrap_or_default()) {
+    // SAFETY: getenv only scans the environment (no allocation); the pointer it returns is
+    // read at once, before anything could change the environment.
+    let forced = unsafe {
+        let value = libc::getenv(c"RUDDER_ALLOCATOR".as_ptr());
+        if value.is_null() {
+            UNKNOWN
+        } else {
+            match std::ffi::CStr::from_ptr(value).to_bytes() {
+                b"system" => SYSTEM,
+                b"mimalloc" => MIMALLOC,
+                _ => UNKNOWN,
+            }
+        }
+    };
+    let wanted = if forced != UNKNOWN {
+        forced
+    } else if is_server(buf.get(..read).unwrap_or_default()) {
         MIMALLOC
     } else {
         SYSTEM

@@ -73,7 +73,7 @@ use jiff::Timestamp;
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, DaemonSetStatus, RollingUpdateDaemonSet},
-        core::v1::{Node, Pod, PodSpec, Taint, Toleration},
+        core::v1::{Node, Pod as ApiPod, PodSpec, Taint, Toleration},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -82,6 +82,8 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
+
+use super::cached::Pod;
 
 use super::{
     Note,
@@ -303,14 +305,14 @@ pub fn template_hash(ds: &DaemonSet) -> String {
 
 /// A new pod of `ds` for `node` (upstream's `NewPod` plus `CreatePodTemplate`): see the module
 /// docs. `hash` is [`template_hash`] (the plan carries it).
-pub fn new_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
+pub fn new_pod(ds: &DaemonSet, node: &str, hash: &str) -> ApiPod {
     let meta = ds.spec.template.metadata.clone().unwrap_or_default();
     let mut labels = meta.labels.unwrap_or_default();
     labels.insert(CONTROLLER_REVISION_HASH.to_owned(), hash.to_owned());
     let mut spec = daemon_pod_spec(ds);
     spec.node_name = Some(node.to_owned());
     let name = ds.metadata.name.as_deref().unwrap_or_default();
-    Pod {
+    ApiPod {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}-")),
             namespace: ds.metadata.namespace.clone(),
@@ -932,7 +934,7 @@ async fn reconcile(
         return Ok(None);
     }
     let uid = ds.metadata.uid.clone().unwrap_or_default();
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let pods_api: Api<ApiPod> = Api::namespaced(client.clone(), &key.namespace);
     let all = caches.pods.store().state();
     // Adopt orphans the selector matches (not ones being deleted).
     for pod in all.iter().filter(|p| {
@@ -996,7 +998,7 @@ async fn reconcile(
     let mut batch = 1usize;
     while !left.is_empty() && failure.is_none() {
         let (these, rest) = left.split_at(batch.min(left.len()));
-        let made: Vec<Pod> = these
+        let made: Vec<ApiPod> = these
             .iter()
             .map(|node| new_pod(&ds, node, &plan.hash))
             .collect();
@@ -1426,7 +1428,10 @@ mod tests {
         let spec = pod.spec.unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("n2"));
         assert_eq!(spec.tolerations.map(|t| t.len()), Some(6));
-        assert_eq!(target_node(&new_pod(&ds, "n7", &hash)), Some("n7"));
+        assert_eq!(
+            target_node(&Pod::from(new_pod(&ds, "n7", &hash))),
+            Some("n7")
+        );
         // The hash follows the template only.
         let mut changed = ds.clone();
         changed.spec.template.spec.as_mut().unwrap().containers[0].image = Some("other".into());

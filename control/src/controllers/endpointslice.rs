@@ -34,7 +34,7 @@ use k8s_openapi::{
     api::{
         core::v1::{
             EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, ObjectReference,
-            Pod, Service,
+            Service,
         },
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
@@ -47,6 +47,8 @@ use kube::{
     Api, Client,
     api::{DeleteParams, PostParams},
 };
+
+use super::cached::Pod;
 
 use super::informer::{Change, Expectations, Informer, Key, WorkQueue, version, work};
 

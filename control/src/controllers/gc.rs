@@ -26,7 +26,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::{Pod, ReplicationController, Service},
+        core::v1::{ReplicationController, Service},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -37,6 +37,8 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
+
+use super::cached::Pod;
 
 use super::informer::{Change, Informer, Key, WorkQueue, work};
 

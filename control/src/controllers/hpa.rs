@@ -29,13 +29,9 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::{
-        autoscaling::v2::{
-            HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition,
-            HorizontalPodAutoscalerStatus, MetricSpec, MetricStatus, MetricValueStatus,
-            ResourceMetricStatus,
-        },
-        core::v1::Pod,
+    api::autoscaling::v2::{
+        HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
+        MetricSpec, MetricStatus, MetricValueStatus, ResourceMetricStatus,
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Time},
 };
@@ -45,6 +41,8 @@ use kube::{
 };
 use rudder_node::quantity::quantity;
 use serde_json::{Value, json};
+
+use super::cached::Pod;
 
 use super::{
     Note,

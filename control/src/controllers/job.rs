@@ -49,7 +49,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::{
         batch::v1::{Job, JobCondition, JobSpec, JobStatus},
-        core::v1::{Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod},
+        core::v1::{Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod as ApiPod},
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
@@ -57,6 +57,8 @@ use kube::{
     Api, Client,
     api::{DeleteParams, PostParams, Preconditions, PropagationPolicy},
 };
+
+use super::cached::Pod;
 
 use super::{
     Note,
@@ -191,7 +193,7 @@ fn add_index_env(container: &mut Container) {
 /// owner reference to the Job, and the template's spec. With an `index`, the
 /// [`COMPLETION_INDEX`] annotation and label, the hostname `<job>-<index>` unless the template
 /// names one, and [`COMPLETION_INDEX_ENV`] in every container.
-pub fn new_pod(job: &Job, index: Option<usize>) -> Pod {
+pub fn new_pod(job: &Job, index: Option<usize>) -> ApiPod {
     let template = job
         .spec
         .as_ref()
@@ -229,7 +231,7 @@ pub fn new_pod(job: &Job, index: Option<usize>) -> Pod {
         }
         None => format!("{name}-"),
     };
-    Pod {
+    ApiPod {
         metadata: ObjectMeta {
             generate_name: Some(generate_name),
             namespace: job.metadata.namespace.clone(),
@@ -295,7 +297,7 @@ pub fn parse_indexes(text: &str, completions: usize) -> BTreeSet<usize> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JobPlan {
     /// Pods to create ([`new_pod`]), at most [`workload::BURST_REPLICAS`].
-    pub create: Vec<Pod>,
+    pub create: Vec<ApiPod>,
     /// Names of running pods to delete (surplus, suspended or finishing Job).
     pub delete: Vec<String>,
     /// The status to write: counts, `startTime`, `completionTime`, `completedIndexes` and the
@@ -1008,7 +1010,7 @@ async fn reconcile(
         }
         return Ok(None);
     }
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let pods_api: Api<ApiPod> = Api::namespaced(client.clone(), &key.namespace);
     let pp = PostParams {
         field_manager: Some(COMPONENT.into()),
         ..PostParams::default()
@@ -1093,11 +1095,11 @@ async fn reconcile(
 #[allow(clippy::unwrap_used, reason = "tests assert on known values")]
 mod tests {
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodSpec,
-        PodStatus, PodTemplateSpec,
+        ContainerState, ContainerStateTerminated, PodCondition, PodSpec, PodTemplateSpec,
     };
 
     use super::*;
+    use crate::controllers::cached::{ContainerStatus, PodStatus};
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + second).unwrap()
@@ -1163,7 +1165,7 @@ mod tests {
             let pods: Vec<&Pod> = self.pods.iter().collect();
             let plan = plan_job(&self.job, &pods, at(self.clock));
             for pod in &plan.create {
-                let mut pod = pod.clone();
+                let mut pod = Pod::from(pod.clone());
                 self.made += 1;
                 let prefix = pod.metadata.generate_name.clone().unwrap();
                 pod.metadata.name = Some(format!("{prefix}{}", self.made));

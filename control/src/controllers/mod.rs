@@ -2,7 +2,7 @@
 //! converges the cluster towards the declared state; all but [`namespace`] talk to the apiserver
 //! through kube-rs like an outside controller, sharing one set of [`informer`]s.
 //!
-//! - [`informer`]: shared watches and work queues;
+//! - [`informer`]: shared watches and work queues; [`cached`]: the pods they keep;
 //! - [`replicaset`] and [`deployment`]: pods from templates, rollouts, history (their pure
 //!   cores are in [`workload`]); the ReplicaSet loop runs ReplicationControllers too;
 //! - [`job`]: runs each Job's pods to completion (completions, parallelism, Indexed mode,
@@ -24,6 +24,7 @@
 //!   (the arithmetic in [`autoscaling`]).
 
 pub mod autoscaling;
+pub mod cached;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -52,8 +53,8 @@ use crate::api::allocator::Cidr;
 /// Starts the controllers that `rudder server` runs; they stop when their tasks are aborted.
 pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHandle<()>> {
     let services = informer::Informer::start(Api::all(client.clone()));
-    // One pod cache for every controller, without what none of them reads.
-    let pods = informer::Informer::start_with(Api::all(client.clone()), workload::slim_pod);
+    // One pod cache for every controller, in the controllers' own slim pod type.
+    let pods = informer::Informer::<cached::Pod>::start(Api::all(client.clone()));
     let slices = informer::Informer::start(Api::all(client.clone()));
     let replicasets = informer::Informer::start(Api::all(client.clone()));
     let deployments = informer::Informer::start(Api::all(client.clone()));

@@ -66,7 +66,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::{
         coordination::v1::Lease,
-        core::v1::{Node, NodeCondition, Pod, PodCondition, Taint, Toleration},
+        core::v1::{Node, NodeCondition, Pod as ApiPod, PodCondition, Taint, Toleration},
     },
     apimachinery::pkg::apis::meta::v1::Time,
 };
@@ -75,6 +75,8 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, Preconditions},
 };
 use serde_json::json;
+
+use super::cached::Pod;
 
 use super::informer::{Change, Expectations, Informer, Key, WorkQueue, version, work};
 
@@ -748,7 +750,7 @@ async fn reconcile(
         let Some(conditions) = not_ready_conditions(pod, now) else {
             continue;
         };
-        let api: Api<Pod> = Api::namespaced(client.clone(), &pod_key.namespace);
+        let api: Api<ApiPod> = Api::namespaced(client.clone(), &pod_key.namespace);
         let patch = json!({
             "metadata": {"resourceVersion": pod.metadata.resource_version},
             "status": {"conditions": conditions},
@@ -767,7 +769,7 @@ async fn reconcile(
         }
     }
     for pod_key in &plan.evict {
-        let api: Api<Pod> = Api::namespaced(client.clone(), &pod_key.namespace);
+        let api: Api<ApiPod> = Api::namespaced(client.clone(), &pod_key.namespace);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: by_key.get(pod_key).and_then(|p| p.metadata.uid.clone()),

@@ -19,7 +19,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetSpec, ReplicaSetStatus},
         core::v1::{
-            Pod, ReplicationController, ReplicationControllerCondition, ReplicationControllerStatus,
+            Pod as ApiPod, ReplicationController, ReplicationControllerCondition,
+            ReplicationControllerStatus,
         },
     },
     apimachinery::pkg::apis::meta::v1::LabelSelector,
@@ -30,6 +31,8 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
+
+use super::cached::Pod;
 
 use super::{
     informer::{Change, Expectations, Informer, Key, WorkQueue, Writes, work},
@@ -267,7 +270,7 @@ async fn reconcile<R: Replicated>(
         return Ok(None);
     }
     let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let pods_api: Api<ApiPod> = Api::namespaced(client.clone(), &key.namespace);
     let all = caches.pods.store().state();
     let selector = rs.spec.selector.clone();
     // Adopt orphans the selector matches (not ones being deleted).

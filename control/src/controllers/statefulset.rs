@@ -77,7 +77,9 @@ use jiff::Timestamp;
 use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetStatus},
-        core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume},
+        core::v1::{
+            PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod as ApiPod, Volume,
+        },
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
@@ -86,6 +88,8 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
+
+use super::cached::Pod;
 
 pub use super::daemonset::CONTROLLER_REVISION_HASH;
 use super::{
@@ -297,7 +301,7 @@ pub fn volume_claims(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeCla
 
 /// The StatefulSet's pod with `ordinal`, made from the current template and labelled with
 /// `revision` (upstream's `newStatefulSetPod`): see the module docs.
-pub fn new_pod(set: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
+pub fn new_pod(set: &StatefulSet, ordinal: i32, revision: &str) -> ApiPod {
     let name = pod_name(set, ordinal);
     let template = &set.spec.template;
     let meta = template.metadata.clone().unwrap_or_default();
@@ -338,7 +342,7 @@ pub fn new_pod(set: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
         );
         spec.volumes = Some(volumes);
     }
-    Pod {
+    ApiPod {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: set.metadata.namespace.clone(),
@@ -364,7 +368,7 @@ pub fn new_pod(set: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Creation {
     /// The pod ([`new_pod`]).
-    pub pod: Pod,
+    pub pod: ApiPod,
     /// Its claims ([`volume_claims`]).
     pub claims: Vec<PersistentVolumeClaim>,
 }
@@ -712,7 +716,7 @@ async fn create_pod(
 ) -> (Result<String, kube::Error>, Vec<Note>) {
     let namespace = set.metadata.namespace.clone().unwrap_or_default();
     let set_name = set_name(set);
-    let pod_name = name_of(&creation.pod);
+    let pod_name = creation.pod.metadata.name.clone().unwrap_or_default();
     let mut notes = Vec::new();
     if !creation.claims.is_empty() {
         let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
@@ -748,7 +752,7 @@ async fn create_pod(
             }
         }
     }
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pods_api: Api<ApiPod> = Api::namespaced(client.clone(), &namespace);
     match pods_api.create(pp, &creation.pod).await {
         Ok(_) => {
             notes.push(Note::normal(
@@ -770,7 +774,7 @@ async fn create_pod(
 /// Adopts the orphans `set` should own and releases the pods it should not; returns how many
 /// pods it changed (their watch events queue the set again).
 async fn claim_pods(
-    pods_api: &Api<Pod>,
+    pods_api: &Api<ApiPod>,
     set: &StatefulSet,
     key: &Key,
     all: &[Arc<Pod>],
@@ -847,7 +851,7 @@ async fn reconcile(
         return Ok(None);
     }
     let uid = set.metadata.uid.clone().unwrap_or_default();
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let pods_api: Api<ApiPod> = Api::namespaced(client.clone(), &key.namespace);
     let all = caches.pods.store().state();
     if set.metadata.deletion_timestamp.is_none()
         && claim_pods(&pods_api, &set, key, &all).await? > 0
@@ -1064,7 +1068,10 @@ mod tests {
     }
 
     fn created(plan: &StatefulSetPlan) -> Vec<String> {
-        plan.create.iter().map(|c| name_of(&c.pod)).collect()
+        plan.create
+            .iter()
+            .map(|c| c.pod.metadata.name.clone().unwrap_or_default())
+            .collect()
     }
 
     fn idle(plan: &StatefulSetPlan) -> bool {

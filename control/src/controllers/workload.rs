@@ -30,7 +30,7 @@ use k8s_openapi::{
             Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
             ReplicaSetStatus,
         },
-        core::v1::{Pod, PodCondition, PodTemplateSpec},
+        core::v1::{Pod as ApiPod, PodCondition, PodTemplateSpec},
     },
     apimachinery::pkg::{
         apis::meta::v1::{
@@ -40,6 +40,8 @@ use k8s_openapi::{
     },
 };
 use serde_json::Value;
+
+use super::cached::Pod;
 
 /// Label every pod and ReplicaSet of a Deployment carries: the hash of its pod template.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -504,57 +506,20 @@ fn replicaset_status(
     status
 }
 
-/// Drops from a cached pod what no controller reads, so the shared pod cache holds less (the
-/// role of client-go's informer transforms). Kept: metadata (but the
-/// `kubectl.kubernetes.io/last-applied-configuration` annotation), status, and of the spec what
-/// the controllers decide on: node name, affinity, tolerations, hostname and subdomain, the
-/// restart policy, PersistentVolumeClaim volumes, and of each container its name, image,
-/// ports, resources and restart policy. Gone: environment, commands, mounts, probes,
-/// lifecycle hooks, security contexts, and the other volumes (ServiceAccount token volumes
-/// included).
-pub fn slim_pod(pod: &mut Pod) {
-    if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-    let Some(spec) = pod.spec.as_mut() else {
-        return;
-    };
-    let slim = |c: &mut k8s_openapi::api::core::v1::Container| {
-        *c = k8s_openapi::api::core::v1::Container {
-            name: std::mem::take(&mut c.name),
-            image: c.image.take(),
-            ports: c.ports.take(),
-            resources: c.resources.take(),
-            restart_policy: c.restart_policy.take(),
-            ..Default::default()
-        };
-    };
-    spec.containers.iter_mut().for_each(slim);
-    spec.init_containers.iter_mut().flatten().for_each(slim);
-    spec.ephemeral_containers = None;
-    if let Some(volumes) = spec.volumes.as_mut() {
-        volumes.retain(|v| v.persistent_volume_claim.is_some());
-    }
-    spec.security_context = None;
-    spec.dns_config = None;
-    spec.host_aliases = None;
-    spec.image_pull_secrets = None;
-}
-
 /// A new pod for `rs` (Kubernetes' `GetPodFromTemplate`): `generateName` `<rs-name>-`, the
 /// ReplicaSet's namespace, labels, annotations and finalizers from the template, a controller
 /// owner reference to the ReplicaSet, and the template's spec.
-pub fn new_pod(rs: &ReplicaSet) -> Pod {
+pub fn new_pod(rs: &ReplicaSet) -> ApiPod {
     new_pod_owned_by(rs, "apps/v1", "ReplicaSet")
 }
 
 /// A new pod from `rs`'s template, controlled by the `api_version`/`kind` object whose
 /// metadata `rs` carries (a ReplicationController seen as a ReplicaSet).
-pub fn new_pod_owned_by(rs: &ReplicaSet, api_version: &str, kind: &str) -> Pod {
+pub fn new_pod_owned_by(rs: &ReplicaSet, api_version: &str, kind: &str) -> ApiPod {
     let template = rs.spec.template.clone().unwrap_or_default();
     let template_meta = template.metadata.unwrap_or_default();
     let name = rs.metadata.name.as_deref().unwrap_or_default();
-    Pod {
+    ApiPod {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}-")),
             namespace: rs.metadata.namespace.clone(),
@@ -1795,15 +1760,15 @@ fn change_of(original: &ReplicaSet, rs: &ReplicaSet) -> Option<ReplicaSetChange>
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests assert on known values")]
 mod tests {
-    use k8s_openapi::api::{
-        apps::v1::{
-            DeploymentSpec, DeploymentStrategy, ReplicaSetCondition, RollingUpdateDeployment,
-        },
-        core::v1::{Container, ContainerStatus, PodSpec, PodStatus},
+    use k8s_openapi::api::apps::v1::{
+        DeploymentSpec, DeploymentStrategy, ReplicaSetCondition, RollingUpdateDeployment,
     };
     use serde_json::json;
 
     use super::*;
+    use k8s_openapi::api::core::v1::{Container as ApiContainer, PodSpec as ApiPodSpec};
+
+    use crate::controllers::cached::{Container, ContainerStatus, PodSpec, PodStatus};
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + second).unwrap()
@@ -1885,13 +1850,13 @@ mod tests {
                         annotations: Some(labels(&[("note", "x")])),
                         ..ObjectMeta::default()
                     }),
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
+                    spec: Some(ApiPodSpec {
+                        containers: vec![ApiContainer {
                             name: "web".into(),
                             image: Some("nginx".into()),
-                            ..Container::default()
+                            ..ApiContainer::default()
                         }],
-                        ..PodSpec::default()
+                        ..ApiPodSpec::default()
                     }),
                 }),
             },
@@ -1982,7 +1947,7 @@ mod tests {
 
     #[test]
     fn cached_pods_keep_what_controllers_read() {
-        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+        let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "labels": {"app": "x"}, "annotations": {
                 "controller.kubernetes.io/pod-deletion-cost": "5",
                 "kubectl.kubernetes.io/last-applied-configuration": "{...}"}},
@@ -2002,7 +1967,6 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.0.0.1"},
         }))
         .unwrap();
-        slim_pod(&mut pod);
         let v = serde_json::to_value(&pod).unwrap();
         assert_eq!(
             v["metadata"]["annotations"],
@@ -2234,13 +2198,13 @@ mod tests {
                 labels: Some(labels(&[("app", "web")])),
                 ..ObjectMeta::default()
             }),
-            spec: Some(PodSpec {
-                containers: vec![Container {
+            spec: Some(ApiPodSpec {
+                containers: vec![ApiContainer {
                     name: "web".into(),
                     image: Some(image.to_owned()),
-                    ..Container::default()
+                    ..ApiContainer::default()
                 }],
-                ..PodSpec::default()
+                ..ApiPodSpec::default()
             }),
         }
     }

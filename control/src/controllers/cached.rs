@@ -1,0 +1,230 @@
+//! The controllers' own Pod type: what the shared pod cache keeps of each pod.
+//!
+//! k8s-openapi's `Pod` is built for every field Kubernetes has: one `Pod` is 2.4 KB before any
+//! field is set, one `Container` 2.3 KB, and a scheduled pod decodes to about 10 KB of memory.
+//! At 30,000 pods that was half of the control plane's memory
+//! (`cargo xtask bench control --hollow-nodes 1000 --pods 30000`). This [`Pod`] has the same
+//! shape and field names (so controller code reads `pod.spec`, `pod.status.conditions` as
+//! usual) but only the fields some controller reads; the watch decodes straight into it and
+//! serde skips the rest. A scheduled pod costs about 1 KB here.
+//!
+//! What is kept: all of `metadata` (without `managedFields`, which rudder's clients do not ask
+//! for, and without the `last-applied-configuration` annotation); from the spec the node,
+//! hostname and subdomain, restart policy, active deadline, tolerations, affinity, PVC volumes and each
+//! container's name, image, ports, resources and restart policy; from the status the phase,
+//! reason, conditions, addresses, start time and each container's readiness, restarts and
+//! state. A controller that needs another field adds it here.
+//!
+//! Pods the controllers create or patch are k8s-openapi's (`ApiPod` where both are in scope).
+
+use k8s_openapi::{
+    api::core::v1::{
+        Affinity, ContainerPort, ContainerState, PersistentVolumeClaimVolumeSource, PodCondition,
+        PodIP, ResourceRequirements, Toleration,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A pod as the controllers' cache keeps it (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct Pod {
+    #[serde(deserialize_with = "metadata")]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<PodSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PodStatus>,
+}
+
+/// Metadata without what no controller reads: `managedFields` and kubectl's copy of the last
+/// applied manifest (often the biggest field of a pod).
+fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let mut meta = ObjectMeta::deserialize(d)?;
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+    Ok(meta)
+}
+
+/// The kept part of a pod's spec.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_containers: Option<Vec<Container>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Kept for DaemonSet pods, which name their node in a required node affinity until bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Box<Affinity>>,
+    /// Only the volumes backed by claims (StatefulSets read them); others are dropped.
+    #[serde(
+        default,
+        deserialize_with = "claim_volumes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub volumes: Option<Vec<Volume>>,
+}
+
+/// A volume the cache keeps: one backed by a PersistentVolumeClaim.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
+}
+
+fn claim_volumes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Volume>>, D::Error> {
+    let volumes = Option::<Vec<Volume>>::deserialize(d)?;
+    Ok(volumes.map(|mut v| {
+        v.retain(|v| v.persistent_volume_claim.is_some());
+        v
+    }))
+}
+
+/// The kept part of a container.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<ContainerPort>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
+}
+
+/// The kept part of a pod's status.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<PodCondition>>,
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Option::is_none")]
+    pub pod_ips: Option<Vec<PodIP>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_statuses: Option<Vec<ContainerStatus>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_container_statuses: Option<Vec<ContainerStatus>>,
+}
+
+/// The kept part of a container's status.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub name: String,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub restart_count: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ContainerState>,
+}
+
+impl k8s_openapi::Resource for Pod {
+    const API_VERSION: &'static str = "v1";
+    const GROUP: &'static str = "";
+    const KIND: &'static str = "Pod";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "pods";
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for Pod {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl From<k8s_openapi::api::core::v1::Pod> for Pod {
+    /// The cached form of a full pod (for pods a controller has in hand, and tests): a JSON
+    /// round trip, which cannot fail between these two shapes.
+    fn from(pod: k8s_openapi::api::core::v1::Pod) -> Pod {
+        serde_json::to_value(pod)
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_what_controllers_read_and_drops_the_rest() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "d", "labels": {"app": "a"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"nodeName": "n1", "hostname": "h", "subdomain": "s",
+                "containers": [{"name": "c", "image": "i", "env": [{"name": "E", "value": "v"}],
+                    "ports": [{"name": "http", "containerPort": 80}],
+                    "resources": {"requests": {"cpu": "100m"}}}],
+                "volumes": [{"name": "token", "projected": {"sources": []}},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "data-p"}}],
+                "tolerations": [{"key": "k", "operator": "Exists"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "c", "ready": true, "restartCount": 2,
+                    "image": "i", "imageID": "x", "state": {"running": {}}}]},
+        }))
+        .expect("decodes");
+        assert_eq!(pod.metadata.annotations, None);
+        assert_eq!(pod.metadata.managed_fields, None);
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.containers[0].ports.as_ref().map(Vec::len), Some(1));
+        let volumes = spec.volumes.as_ref().expect("volumes");
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].name, "data");
+        let status = pod.status.as_ref().expect("status");
+        assert_eq!(status.pod_ip.as_deref(), Some("10.0.0.1"));
+        assert_eq!(
+            status.container_statuses.as_ref().expect("statuses")[0].restart_count,
+            2
+        );
+        assert_eq!(<Pod as kube::Resource>::kind(&()), "Pod");
+        assert_eq!(<Pod as kube::Resource>::plural(&()), "pods");
+    }
+}
