@@ -6,6 +6,7 @@
 //! - [`api`]: the apiserver (REST, watch, discovery, validation, patch, tables);
 //! - [`auth`]: CA, serving certificate, tokens, kubeconfig;
 //! - [`scheduler`]: binds pods to nodes;
+//! - [`cached`]: the slim Pod type the scheduler's and controllers' caches keep;
 //! - [`controllers`]: control loops;
 //! - [`leader`]: leader election through Leases (scheduler, controllers);
 //! - [`server`]: `rudder server` start-up and bootstrap;
@@ -15,6 +16,7 @@
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod cached;
 pub mod controllers;
 pub mod lab;
 pub mod leader;

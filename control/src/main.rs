@@ -381,7 +381,10 @@ fn main() -> anyhow::Result<()> {
         Command::Agnhost { args } => std::process::exit(rudder_node::agnhost::main(&args)),
         // The lab enters network namespaces, which is simplest before any thread exists.
         Command::Lab { command } => lab::main(command),
-        command => tokio::runtime::Runtime::new()
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .on_thread_park(rudder_control::alloc::collect_idle)
+            .build()
             .context("starting the async runtime")?
             .block_on(run(command)),
     }

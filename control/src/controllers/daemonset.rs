@@ -83,7 +83,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::cached::Pod;
+use crate::cached::Pod;
 
 use super::{
     Note,
@@ -198,7 +198,13 @@ pub fn node_fit(spec: &PodSpec, node: &Node) -> Fit {
         .node_name
         .as_deref()
         .is_some_and(|n| !n.is_empty() && n != name);
-    if pinned_elsewhere || !crate::scheduler::node_affinity_matches(spec, node) {
+    if pinned_elsewhere
+        || !crate::scheduler::node_selection_matches(
+            spec.node_selector.as_ref(),
+            spec.affinity.as_ref(),
+            node,
+        )
+    {
         return Fit::default();
     }
     let taints = node

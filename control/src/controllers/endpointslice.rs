@@ -48,7 +48,7 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 
-use super::cached::Pod;
+use crate::cached::Pod;
 
 use super::informer::{Change, Expectations, Informer, Key, WorkQueue, version, work};
 

@@ -38,7 +38,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::cached::Pod;
+use crate::cached::Pod;
 
 use super::informer::{Change, Informer, Key, WorkQueue, work};
 

@@ -42,7 +42,7 @@ use kube::{
 use rudder_node::quantity::quantity;
 use serde_json::{Value, json};
 
-use super::cached::Pod;
+use crate::cached::Pod;
 
 use super::{
     Note,

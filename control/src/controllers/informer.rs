@@ -8,7 +8,7 @@
 //!
 //! A relist (a watch that expired) is turned into the changes it implies: objects that vanished
 //! meanwhile are reported deleted, every other one as updated. A subscriber that falls more than
-//! [`BUFFER`] changes behind is told so ([`Change::Resync`]) and reconciles everything.
+//! [`BUFFER`] (or [`SMALL_BUFFER`]) changes behind is told so ([`Change::Resync`]) and reconciles everything.
 //!
 //! A [`WorkQueue`] holds keys to reconcile, deduplicated, with per-key retry back-off.
 //! [`Expectations`] remember per key what a controller wrote until its caches show it.
@@ -129,8 +129,12 @@ pub fn version(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
         .unwrap_or(0)
 }
 
-/// How many changes a subscriber may fall behind before it must resync.
+/// How many changes a subscriber may fall behind before it must resync, for kinds written in
+/// bursts of thousands (pods, Services and their EndpointSlices, ReplicaSets, Nodes, Leases).
 pub const BUFFER: usize = 16384;
+/// The same for kinds written a few at a time (workloads, namespaces, ServiceAccounts, ...).
+/// Every slot costs about 56 bytes whether used or not: 0.9 MB per informer at [`BUFFER`].
+pub const SMALL_BUFFER: usize = 1024;
 
 /// One change to a watched kind.
 #[derive(Debug)]
@@ -182,17 +186,22 @@ impl<K> Informer<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    /// Starts watching `api` in the background.
+    /// Starts watching `api` in the background, with room for [`BUFFER`] changes per
+    /// subscriber.
     pub fn start(api: Api<K>) -> Arc<Self> {
-        Self::start_with(api, |_| {})
+        Self::start_with(api, BUFFER)
     }
 
-    /// Starts watching `api` in the background, passing every object through `transform`
-    /// before it is cached (to drop what no controller reads, as client-go's informer
-    /// transforms do).
-    pub fn start_with(api: Api<K>, transform: fn(&mut K)) -> Arc<Self> {
+    /// [`Informer::start`] for a kind written a few at a time ([`SMALL_BUFFER`]).
+    pub fn start_small(api: Api<K>) -> Arc<Self> {
+        Self::start_with(api, SMALL_BUFFER)
+    }
+
+    /// Starts watching `api` in the background; a subscriber more than `buffer` changes behind
+    /// resyncs.
+    pub fn start_with(api: Api<K>, buffer: usize) -> Arc<Self> {
         let (store, mut writer) = reflector::store::<K>();
-        let (tx, _) = broadcast::channel(BUFFER);
+        let (tx, _) = broadcast::channel(buffer);
         let (synced_tx, synced) = tokio::sync::watch::channel(false);
         let informer = Arc::new(Self {
             store: store.clone(),
@@ -206,7 +215,7 @@ where
             // Objects the store held when a relist began.
             let mut before: Option<Vec<Arc<K>>> = None;
             while let Some(event) = events.next().await {
-                let mut event = match event {
+                let event = match event {
                     Ok(event) => event,
                     Err(e) => {
                         // The watcher retries with back-off; say why so a stuck cache is visible.
@@ -214,12 +223,6 @@ where
                         continue;
                     }
                 };
-                if let watcher::Event::Apply(obj)
-                | watcher::Event::InitApply(obj)
-                | watcher::Event::Delete(obj) = &mut event
-                {
-                    transform(obj);
-                }
                 let old = match &event {
                     watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
                         store.get(&ObjectRef::from_obj(obj))

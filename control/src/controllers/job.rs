@@ -58,7 +58,7 @@ use kube::{
     api::{DeleteParams, PostParams, Preconditions, PropagationPolicy},
 };
 
-use super::cached::Pod;
+use crate::cached::Pod;
 
 use super::{
     Note,
@@ -1099,7 +1099,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::controllers::cached::{ContainerStatus, PodStatus};
+    use crate::cached::{ContainerStatus, PodStatus};
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + second).unwrap()

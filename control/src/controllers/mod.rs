@@ -2,7 +2,7 @@
 //! converges the cluster towards the declared state; all but [`namespace`] talk to the apiserver
 //! through kube-rs like an outside controller, sharing one set of [`informer`]s.
 //!
-//! - [`informer`]: shared watches and work queues; [`cached`]: the pods they keep;
+//! - [`informer`]: shared watches and work queues (pods are kept as [`crate::cached::Pod`]);
 //! - [`replicaset`] and [`deployment`]: pods from templates, rollouts, history (their pure
 //!   cores are in [`workload`]); the ReplicaSet loop runs ReplicationControllers too;
 //! - [`job`]: runs each Job's pods to completion (completions, parallelism, Indexed mode,
@@ -24,7 +24,6 @@
 //!   (the arithmetic in [`autoscaling`]).
 
 pub mod autoscaling;
-pub mod cached;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -54,15 +53,15 @@ use crate::api::allocator::Cidr;
 pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHandle<()>> {
     let services = informer::Informer::start(Api::all(client.clone()));
     // One pod cache for every controller, in the controllers' own slim pod type.
-    let pods = informer::Informer::<cached::Pod>::start(Api::all(client.clone()));
+    let pods = informer::Informer::<crate::cached::Pod>::start(Api::all(client.clone()));
     let slices = informer::Informer::start(Api::all(client.clone()));
     let replicasets = informer::Informer::start(Api::all(client.clone()));
-    let deployments = informer::Informer::start(Api::all(client.clone()));
-    let jobs = informer::Informer::start(Api::all(client.clone()));
-    let cronjobs = informer::Informer::start(Api::all(client.clone()));
+    let deployments = informer::Informer::start_small(Api::all(client.clone()));
+    let jobs = informer::Informer::start_small(Api::all(client.clone()));
+    let cronjobs = informer::Informer::start_small(Api::all(client.clone()));
     let nodes = informer::Informer::start(Api::all(client.clone()));
-    let daemonsets = informer::Informer::start(Api::all(client.clone()));
-    let statefulsets = informer::Informer::start(Api::all(client.clone()));
+    let daemonsets = informer::Informer::start_small(Api::all(client.clone()));
+    let statefulsets = informer::Informer::start_small(Api::all(client.clone()));
     let statefulset_caches = statefulset::Caches {
         statefulsets: statefulsets.clone(),
         pods: pods.clone(),
@@ -82,7 +81,7 @@ pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHand
         owners: replicasets.clone(),
         pods: pods.clone(),
     };
-    let replicationcontrollers = informer::Informer::start(Api::all(client.clone()));
+    let replicationcontrollers = informer::Informer::start_small(Api::all(client.clone()));
     let rc_caches = replicaset::Caches::<k8s_openapi::api::core::v1::ReplicationController> {
         owners: replicationcontrollers.clone(),
         pods: pods.clone(),
@@ -108,7 +107,7 @@ pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHand
         pods: pods.clone(),
     };
     let hpa_caches = hpa::Caches {
-        autoscalers: informer::Informer::start(Api::all(client.clone())),
+        autoscalers: informer::Informer::start_small(Api::all(client.clone())),
         pods: pods.clone(),
     };
     let gc_caches = gc::Caches {
@@ -138,9 +137,9 @@ pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHand
         tokio::spawn(serviceaccount::run(
             client.clone(),
             serviceaccount::Caches {
-                namespaces: informer::Informer::start(Api::all(client.clone())),
-                accounts: informer::Informer::start(Api::all(client.clone())),
-                config_maps: informer::Informer::start(Api::all(client.clone())),
+                namespaces: informer::Informer::start_small(Api::all(client.clone())),
+                accounts: informer::Informer::start_small(Api::all(client.clone())),
+                config_maps: informer::Informer::start_small(Api::all(client.clone())),
             },
             ca_pem,
         )),

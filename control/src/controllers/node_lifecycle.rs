@@ -76,7 +76,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::cached::Pod;
+use crate::cached::Pod;
 
 use super::informer::{Change, Expectations, Informer, Key, WorkQueue, version, work};
 

@@ -32,7 +32,7 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use super::cached::Pod;
+use crate::cached::Pod;
 
 use super::{
     informer::{Change, Expectations, Informer, Key, WorkQueue, Writes, work},

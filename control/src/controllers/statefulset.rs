@@ -89,7 +89,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::cached::Pod;
+use crate::cached::Pod;
 
 pub use super::daemonset::CONTROLLER_REVISION_HASH;
 use super::{

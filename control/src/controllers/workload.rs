@@ -41,7 +41,7 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 
-use super::cached::Pod;
+use crate::cached::Pod;
 
 /// Label every pod and ReplicaSet of a Deployment carries: the hash of its pod template.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -1768,7 +1768,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Container as ApiContainer, PodSpec as ApiPodSpec};
 
-    use crate::controllers::cached::{Container, ContainerStatus, PodSpec, PodStatus};
+    use crate::cached::{Container, ContainerStatus, PodSpec, PodStatus};
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + second).unwrap()

@@ -15,8 +15,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
+    Affinity, Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
 };
+
+use crate::cached::{Pod, PodSpec};
 
 use super::{
     relations::Relations,
@@ -119,15 +121,22 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
 
 /// `nodeSelector` and required node affinity (any of its terms; an empty list matches nothing).
 pub fn node_affinity_matches(spec: &PodSpec, node: &Node) -> bool {
+    node_selection_matches(spec.node_selector.as_ref(), spec.affinity.as_deref(), node)
+}
+
+/// [`node_affinity_matches`] from the two fields themselves (for a template's k8s-openapi
+/// `PodSpec`, as the DaemonSet controller has).
+pub fn node_selection_matches(
+    node_selector: Option<&BTreeMap<String, String>>,
+    affinity: Option<&Affinity>,
+    node: &Node,
+) -> bool {
     let labels = node.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
-    let selector_ok = spec
-        .node_selector
-        .iter()
+    let selector_ok = node_selector
+        .into_iter()
         .flatten()
         .all(|(k, v)| labels.get(k) == Some(v));
-    let required = spec
-        .affinity
-        .as_ref()
+    let required = affinity
         .and_then(|a| a.node_affinity.as_ref())
         .and_then(|a| {
             a.required_during_scheduling_ignored_during_execution

@@ -33,7 +33,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -45,8 +45,13 @@ use kube::{
 use serde_json::json;
 use tokio::{task::JoinSet, time::sleep_until};
 
+use crate::cached::Pod;
+
 pub use self::{
-    core::{Decision, node_affinity_matches, schedule, term_matches, untolerated_taint},
+    core::{
+        Decision, node_affinity_matches, node_selection_matches, schedule, term_matches,
+        untolerated_taint,
+    },
     snapshot::{NodeInfo, PodInfo, Resources, Snapshot, quantity},
 };
 

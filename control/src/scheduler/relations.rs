@@ -35,7 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use k8s_openapi::{
-    api::core::v1::{Pod, PodAffinity, PodAffinityTerm, PodAntiAffinity, TopologySpreadConstraint},
+    api::core::v1::{PodAffinity, PodAffinityTerm, PodAntiAffinity, TopologySpreadConstraint},
     apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
 };
 use kube::ResourceExt;
@@ -45,6 +45,7 @@ use super::{
     snapshot::{NO_LABELS, NodeInfo, PodInfo, Snapshot, controller_uid},
     untolerated_taint,
 };
+use crate::cached::Pod;
 use crate::controllers::workload::{selector_is_empty, selector_matches};
 
 /// The hostname topology label every node carries.

@@ -7,8 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodAffinity, PodAntiAffinity};
+use k8s_openapi::api::core::v1::{Node, PodAffinity, PodAntiAffinity};
 use kube::ResourceExt;
+
+use crate::cached::Pod;
 
 pub use rudder_node::quantity::quantity;
 
@@ -29,7 +31,7 @@ pub fn requests(pod: &Pod) -> Resources {
     let Some(spec) = &pod.spec else {
         return Resources::default();
     };
-    let of = |c: &k8s_openapi::api::core::v1::Container| {
+    let of = |c: &crate::cached::Container| {
         let r = c.resources.as_ref();
         let get = |name: &str, scale: f64| {
             r.and_then(|r| {

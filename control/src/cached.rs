@@ -1,26 +1,31 @@
-//! The controllers' own Pod type: what the shared pod cache keeps of each pod.
+//! The control plane's own Pod type: what the scheduler's and the controllers' caches keep of
+//! each pod.
 //!
 //! k8s-openapi's `Pod` is built for every field Kubernetes has: one `Pod` is 2.4 KB before any
-//! field is set, one `Container` 2.3 KB, and a scheduled pod decodes to about 10 KB of memory.
-//! At 30,000 pods that was half of the control plane's memory
-//! (`cargo xtask bench control --hollow-nodes 1000 --pods 30000`). This [`Pod`] has the same
-//! shape and field names (so controller code reads `pod.spec`, `pod.status.conditions` as
-//! usual) but only the fields some controller reads; the watch decodes straight into it and
-//! serde skips the rest. A scheduled pod costs about 1 KB here.
+//! field is set, one `Container` 2.3 KB, one `Volume` 3.3 KB, and a scheduled pod decodes to
+//! about 10 KB of memory. At 30,000 pods the controllers' copy alone was a third of the control
+//! plane's memory (`cargo xtask bench control --hollow-nodes 1000 --pods 30000`), and the
+//! scheduler held a full copy of every pod waiting to be bound. This [`Pod`] has the same
+//! shape and field names (so code reads `pod.spec`, `pod.status.conditions` as usual) but only
+//! the fields the scheduler or some controller reads; watches decode straight into it and
+//! serde skips the rest. A pod costs about 1 KB here.
 //!
 //! What is kept: all of `metadata` (without `managedFields`, which rudder's clients do not ask
 //! for, and without the `last-applied-configuration` annotation); from the spec the node,
-//! hostname and subdomain, restart policy, active deadline, tolerations, affinity, PVC volumes and each
-//! container's name, image, ports, resources and restart policy; from the status the phase,
-//! reason, conditions, addresses, start time and each container's readiness, restarts and
-//! state. A controller that needs another field adds it here.
+//! scheduler name, priority, node selector, affinity, tolerations, topology spread,
+//! hostname and subdomain, restart policy, active deadline, PVC volumes and each container's
+//! name, image, ports, resources and restart policy; from the status the phase, reason,
+//! conditions, addresses, start time and each container's readiness, restarts and state. Code
+//! that needs another field adds it here.
 //!
-//! Pods the controllers create or patch are k8s-openapi's (`ApiPod` where both are in scope).
+//! Pods the controllers create are k8s-openapi's (`ApiPod` where both are in scope).
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
         Affinity, ContainerPort, ContainerState, PersistentVolumeClaimVolumeSource, PodCondition,
-        PodIP, ResourceRequirements, Toleration,
+        PodIP, ResourceRequirements, Toleration, TopologySpreadConstraint,
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
@@ -71,9 +76,18 @@ pub struct PodSpec {
     pub active_deadline_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
-    /// Kept for DaemonSet pods, which name their node in a required node affinity until bound.
+    /// Boxed: most pods have none, and the scheduler's and DaemonSets' code reads it in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Box<Affinity>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+
     /// Only the volumes backed by claims (StatefulSets read them); others are dropped.
     #[serde(
         default,
