@@ -10,8 +10,8 @@
 //!   with glibc, and started a burst of 100 pods in 6.3 s against 2.4 s (`cargo xtask bench
 //!   pods`).
 //!
-//! Under mimalloc, [`collect_idle`] returns freed memory to the OS when a runtime worker goes
-//! idle.
+//! Under mimalloc, [`collect_idle`] returns freed memory to the OS when a runtime worker is
+//! about to park.
 //!
 //! `RUDDER_ALLOCATOR=system` (or `mimalloc`) overrides the choice, for heap profilers such as
 //! heaptrack that see only the system allocator.
@@ -97,12 +97,14 @@ fn choice() -> u8 {
 }
 
 /// Has mimalloc return what this thread freed to the OS, at most once every 2 s per thread;
-/// nothing under the system allocator. The async runtime's workers call it as they park.
+/// nothing under the system allocator. The async runtime's workers call it whenever they are
+/// about to park, which under load is also in the middle of a burst (hence the 2 s limit).
 ///
 /// mimalloc purges a freed page lazily, when the thread that owns it allocates or frees again
 /// after a delay, so a worker that goes idle once a burst is over (the 30,000 pods of `cargo
-/// xtask bench control` bound) keeps what it freed. Purging at every free
-/// (`MIMALLOC_PURGE_DELAY=0`) returned about 100 MB but cost a quarter of the binding rate.
+/// xtask bench control` bound) kept about 90 MB it had freed. Purging at every free
+/// (`MIMALLOC_PURGE_DELAY=0`) returned as much but cost a third of the binding rate; a
+/// separate thread calling the same returned nothing, as the pages sit in the workers' heaps.
 pub fn collect_idle() {
     thread_local! {
         static LAST: Cell<Option<Instant>> = const { Cell::new(None) };

@@ -189,14 +189,16 @@ impl k8s_openapi::Metadata for Pod {
     }
 }
 
+#[cfg(test)]
 impl From<k8s_openapi::api::core::v1::Pod> for Pod {
-    /// The cached form of a full pod (for pods a controller has in hand, and tests): a JSON
-    /// round trip, which cannot fail between these two shapes.
+    /// The cached form of a full pod, for tests: a JSON round trip between the two shapes.
+    #[allow(
+        clippy::expect_used,
+        reason = "a test helper; the shapes always convert"
+    )]
     fn from(pod: k8s_openapi::api::core::v1::Pod) -> Pod {
-        serde_json::to_value(pod)
-            .ok()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
+        let value = serde_json::to_value(pod).expect("a k8s Pod serializes");
+        serde_json::from_value(value).expect("a k8s Pod decodes as a cached Pod")
     }
 }
 

@@ -132,7 +132,14 @@ async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<server::Sh
             let mut request = Vec::with_capacity(256);
             let read_line = async {
                 let mut chunk = [0u8; 512];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                // The blank line ends the head (bare LF accepted, as HTTP allows).
+                let complete = |r: &[u8]| {
+                    r.windows(4).any(|w| w == b"\r\n\r\n") || r.windows(2).any(|w| w == b"\n\n")
+                };
+                while !complete(&request) {
+                    if request.len() >= 8192 {
+                        return false;
+                    }
                     match stream.read(&mut chunk).await {
                         Ok(0) | Err(_) => return false,
                         Ok(n) => request.extend_from_slice(&chunk[..n]),
@@ -188,5 +195,15 @@ mod tests {
             response.contains("rudder_dns_autopath_total 0"),
             "{response}"
         );
+
+        // Bare line feeds (`printf 'GET /metrics HTTP/1.0\n\n' | nc`) end the head too.
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\n\n")
+            .await
+            .expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     }
 }

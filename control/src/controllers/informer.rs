@@ -8,7 +8,8 @@
 //!
 //! A relist (a watch that expired) is turned into the changes it implies: objects that vanished
 //! meanwhile are reported deleted, every other one as updated. A subscriber that falls more than
-//! [`BUFFER`] (or [`SMALL_BUFFER`]) changes behind is told so ([`Change::Resync`]) and reconciles everything.
+//! [`BUFFER`] (or [`SMALL_BUFFER`]) changes behind is told so ([`Change::Resync`]) and
+//! reconciles everything.
 //!
 //! A [`WorkQueue`] holds keys to reconcile, deduplicated, with per-key retry back-off.
 //! [`Expectations`] remember per key what a controller wrote until its caches show it.
@@ -132,8 +133,10 @@ pub fn version(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
 /// How many changes a subscriber may fall behind before it must resync, for kinds written in
 /// bursts of thousands (pods, Services and their EndpointSlices, ReplicaSets, Nodes, Leases).
 pub const BUFFER: usize = 16384;
-/// The same for kinds written a few at a time (workloads, namespaces, ServiceAccounts, ...).
-/// Every slot costs about 56 bytes whether used or not: 0.9 MB per informer at [`BUFFER`].
+/// The same for kinds written a few at a time that no garbage-collected owner relation runs
+/// through (namespaces, ServiceAccounts, ConfigMaps, HPAs): falling behind there costs a cheap
+/// resync, while the collector's resync re-indexes every object. Every slot costs about 56
+/// bytes whether used or not: 0.9 MB per informer at [`BUFFER`].
 pub const SMALL_BUFFER: usize = 1024;
 
 /// One change to a watched kind.

@@ -56,12 +56,12 @@ pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHand
     let pods = informer::Informer::<crate::cached::Pod>::start(Api::all(client.clone()));
     let slices = informer::Informer::start(Api::all(client.clone()));
     let replicasets = informer::Informer::start(Api::all(client.clone()));
-    let deployments = informer::Informer::start_small(Api::all(client.clone()));
-    let jobs = informer::Informer::start_small(Api::all(client.clone()));
-    let cronjobs = informer::Informer::start_small(Api::all(client.clone()));
+    let deployments = informer::Informer::start(Api::all(client.clone()));
+    let jobs = informer::Informer::start(Api::all(client.clone()));
+    let cronjobs = informer::Informer::start(Api::all(client.clone()));
     let nodes = informer::Informer::start(Api::all(client.clone()));
-    let daemonsets = informer::Informer::start_small(Api::all(client.clone()));
-    let statefulsets = informer::Informer::start_small(Api::all(client.clone()));
+    let daemonsets = informer::Informer::start(Api::all(client.clone()));
+    let statefulsets = informer::Informer::start(Api::all(client.clone()));
     let statefulset_caches = statefulset::Caches {
         statefulsets: statefulsets.clone(),
         pods: pods.clone(),
@@ -81,7 +81,7 @@ pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHand
         owners: replicasets.clone(),
         pods: pods.clone(),
     };
-    let replicationcontrollers = informer::Informer::start_small(Api::all(client.clone()));
+    let replicationcontrollers = informer::Informer::start(Api::all(client.clone()));
     let rc_caches = replicaset::Caches::<k8s_openapi::api::core::v1::ReplicationController> {
         owners: replicationcontrollers.clone(),
         pods: pods.clone(),
