@@ -47,11 +47,25 @@ pub fn is_server(cmdline: &[u8]) -> bool {
     args.next() == Some(b"server".as_slice())
 }
 
-fn choice() -> u8 {
-    let known = CHOICE.load(Ordering::Acquire);
-    if known != UNKNOWN {
-        return known;
+/// `RUDDER_ALLOCATOR`'s choice, if it names one.
+fn forced() -> Option<u8> {
+    // SAFETY: getenv only scans the environment (no allocation); the pointer it returns is
+    // read at once, before anything could change the environment.
+    unsafe {
+        let value = libc::getenv(c"RUDDER_ALLOCATOR".as_ptr());
+        if value.is_null() {
+            return None;
+        }
+        match std::ffi::CStr::from_ptr(value).to_bytes() {
+            b"system" => Some(SYSTEM),
+            b"mimalloc" => Some(MIMALLOC),
+            _ => None,
+        }
     }
+}
+
+/// The choice by role: mimalloc when this process is `rudder server`.
+fn by_cmdline() -> u8 {
     let mut buf = [0u8; 512];
     // SAFETY: open/read/close on a stack buffer of the given length; no allocation happens
     // here, so calling it from inside the allocator cannot recurse.
@@ -68,27 +82,19 @@ fn choice() -> u8 {
             usize::try_from(n).unwrap_or(0)
         }
     };
-    // SAFETY: getenv only scans the environment (no allocation); the pointer it returns is
-    // read at once, before anything could change the environment.
-    let forced = unsafe {
-        let value = libc::getenv(c"RUDDER_ALLOCATOR".as_ptr());
-        if value.is_null() {
-            UNKNOWN
-        } else {
-            match std::ffi::CStr::from_ptr(value).to_bytes() {
-                b"system" => SYSTEM,
-                b"mimalloc" => MIMALLOC,
-                _ => UNKNOWN,
-            }
-        }
-    };
-    let wanted = if forced != UNKNOWN {
-        forced
-    } else if is_server(buf.get(..read).unwrap_or_default()) {
+    if is_server(buf.get(..read).unwrap_or_default()) {
         MIMALLOC
     } else {
         SYSTEM
-    };
+    }
+}
+
+fn choice() -> u8 {
+    let known = CHOICE.load(Ordering::Acquire);
+    if known != UNKNOWN {
+        return known;
+    }
+    let wanted = forced().unwrap_or_else(by_cmdline);
     // The first decision wins, should two threads make it at once.
     match CHOICE.compare_exchange(UNKNOWN, wanted, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => wanted,

@@ -243,4 +243,51 @@ mod tests {
         assert_eq!(<Pod as kube::Resource>::kind(&()), "Pod");
         assert_eq!(<Pod as kube::Resource>::plural(&()), "pods");
     }
+
+    #[test]
+    fn cached_pods_keep_what_controllers_read() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"app": "x"}, "annotations": {
+                "controller.kubernetes.io/pod-deletion-cost": "5",
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}"}},
+            "spec": {
+                "nodeName": "n1", "hostname": "h", "subdomain": "s",
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "initContainers": [{"name": "side", "restartPolicy": "Always",
+                                     "command": ["x"], "env": [{"name": "A", "value": "b"}]}],
+                "containers": [{"name": "c", "image": "i", "ports": [{"name": "http", "containerPort": 80}],
+                                "resources": {"requests": {"cpu": "100m"}},
+                                "env": [{"name": "A", "value": "b"}], "args": ["a"],
+                                "volumeMounts": [{"name": "tok", "mountPath": "/t"}],
+                                "readinessProbe": {"exec": {"command": ["true"]}}}],
+                "volumes": [{"name": "tok", "projected": {"sources": []}},
+                            {"name": "data", "persistentVolumeClaim": {"claimName": "data-p"}}],
+            },
+            "status": {"phase": "Running", "podIP": "10.0.0.1"},
+        }))
+        .expect("decodes");
+        let v = serde_json::to_value(&pod).expect("encodes");
+        assert_eq!(
+            v["metadata"]["annotations"],
+            serde_json::json!({"controller.kubernetes.io/pod-deletion-cost": "5"})
+        );
+        assert_eq!(
+            v["spec"]["containers"][0],
+            serde_json::json!({"name": "c", "image": "i",
+                "ports": [{"name": "http", "containerPort": 80}],
+                "resources": {"requests": {"cpu": "100m"}}})
+        );
+        assert_eq!(
+            v["spec"]["initContainers"][0],
+            serde_json::json!({"name": "side", "restartPolicy": "Always"})
+        );
+        assert_eq!(
+            v["spec"]["volumes"],
+            serde_json::json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-p"}}])
+        );
+        for kept in ["nodeName", "hostname", "subdomain", "tolerations"] {
+            assert!(v["spec"].get(kept).is_some(), "{kept}");
+        }
+        assert_eq!(v["status"]["podIP"], "10.0.0.1");
+    }
 }
