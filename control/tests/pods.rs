@@ -136,8 +136,31 @@ fn pods_run_on_the_local_node() {
         )
     });
 
+    // A repeated event is counted up on one Event instead of written again.
+    server.wait_for("never-ready's Unhealthy event counted up", || {
+        let counts = server.ok(&[
+            "get",
+            "events",
+            "--field-selector=involvedObject.name=never-ready,reason=Unhealthy",
+            "-o",
+            "jsonpath={.items[*].count}",
+        ]);
+        let counts: Vec<u32> = counts
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        counts.len() == 1 && counts[0] >= 3
+    });
+
     // Graceful deletion: SIGTERM, the agent removes the object and the sandbox.
-    server.ok(&["delete", "pod", "netexec", "no-command", "--timeout=30s"]);
+    server.ok(&[
+        "delete",
+        "pod",
+        "netexec",
+        "no-command",
+        "never-ready",
+        "--timeout=30s",
+    ]);
     let left = server.ok(&["get", "pods", "-o", "name"]);
     assert_eq!(left.trim(), "pod/wants-ssd");
     server.wait_for("the sandboxes to go", || node.sandboxes().is_empty());

@@ -660,8 +660,23 @@ fn keep_neighbour(ip: &str) {
     }
 }
 
+/// How many recent events the agent remembers to count up repeats (client-go's correlator
+/// keeps 4096 too); when full, it starts over.
+const RECENT_EVENTS: usize = 4096;
+
+/// What makes two events the same one: the object (and container), reason and message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EventKey {
+    uid: String,
+    field_path: Option<String>,
+    reason: &'static str,
+    message: String,
+}
+
 /// Sends worker updates to the apiserver.
 async fn report(client: Client, mut updates: mpsc::UnboundedReceiver<Update>) {
+    // Events written lately: their names and counts.
+    let mut recent_events: HashMap<EventKey, (String, i32)> = HashMap::new();
     while let Some(update) = updates.recv().await {
         match update {
             Update::Status {
@@ -691,6 +706,30 @@ async fn report(client: Client, mut updates: mpsc::UnboundedReceiver<Update>) {
                 let events: Api<k8s_openapi::api::core::v1::Event> =
                     Api::namespaced(client.clone(), &namespace);
                 let now = now_rfc3339();
+                let key = EventKey {
+                    uid: uid.clone(),
+                    field_path: field_path.clone(),
+                    reason,
+                    message: message.clone(),
+                };
+                // A repeat of a recent event counts up the event already written, as the
+                // kubelet's event correlator does (kubectl shows "(x3 over 2m)").
+                if let Some((event_name, count)) = recent_events.get_mut(&key) {
+                    let patch = json!({"count": *count + 1, "lastTimestamp": now});
+                    match events
+                        .patch(event_name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => {
+                            *count += 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "counting up an event; writing a new one");
+                            recent_events.remove(&key);
+                        }
+                    }
+                }
                 let event = json!({
                     "metadata": {"generateName": format!("{name}.")},
                     "involvedObject": {"kind": "Pod", "namespace": namespace, "name": name, "uid": uid,
@@ -700,10 +739,19 @@ async fn report(client: Client, mut updates: mpsc::UnboundedReceiver<Update>) {
                     "firstTimestamp": now, "lastTimestamp": now, "count": 1,
                     "reportingComponent": "kubelet",
                 });
-                if let Ok(event) = serde_json::from_value(event)
-                    && let Err(e) = events.create(&PostParams::default(), &event).await
-                {
-                    tracing::debug!(error = %e, "recording an event");
+                let Ok(event) = serde_json::from_value(event) else {
+                    continue;
+                };
+                match events.create(&PostParams::default(), &event).await {
+                    Ok(created) => {
+                        if let Some(event_name) = created.metadata.name {
+                            if recent_events.len() >= RECENT_EVENTS {
+                                recent_events.clear();
+                            }
+                            recent_events.insert(key, (event_name, 1));
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "recording an event"),
                 }
             }
             Update::Finished {

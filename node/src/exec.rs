@@ -517,6 +517,51 @@ pub struct Spawn {
     pub cgroup_procs: Vec<PathBuf>,
 }
 
+impl Spawn {
+    /// The command to start: program, arguments and the whole environment set, and a hook
+    /// that makes the child a session leader and moves it into the container's cgroups before
+    /// it runs. Standard streams are left to the caller.
+    pub fn command(&self) -> io::Result<tokio::process::Command> {
+        let cgroups = self
+            .cgroup_procs
+            .iter()
+            .map(|p| {
+                CString::new(p.as_os_str().as_bytes())
+                    .map_err(|_| io::Error::other("a cgroup path contains a NUL byte"))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        // SAFETY: the hook runs in the forked child before exec and only makes syscalls
+        // (setsid, open, write, close) on memory prepared before the fork; errors are built
+        // from errno without allocating.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                for procs in &cgroups {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, c"0".as_ptr().cast(), 1);
+                    let error = io::Error::last_os_error();
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(error);
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(command)
+    }
+}
+
 /// Finds `name` in the agent's `PATH` or the usual system directories.
 fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -779,20 +824,8 @@ impl Process {
         out: mpsc::Sender<Message>,
         stdin: Option<mpsc::Receiver<Bytes>>,
     ) -> io::Result<Self> {
-        let cgroups = spawn
-            .cgroup_procs
-            .iter()
-            .map(|p| {
-                CString::new(p.as_os_str().as_bytes())
-                    .map_err(|_| io::Error::other("a cgroup path contains a NUL byte"))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
         let tty = options.tty;
-        let mut command = tokio::process::Command::new(&spawn.program);
-        command
-            .args(&spawn.args)
-            .env_clear()
-            .envs(spawn.env.iter().map(|(k, v)| (k, v)));
+        let mut command = spawn.command()?;
         let pty = if tty {
             let (master, slave) = open_pty()?;
             command
@@ -817,29 +850,6 @@ impl Process {
                 .stderr(pipe(options.stderr));
             None
         };
-        // SAFETY: the hook runs in the forked child before exec and only makes syscalls
-        // (setsid, ioctl, open, write, close) on memory prepared before the fork; errors are
-        // built from errno without allocating.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                for procs in &cgroups {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let written = libc::write(fd, c"0".as_ptr().cast(), 1);
-                    let error = io::Error::last_os_error();
-                    libc::close(fd);
-                    if written != 1 {
-                        return Err(error);
-                    }
-                }
-                Ok(())
-            });
-        }
         let spawned = command.spawn();
         // The command holds our copies of the terminal's far side: close them, so that reading
         // the terminal ends when the command's side is closed.
@@ -953,7 +963,7 @@ impl Process {
 
 /// SIGKILLs the process group `sid` and every process of session `sid` (an interactive shell
 /// moves its jobs to process groups of their own, but they stay in the session).
-fn kill_session(sid: i32) {
+pub(crate) fn kill_session(sid: i32) {
     if sid <= 1 {
         return;
     }

@@ -427,12 +427,17 @@ async fn failing_liveness_restarts_and_failing_readiness_unreadies() {
              "livenessProbe": {"exec": {"command": ["test", "-e", "/nonexistent"]}, "periodSeconds": 1, "failureThreshold": 1}},
             {"name": "unready", "image": "debian", "command": ["sleep", "600"],
              "readinessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1}},
+            // Exec probes run with the container's environment, as the kubelet's do.
+            {"name": "envready", "image": "debian", "command": ["sleep", "600"],
+             "env": [{"name": "PROBE_DIR", "value": "/proc/self"}],
+             "readinessProbe": {"exec": {"command": ["sh", "-c", "test -d \"$PROBE_DIR\""]}, "periodSeconds": 1}},
         ], "terminationGracePeriodSeconds": 1}),
     );
     let _handle = pod::spawn(Arc::clone(&node.ctx), flaky);
     let status = node
-        .wait_for("flaky", "a liveness restart", |s| {
+        .wait_for("flaky", "a liveness restart and env-aware readiness", |s| {
             s["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
+                && s["containerStatuses"][2]["ready"] == true
         })
         .await;
     assert_eq!(status["containerStatuses"][1]["ready"], false);

@@ -229,11 +229,14 @@ enum Event {
         attempt: u32,
         ready: bool,
     },
+    /// A probe failed; `restart` when it was the liveness or startup probe's last allowed
+    /// failure (the container is restarted).
     Unhealthy {
         index: usize,
         attempt: u32,
         probe: &'static str,
         message: String,
+        restart: bool,
     },
 }
 
@@ -1368,6 +1371,7 @@ impl Worker {
                 attempt,
                 probe,
                 message,
+                restart,
             } => {
                 let slot = &self.slots[index];
                 if slot.attempt != attempt + 1 {
@@ -1379,9 +1383,7 @@ impl Worker {
                     format!("{probe} probe failed: {message}"),
                     Some(slot),
                 );
-                if probe != "Readiness"
-                    && let Some(running) = &slot.running
-                {
+                if restart && let Some(running) = &slot.running {
                     self.event(
                         "Normal",
                         "Killing",
@@ -1627,13 +1629,15 @@ async fn probe_container(
                 Ok(()) => break,
                 Err(message) => {
                     failures += 1;
-                    if failures >= timing.failure_threshold {
-                        let _ = tx.send(Event::Unhealthy {
-                            index,
-                            attempt,
-                            probe: "Startup",
-                            message,
-                        });
+                    let restart = failures >= timing.failure_threshold;
+                    let _ = tx.send(Event::Unhealthy {
+                        index,
+                        attempt,
+                        probe: "Startup",
+                        message,
+                        restart,
+                    });
+                    if restart {
                         return;
                     }
                 }
@@ -1673,15 +1677,16 @@ async fn probe_container(
                     Err(message) => {
                         bad += 1;
                         ok = 0;
+                        // Every failure is an Unhealthy event, as the kubelet records them;
+                        // repeats are counted up on one Event by the agent.
+                        let _ = tx.send(Event::Unhealthy {
+                            index,
+                            attempt,
+                            probe: "Readiness",
+                            message,
+                            restart: false,
+                        });
                         if bad >= timing.failure_threshold || !ready {
-                            if ready || bad == timing.failure_threshold {
-                                let _ = tx.send(Event::Unhealthy {
-                                    index,
-                                    attempt,
-                                    probe: "Readiness",
-                                    message,
-                                });
-                            }
                             if ready {
                                 ready = false;
                                 let _ = tx.send(Event::Ready {
@@ -1709,13 +1714,15 @@ async fn probe_container(
                 Ok(()) => bad = 0,
                 Err(message) => {
                     bad += 1;
-                    if bad >= timing.failure_threshold {
-                        let _ = tx.send(Event::Unhealthy {
-                            index,
-                            attempt,
-                            probe: "Liveness",
-                            message,
-                        });
+                    let restart = bad >= timing.failure_threshold;
+                    let _ = tx.send(Event::Unhealthy {
+                        index,
+                        attempt,
+                        probe: "Liveness",
+                        message,
+                        restart,
+                    });
+                    if restart {
                         return;
                     }
                 }

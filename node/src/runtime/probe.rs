@@ -176,19 +176,30 @@ async fn http_get(
     }
 }
 
-/// Runs `command` inside the namespaces of process `pid` and returns its output; fails with the
-/// output when it exits non-zero.
+/// Runs `command` inside the container whose main process is `pid`, as the kubelet's exec
+/// probes do: in its namespaces, root and working directory, with its environment (so
+/// `$HOSTNAME` and the pod's variables expand as in the container) and in its cgroups. Fails
+/// with the output when it exits non-zero. If the probe is abandoned (its timeout), the
+/// command's whole session is killed.
 pub async fn exec_in(pid: i32, command: &[String]) -> Result<(), String> {
     if command.is_empty() {
         return Err("the exec probe has no command".into());
     }
-    let out = tokio::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "-m", "-u", "-i", "-p", "--"])
-        .args(command)
-        .kill_on_drop(true)
-        .output()
+    let spawn = crate::exec::nsenter_spawn(pid, command, false).map_err(|e| e.to_string())?;
+    let mut cmd = spawn.command().map_err(|e| e.to_string())?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", spawn.program.display()))?;
+    let mut session = SessionGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    let out = child
+        .wait_with_output()
         .await
-        .map_err(|e| format!("running nsenter: {e}"))?;
+        .map_err(|e| format!("running {}: {e}", spawn.program.display()))?;
+    session.0 = None;
     if out.status.success() {
         Ok(())
     } else {
@@ -200,6 +211,19 @@ pub async fn exec_in(pid: i32, command: &[String]) -> Result<(), String> {
             out.status.code().unwrap_or(-1),
             text.trim()
         ))
+    }
+}
+
+/// Kills the session of an exec probe's command when dropped before the command ended (the
+/// probe timed out): `nsenter` forks into the container's PID namespace, so killing `nsenter`
+/// alone would leave the command running.
+struct SessionGuard(Option<i32>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if let Some(sid) = self.0 {
+            crate::exec::kill_session(sid);
+        }
     }
 }
 
