@@ -1686,15 +1686,13 @@ async fn probe_container(
                             message,
                             restart: false,
                         });
-                        if bad >= timing.failure_threshold || !ready {
-                            if ready {
-                                ready = false;
-                                let _ = tx.send(Event::Ready {
-                                    index,
-                                    attempt,
-                                    ready,
-                                });
-                            }
+                        if ready && bad >= timing.failure_threshold {
+                            ready = false;
+                            let _ = tx.send(Event::Ready {
+                                index,
+                                attempt,
+                                ready,
+                            });
                         }
                     }
                 }
