@@ -158,7 +158,7 @@ fn add_label_keys(
 
 /// The topology value of the node a pod runs on.
 fn domain_of<'a>(snapshot: &'a Snapshot, pod: &PodInfo, key: &str) -> Option<&'a String> {
-    snapshot.nodes.get(&pod.node)?.labels().get(key)
+    snapshot.nodes.get(&*pod.node)?.labels().get(key)
 }
 
 fn terms<'a>(
@@ -468,8 +468,8 @@ fn spread_constraints(
             };
             match &counted {
                 Counted::Owner(uid) => {
-                    for (node, n) in snapshot.by_owner.get(uid).into_iter().flatten() {
-                        if let Some(domain) = eligible.get(node.as_str()) {
+                    for (node, n) in snapshot.by_owner.get(uid.as_str()).into_iter().flatten() {
+                        if let Some(domain) = eligible.get(&**node) {
                             *counts.entry((*domain).clone()).or_default() += i64::from(*n);
                         }
                     }
@@ -479,7 +479,7 @@ fn spread_constraints(
                         if p.terminating || !selector_matches(selector, &p.labels) {
                             continue;
                         }
-                        if let Some(domain) = eligible.get(p.node.as_str()) {
+                        if let Some(domain) = eligible.get(&*p.node) {
                             *counts.entry((*domain).clone()).or_default() += 1;
                         }
                     }

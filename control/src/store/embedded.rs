@@ -39,8 +39,9 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 
-/// redb page cache size.
-const CACHE_BYTES: usize = 32 << 20;
+/// redb page cache size. 16 MiB holds the hot pages (the meta table, the event log's tail and
+/// recently written objects); lists and relists read the rest from the page cache of the OS.
+const CACHE_BYTES: usize = 16 << 20;
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 1024;
 /// Live events buffered per watcher before it falls back to reading the log.
