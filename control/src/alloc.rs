@@ -11,7 +11,11 @@
 //!   pods`).
 //!
 //! Under mimalloc, [`collect_idle`] returns freed memory to the OS when a runtime worker is
-//! about to park.
+//! about to park, and [`long_lived`] puts the objects the caches keep (informer stores, the
+//! scheduler's snapshot) in a heap of their own. mimalloc returns a page to the OS only when
+//! every block on it is free; a cached pod allocated on the same page as a hundred decode
+//! buffers of a burst keeps the whole page after the burst. At 31k pods the live heap was about
+//! 175 MB while mimalloc held about 400 MiB, most of it such sparse pages.
 //!
 //! `RUDDER_ALLOCATOR=system` (or `mimalloc`) overrides the choice, for heap profilers such as
 //! heaptrack that see only the system allocator.
@@ -23,9 +27,11 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
-    sync::atomic::{AtomicU8, Ordering},
+    sync::atomic::{AtomicPtr, AtomicU8, Ordering},
     time::{Duration, Instant},
 };
+
+use libmimalloc_sys::{self as mi, mi_heap_t};
 
 /// Not decided yet.
 const UNKNOWN: u8 = 0;
@@ -132,6 +138,97 @@ pub fn collect_idle() {
     });
 }
 
+thread_local! {
+    /// How many [`long_lived`] calls this thread is inside.
+    static LONG_LIVED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The mimalloc heap of long-lived objects (null until first used).
+static LONG_HEAP: AtomicPtr<mi_heap_t> = AtomicPtr::new(std::ptr::null_mut());
+
+/// The long-lived heap, made on first use. mimalloc 3's heaps serve any thread.
+fn long_heap() -> *mut mi_heap_t {
+    let heap = LONG_HEAP.load(Ordering::Acquire);
+    if !heap.is_null() {
+        return heap;
+    }
+    // SAFETY: mi_heap_new has no preconditions; it allocates its metadata from the OS.
+    let made = unsafe { mi::mi_heap_new() };
+    match LONG_HEAP.compare_exchange(
+        std::ptr::null_mut(),
+        made,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => made,
+        Err(first) => {
+            // Another thread made one first: ours has no blocks yet.
+            // SAFETY: `made` is a heap we own and nothing was allocated in it.
+            unsafe { mi::mi_heap_delete(made) };
+            first
+        }
+    }
+}
+
+/// The heap this thread allocates long-lived objects in now, if it is inside [`long_lived`].
+fn current_long_heap() -> Option<*mut mi_heap_t> {
+    let inside = LONG_LIVED.try_with(Cell::get).unwrap_or(0) > 0;
+    (inside && !long_heap().is_null()).then(long_heap)
+}
+
+/// Runs `f` with this thread's allocations going to the heap of long-lived objects (under
+/// mimalloc; elsewhere it only runs `f`). For code that builds what a cache keeps: an
+/// informer's store update, a scheduler snapshot entry. Frees and later growth of those objects
+/// work as usual from any thread.
+pub fn long_lived<R>(f: impl FnOnce() -> R) -> R {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            let _ = LONG_LIVED.try_with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+    let _ = LONG_LIVED.try_with(|n| n.set(n.get().saturating_add(1)));
+    let _leave = Leave;
+    f()
+}
+
+/// mimalloc's allocation, in the long-lived heap when the thread is inside [`long_lived`].
+///
+/// # Safety
+/// As [`GlobalAlloc::alloc`], with mimalloc as the process's allocator.
+unsafe fn mi_alloc(layout: Layout, zeroed: bool) -> *mut u8 {
+    // SAFETY: the caller's contract; mimalloc's aligned calls accept any power-of-two alignment.
+    unsafe {
+        match (current_long_heap(), zeroed) {
+            (Some(heap), false) => {
+                mi::mi_heap_malloc_aligned(heap, layout.size(), layout.align()).cast()
+            }
+            (Some(heap), true) => {
+                mi::mi_heap_zalloc_aligned(heap, layout.size(), layout.align()).cast()
+            }
+            (None, false) => mimalloc::MiMalloc.alloc(layout),
+            (None, true) => mimalloc::MiMalloc.alloc_zeroed(layout),
+        }
+    }
+}
+
+/// mimalloc's reallocation, moving into the long-lived heap when the thread is inside
+/// [`long_lived`] (a cache's table that grows).
+///
+/// # Safety
+/// As [`GlobalAlloc::realloc`], with mimalloc as the process's allocator.
+unsafe fn mi_realloc(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    // SAFETY: the caller's contract; `ptr` is a mimalloc block, which any heap may reallocate.
+    unsafe {
+        match current_long_heap() {
+            Some(heap) => {
+                mi::mi_heap_realloc_aligned(heap, ptr.cast(), new_size, layout.align()).cast()
+            }
+            None => mimalloc::MiMalloc.realloc(ptr, layout, new_size),
+        }
+    }
+}
+
 // SAFETY: every call goes to one of two sound allocators, and the same one for the process's
 // whole life (`choice` never changes once made), so blocks are always freed or grown by the
 // allocator that made them.
@@ -140,7 +237,7 @@ unsafe impl GlobalAlloc for ByRole {
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe {
             if choice() == MIMALLOC {
-                mimalloc::MiMalloc.alloc(layout)
+                mi_alloc(layout, false)
             } else {
                 System.alloc(layout)
             }
@@ -151,7 +248,7 @@ unsafe impl GlobalAlloc for ByRole {
         // SAFETY: as for `alloc`.
         unsafe {
             if choice() == MIMALLOC {
-                mimalloc::MiMalloc.alloc_zeroed(layout)
+                mi_alloc(layout, true)
             } else {
                 System.alloc_zeroed(layout)
             }
@@ -173,7 +270,7 @@ unsafe impl GlobalAlloc for ByRole {
         // SAFETY: `ptr` came from the same allocator (see the impl's SAFETY note).
         unsafe {
             if choice() == MIMALLOC {
-                mimalloc::MiMalloc.realloc(ptr, layout, new_size)
+                mi_realloc(ptr, layout, new_size)
             } else {
                 System.realloc(ptr, layout, new_size)
             }
@@ -193,5 +290,34 @@ mod tests {
         assert!(!is_server(b"rudder\0shim\0--\0server\0"));
         assert!(!is_server(b"rudder\0"));
         assert!(!is_server(b""));
+    }
+
+    unsafe extern "C" {
+        /// mimalloc 3's test of a block's heap (not in libmimalloc-sys's bindings).
+        fn mi_heap_contains(heap: *const mi_heap_t, p: *const std::ffi::c_void) -> bool;
+    }
+
+    #[test]
+    fn long_lived_blocks_go_to_their_own_heap() {
+        let layout = Layout::from_size_align(1000, 8).unwrap_or_else(|_| unreachable!());
+        // SAFETY: mimalloc serves blocks to any caller; each block is freed with mi_free.
+        unsafe {
+            let plain = mi_alloc(layout, false);
+            let kept = long_lived(|| mi_alloc(layout, true));
+            let nested = long_lived(|| long_lived(|| mi_alloc(layout, false)));
+            let after = mi_alloc(layout, false);
+            let heap = long_heap();
+            assert!(!mi_heap_contains(heap, plain.cast()));
+            assert!(mi_heap_contains(heap, kept.cast()));
+            assert!(mi_heap_contains(heap, nested.cast()));
+            assert!(!mi_heap_contains(heap, after.cast()));
+            assert_eq!(*kept, 0, "zeroed");
+            let grown = long_lived(|| mi_realloc(plain, layout, 4000));
+            assert!(mi_heap_contains(heap, grown.cast()));
+            for p in [grown, kept, nested, after] {
+                mi::mi_free(p.cast());
+            }
+        }
+        assert_eq!(LONG_LIVED.with(Cell::get), 0);
     }
 }

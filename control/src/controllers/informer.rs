@@ -236,7 +236,9 @@ where
                     }
                     watcher::Event::InitApply(_) | watcher::Event::InitDone => None,
                 };
-                writer.apply_watcher_event(&event);
+                // The store's copy is kept: it goes to the heap of long-lived objects, away
+                // from the pages of the watch's decoding (see `crate::alloc`).
+                crate::alloc::long_lived(|| writer.apply_watcher_event(&event));
                 // The change shares the store's copy of the new object: subscribers' buffers
                 // hold references, not a second copy of every object they have not read yet.
                 let changes = match &event {

@@ -181,10 +181,14 @@ pub async fn run(client: Client) {
             due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
         );
         tokio::select! {
+            // What the handlers keep (snapshot entries, pending pods) goes to the heap of
+            // long-lived objects (see `crate::alloc`).
             Some(event) = node_stream.next() => {
-                on_node(&mut cache, &mut node_relist, event);
+                crate::alloc::long_lived(|| on_node(&mut cache, &mut node_relist, event));
             }
-            Some(event) = pod_stream.next() => on_pod(&mut cache, &mut pod_relist, event),
+            Some(event) = pod_stream.next() => {
+                crate::alloc::long_lived(|| on_pod(&mut cache, &mut pod_relist, event));
+            }
             Some(event) = namespace_stream.next() => {
                 on_namespace(&mut cache, &mut ns_relist, event);
             }
@@ -200,7 +204,7 @@ pub async fn run(client: Client) {
         }
         // Take in whatever else is ready so a burst is handled in one pass.
         while let Some(Some(event)) = futures::FutureExt::now_or_never(pod_stream.next()) {
-            on_pod(&mut cache, &mut pod_relist, event);
+            crate::alloc::long_lived(|| on_pod(&mut cache, &mut pod_relist, event));
         }
         while let Some(Some(done)) = futures::FutureExt::now_or_never(writes.join_next()) {
             if let Ok(Some(uid)) = done {
@@ -231,10 +235,12 @@ pub async fn run(client: Client) {
                     }
                     // Counted on its node now; the pods it may let in are woken when the
                     // watch shows the binding.
-                    cache.snapshot.add(&assumed);
-                    cache
-                        .assumed
-                        .insert(uid.clone(), (pod.clone(), node.clone()));
+                    crate::alloc::long_lived(|| {
+                        cache.snapshot.add(&assumed);
+                        cache
+                            .assumed
+                            .insert(uid.clone(), (pod.clone(), node.clone()));
+                    });
                     let client = client.clone();
                     writes.spawn(async move { (!bind(client, &pod, &node).await).then_some(uid) });
                 }
