@@ -17,8 +17,11 @@
 //!   its create until the ReplicaSet controller has created every pod, and until every pod is
 //!   bound; `replacement_s`: after 10% of its pods are deleted, until they are all replaced
 //!   and bound (controller lag).
-//! - `server_rss_bytes` and `server_peak_rss_bytes` (VmHWM) of `rudder server` at the end, with
-//!   M + R pods and N nodes stored (on etcd, the etcd process is not included).
+//! - `server_rss_bytes`: the RSS of `rudder server` at rest with M + R pods and N nodes stored,
+//!   sampled 15 s after the last step while the hollow nodes go on renewing their Leases and
+//!   posting status (a steady cluster, not the tail of the last burst);
+//!   `server_peak_rss_bytes`: its VmHWM over the whole run. On etcd the etcd process is not
+//!   included.
 //!
 //! `RUDDER_BENCH_DEBUG=1` also prints each churn pod bound more than 500 ms after its create,
 //! with when it was created, to tell a stall from a steady lag.
@@ -502,6 +505,8 @@ pub async fn measure(
         replaced.as_secs_f64()
     );
 
+    // At rest: the last replacements' tail settles, the hollow nodes keep heartbeating.
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let (rss, peak) = (
         status_bytes(server_pid, "VmRSS:"),
         status_bytes(server_pid, "VmHWM:"),

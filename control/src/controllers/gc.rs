@@ -483,7 +483,9 @@ pub async fn run(client: Client, caches: Caches) {
                             old: None,
                             new: Some(o),
                         };
-                        for item in index_change(&mut idx, $kind, &change) {
+                        let items =
+                            crate::alloc::long_lived(|| index_change(&mut idx, $kind, &change));
+                        for item in items {
                             queue.add(item);
                         }
                     }
@@ -514,7 +516,8 @@ pub async fn run(client: Client, caches: Caches) {
                         Some(c) => {
                             let items = {
                                 let mut idx = index.lock().unwrap_or_else(|e| e.into_inner());
-                                index_change(&mut idx, $kind, &c)
+                                // The index is kept: the heap of long-lived objects.
+                                crate::alloc::long_lived(|| index_change(&mut idx, $kind, &c))
                             };
                             items.into_iter().for_each(|i| queue.add(i));
                         }
