@@ -39,9 +39,10 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 
-/// redb page cache size. 16 MiB holds the hot pages (the meta table, the event log's tail and
-/// recently written objects); lists and relists read the rest from the page cache of the OS.
-const CACHE_BYTES: usize = 16 << 20;
+/// redb page cache size. 8 MiB holds the hot pages (the meta table, the event log's tail, the
+/// B-trees' branch pages and recently written objects); lists and relists read the rest from
+/// the page cache of the OS. (32 → 16 → 8 MiB cost no measurable binding rate at 31k pods.)
+const CACHE_BYTES: usize = 8 << 20;
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 1024;
 /// Live events buffered per watcher before it falls back to reading the log.
