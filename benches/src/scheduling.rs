@@ -18,8 +18,8 @@
 //!   bound; `replacement_s`: after 10% of its pods are deleted, until they are all replaced
 //!   and bound (controller lag).
 //! - `server_rss_bytes`: the RSS of `rudder server` at rest with M + R pods and N nodes stored,
-//!   sampled 15 s after the last step while the hollow nodes go on renewing their Leases and
-//!   posting status (a steady cluster, not the tail of the last burst);
+//!   sampled 15 s after the last step while the hollow nodes go on renewing their Leases (a
+//!   steady cluster, not the tail of the last burst);
 //!   `server_peak_rss_bytes`: its VmHWM over the whole run. On etcd the etcd process is not
 //!   included.
 //!
@@ -505,7 +505,7 @@ pub async fn measure(
         replaced.as_secs_f64()
     );
 
-    // At rest: the last replacements' tail settles, the hollow nodes keep heartbeating.
+    // At rest: the last replacements' tail settles, the hollow nodes keep renewing Leases.
     tokio::time::sleep(Duration::from_secs(15)).await;
     let (rss, peak) = (
         status_bytes(server_pid, "VmRSS:"),

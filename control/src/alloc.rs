@@ -132,8 +132,15 @@ pub fn collect_idle() {
         {
             last.set(Some(now));
             // SAFETY: mimalloc is this process's allocator (checked above); a forced
-            // collection purges this thread's free pages and the arenas'.
-            unsafe { libmimalloc_sys::mi_collect(true) };
+            // collection purges this thread's free pages and the arenas', then this thread's
+            // part of the long-lived heap.
+            unsafe {
+                libmimalloc_sys::mi_collect(true);
+                let long = LONG_HEAP.load(Ordering::Acquire);
+                if !long.is_null() {
+                    mi::mi_heap_collect(long, true);
+                }
+            }
         }
     });
 }
@@ -152,7 +159,13 @@ fn long_heap() -> *mut mi_heap_t {
     if !heap.is_null() {
         return heap;
     }
-    // SAFETY: mi_heap_new has no preconditions; it allocates its metadata from the OS.
+    // mimalloc 2's heaps serve only the thread that made them: no long-lived heap there.
+    // SAFETY: mi_version has no preconditions.
+    if unsafe { mi::mi_version() } < 300 {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: mi_heap_new has no preconditions; its metadata comes from mimalloc's main heap,
+    // not through this allocator.
     let made = unsafe { mi::mi_heap_new() };
     match LONG_HEAP.compare_exchange(
         std::ptr::null_mut(),
@@ -178,8 +191,8 @@ fn current_long_heap() -> Option<*mut mi_heap_t> {
 
 /// Runs `f` with this thread's allocations going to the heap of long-lived objects (under
 /// mimalloc; elsewhere it only runs `f`). For code that builds what a cache keeps: an
-/// informer's store update, a scheduler snapshot entry. Frees and later growth of those objects
-/// work as usual from any thread.
+/// informer's store update, a scheduler snapshot entry. Those objects are freed as usual from
+/// any thread; one reallocated outside `long_lived` moves back to the default heap.
 pub fn long_lived<R>(f: impl FnOnce() -> R) -> R {
     struct Leave;
     impl Drop for Leave {

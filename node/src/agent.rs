@@ -20,7 +20,7 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt, TryStreamExt};
@@ -664,6 +664,46 @@ fn keep_neighbour(ip: &str) {
 /// keeps 4096 too); when full, it starts over.
 const RECENT_EVENTS: usize = 4096;
 
+/// Events (new or counted up) an object may have written at once, then one more every
+/// [`EVENT_REFILL`]: a pod failing its probe every second writes 25 events, then one every 10 s.
+/// The kubelet's spam filter does the same (25, then one per 5 minutes per object); the rest are
+/// dropped. Status updates share the agent's writer, so this also bounds how long they wait.
+const EVENT_BURST: f64 = 25.0;
+/// How often an object that used up [`EVENT_BURST`] may write one more event.
+const EVENT_REFILL: Duration = Duration::from_secs(10);
+
+/// Per-object token buckets for events (see [`EVENT_BURST`]).
+#[derive(Default)]
+struct EventBudget {
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+impl EventBudget {
+    /// Whether the object with `uid` may write an event at `now` (and takes a token if so).
+    fn allow(&mut self, uid: &str, now: Instant) -> bool {
+        if self.buckets.len() >= RECENT_EVENTS {
+            // Full buckets carry no information: forget them.
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() / EVENT_REFILL.as_secs_f64()
+                    < EVENT_BURST
+            });
+        }
+        let (tokens, at) = self
+            .buckets
+            .entry(uid.to_owned())
+            .or_insert((EVENT_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() / EVENT_REFILL.as_secs_f64())
+            .min(EVENT_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What makes two events the same one: the object (and container), reason and message.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct EventKey {
@@ -677,6 +717,7 @@ struct EventKey {
 async fn report(client: Client, mut updates: mpsc::UnboundedReceiver<Update>) {
     // Events written lately: their names and counts.
     let mut recent_events: HashMap<EventKey, (String, i32)> = HashMap::new();
+    let mut budget = EventBudget::default();
     while let Some(update) = updates.recv().await {
         match update {
             Update::Status {
@@ -703,6 +744,14 @@ async fn report(client: Client, mut updates: mpsc::UnboundedReceiver<Update>) {
                 message,
                 field_path,
             } => {
+                if !budget.allow(&uid, Instant::now()) {
+                    tracing::debug!(
+                        pod = format!("{namespace}/{name}"),
+                        reason,
+                        "event dropped: over the pod's event budget"
+                    );
+                    continue;
+                }
                 let events: Api<k8s_openapi::api::core::v1::Event> =
                     Api::namespaced(client.clone(), &namespace);
                 let now = now_rfc3339();
@@ -872,5 +921,26 @@ async fn sync_pods(client: Client, config: AgentConfig, ctx: Arc<Context>) -> Re
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_writes_a_burst_of_events_then_one_per_refill() {
+        let mut budget = EventBudget::default();
+        let start = Instant::now();
+        let allowed = (0..40).filter(|_| budget.allow("pod-a", start)).count();
+        assert_eq!(allowed, 25);
+        // Another object has a budget of its own.
+        assert!(budget.allow("pod-b", start));
+        assert!(!budget.allow("pod-a", start + EVENT_REFILL / 2));
+        assert!(budget.allow("pod-a", start + EVENT_REFILL));
+        assert!(!budget.allow("pod-a", start + EVENT_REFILL));
+        // A long quiet spell refills the burst, no more.
+        let later = start + EVENT_REFILL * 1000;
+        assert_eq!((0..40).filter(|_| budget.allow("pod-a", later)).count(), 25);
     }
 }
