@@ -185,8 +185,10 @@ fn long_heap() -> *mut mi_heap_t {
 
 /// The heap this thread allocates long-lived objects in now, if it is inside [`long_lived`].
 fn current_long_heap() -> Option<*mut mi_heap_t> {
-    let inside = LONG_LIVED.try_with(Cell::get).unwrap_or(0) > 0;
-    (inside && !long_heap().is_null()).then(long_heap)
+    if LONG_LIVED.try_with(Cell::get).unwrap_or(0) == 0 {
+        return None;
+    }
+    Some(long_heap()).filter(|heap| !heap.is_null())
 }
 
 /// Runs `f` with this thread's allocations going to the heap of long-lived objects (under

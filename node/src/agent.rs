@@ -681,19 +681,21 @@ struct EventBudget {
 impl EventBudget {
     /// Whether the object with `uid` may write an event at `now` (and takes a token if so).
     fn allow(&mut self, uid: &str, now: Instant) -> bool {
+        // The tokens a bucket that had `tokens` at `at` has at `now`.
+        let refilled = |tokens: f64, at: Instant| {
+            (tokens + now.duration_since(at).as_secs_f64() / EVENT_REFILL.as_secs_f64())
+                .min(EVENT_BURST)
+        };
         if self.buckets.len() >= RECENT_EVENTS {
             // Full buckets carry no information: forget them.
-            self.buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() / EVENT_REFILL.as_secs_f64()
-                    < EVENT_BURST
-            });
+            self.buckets
+                .retain(|_, (tokens, at)| refilled(*tokens, *at) < EVENT_BURST);
         }
         let (tokens, at) = self
             .buckets
             .entry(uid.to_owned())
             .or_insert((EVENT_BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() / EVENT_REFILL.as_secs_f64())
-            .min(EVENT_BURST);
+        *tokens = refilled(*tokens, *at);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;

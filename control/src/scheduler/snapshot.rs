@@ -161,16 +161,9 @@ struct Interner {
 
 impl Interner {
     fn string(&mut self, s: &str) -> Arc<str> {
-        if let Some(shared) = self.strings.get(s) {
-            return Arc::clone(shared);
-        }
-        if self.strings.len() >= 2 * self.swept.0.max(512) {
-            self.strings.retain(|s| Arc::strong_count(s) > 1);
-            self.swept.0 = self.strings.len();
-        }
-        let shared: Arc<str> = Arc::from(s);
-        self.strings.insert(Arc::clone(&shared));
-        shared
+        share(&mut self.strings, &mut self.swept.0, s, |s: &str| {
+            Arc::from(s)
+        })
     }
 
     fn labels(
@@ -178,17 +171,30 @@ impl Interner {
         labels: Option<&BTreeMap<String, String>>,
     ) -> Arc<BTreeMap<String, String>> {
         let labels = labels.unwrap_or(&NO_LABELS);
-        if let Some(shared) = self.labels.get(labels) {
-            return Arc::clone(shared);
-        }
-        if self.labels.len() >= 2 * self.swept.1.max(512) {
-            self.labels.retain(|l| Arc::strong_count(l) > 1);
-            self.swept.1 = self.labels.len();
-        }
-        let shared = Arc::new(labels.clone());
-        self.labels.insert(Arc::clone(&shared));
-        shared
+        share(&mut self.labels, &mut self.swept.1, labels, |l| {
+            Arc::new(l.clone())
+        })
     }
+}
+
+/// The shared copy of `value` in `set`, added if missing; values nothing else holds are swept
+/// first when the set has doubled since the last sweep (`swept` is its size then).
+fn share<T: ?Sized + Eq + std::hash::Hash>(
+    set: &mut HashSet<Arc<T>>,
+    swept: &mut usize,
+    value: &T,
+    make: impl FnOnce(&T) -> Arc<T>,
+) -> Arc<T> {
+    if let Some(shared) = set.get(value) {
+        return Arc::clone(shared);
+    }
+    if set.len() >= 2 * (*swept).max(512) {
+        set.retain(|v| Arc::strong_count(v) > 1);
+        *swept = set.len();
+    }
+    let shared = make(value);
+    set.insert(Arc::clone(&shared));
+    shared
 }
 
 /// A node and what is placed on it.

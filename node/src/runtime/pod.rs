@@ -1620,30 +1620,22 @@ async fn probe_container(
     attempt: u32,
     tx: mpsc::UnboundedSender<Event>,
 ) {
-    if let Some(startup) = spec.startup_probe.clone() {
-        let timing = Timing::of(&startup);
-        tokio::time::sleep(timing.initial_delay).await;
-        let mut failures = 0;
-        loop {
-            match probe::run_once(&startup, &spec, &target).await {
-                Ok(()) => break,
-                Err(message) => {
-                    failures += 1;
-                    let restart = failures >= timing.failure_threshold;
-                    let _ = tx.send(Event::Unhealthy {
-                        index,
-                        attempt,
-                        probe: "Startup",
-                        message,
-                        restart,
-                    });
-                    if restart {
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(timing.period).await;
-        }
+    let report = |probe: &'static str, message: String, restart: bool| {
+        let _ = tx.send(Event::Unhealthy {
+            index,
+            attempt,
+            probe,
+            message,
+            restart,
+        });
+    };
+    if let Some(startup) = &spec.startup_probe
+        && !until_failed(startup, &spec, &target, true, |m, r| {
+            report("Startup", m, r)
+        })
+        .await
+    {
+        return;
     }
     let _ = tx.send(Event::Started { index, attempt });
     let readiness = {
@@ -1701,34 +1693,45 @@ async fn probe_container(
         }
     };
     let liveness = async {
-        let Some(probe) = spec.liveness_probe.clone() else {
-            return;
-        };
-        let timing = Timing::of(&probe);
-        tokio::time::sleep(timing.initial_delay).await;
-        let mut bad = 0;
-        loop {
-            match probe::run_once(&probe, &spec, &target).await {
-                Ok(()) => bad = 0,
-                Err(message) => {
-                    bad += 1;
-                    let restart = bad >= timing.failure_threshold;
-                    let _ = tx.send(Event::Unhealthy {
-                        index,
-                        attempt,
-                        probe: "Liveness",
-                        message,
-                        restart,
-                    });
-                    if restart {
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(timing.period).await;
+        if let Some(probe) = &spec.liveness_probe {
+            until_failed(probe, &spec, &target, false, |m, r| {
+                report("Liveness", m, r)
+            })
+            .await;
         }
     };
     tokio::join!(readiness, liveness);
+}
+
+/// Runs `probe` every period (after its initial delay) until it has failed `failure_threshold`
+/// times in a row, or, with `until_pass`, until it first passes; returns whether it passed.
+/// Each failure goes to `failed` with its message and whether it was the last allowed one (the
+/// container is then restarted).
+async fn until_failed(
+    probe: &Probe,
+    spec: &Container,
+    target: &Target,
+    until_pass: bool,
+    failed: impl Fn(String, bool),
+) -> bool {
+    let timing = Timing::of(probe);
+    tokio::time::sleep(timing.initial_delay).await;
+    let mut bad = 0;
+    loop {
+        match probe::run_once(probe, spec, target).await {
+            Ok(()) if until_pass => return true,
+            Ok(()) => bad = 0,
+            Err(message) => {
+                bad += 1;
+                let last = bad >= timing.failure_threshold;
+                failed(message, last);
+                if last {
+                    return false;
+                }
+            }
+        }
+        tokio::time::sleep(timing.period).await;
+    }
 }
 
 /// Kubernetes' `$(VAR)` expansion in command, args and env values (`$$` escapes a `$`;
