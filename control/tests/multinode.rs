@@ -12,6 +12,8 @@
 //! - `kubectl logs` reaches the agent of another node;
 //! - the scheduler obeys required pod anti-affinity (the pod that fits nowhere says why), zone
 //!   topology spread, and binds a pod that fitted nowhere once a node is labelled for it;
+//! - `kubectl drain` evicts through the eviction subresource, and a PodDisruptionBudget holds the
+//!   second eviction back until the first pod's replacement is ready elsewhere;
 //! - an agent stopped and started again (`rudder lab stop-node/start-node`) leaves its pods
 //!   running meanwhile and adopts them (same container start time, no restart);
 //! - `rudder lab down` leaves no namespace, eBPF pin, process or pod cgroup behind.
@@ -403,6 +405,7 @@ fn a_three_node_lab_runs_and_connects_pods_across_nodes() {
     );
 
     scheduling(&lab);
+    drain(&lab);
 
     // Down removes everything.
     let pids: Vec<u32> = (1..=3)
@@ -599,4 +602,79 @@ fn scheduling(lab: &Lab) {
     });
     lab.ok(&["delete", "deployment", "solo", "zonal"]);
     lab.ok(&["delete", "pod", "needs-ssd"]);
+}
+
+const BUDGET: &str = r#"
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {app: web}}
+"#;
+
+/// `kubectl drain n3` under a budget of one unavailable `web` pod (of six, two on n3): kubectl
+/// evicts both n3 pods at once, the budget lets one go and refuses the other (kubectl retries
+/// it every 5 s) until the first one's replacement is Ready on another node; then n3 is empty,
+/// cordoned, and six pods are Ready again.
+fn drain(lab: &Lab) {
+    let manifest = lab.data.path().join("budget.yaml");
+    std::fs::write(&manifest, BUDGET).unwrap();
+    lab.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    let counts = || {
+        lab.ok(&[
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.status.expectedPods}/{.status.currentHealthy}/{.status.desiredHealthy}/{.status.disruptionsAllowed}",
+        ])
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counts() != "6/6/5/1" {
+        assert!(
+            Instant::now() < deadline,
+            "budget status {}\n{}",
+            counts(),
+            lab.ok(&["get", "pods", "-o", "wide"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let on_n3 = || {
+        lab.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "--field-selector=spec.nodeName=n3",
+            "-o",
+            "name",
+        ])
+        .lines()
+        .count()
+    };
+    assert!(on_n3() >= 2, "{}", lab.ok(&["get", "pods", "-o", "wide"]));
+    let out = lab.kubectl(&["drain", "n3", "--ignore-daemonsets", "--timeout=180s"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("node/n3 drained"),
+        "{stdout}\n{stderr}\n{}",
+        lab.logs()
+    );
+    assert!(
+        stderr.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "the budget must have held one eviction back:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("evicted"), "{stdout}");
+    assert_eq!(on_n3(), 0);
+    assert_eq!(
+        lab.ok(&["get", "node", "n3", "-o", "jsonpath={.spec.unschedulable}"]),
+        "true"
+    );
+    lab.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    lab.ok(&["uncordon", "n3"]);
+    lab.ok(&["delete", "pdb", "web"]);
 }

@@ -183,6 +183,16 @@ fn resource_entries(t: &ResourceType) -> Vec<Value> {
             "kind": "Binding",
             "verbs": ["create"],
         }));
+        // `kubectl drain` evicts through this when discovery lists it (else it deletes).
+        out.push(json!({
+            "name": "pods/eviction",
+            "singularName": "",
+            "namespaced": true,
+            "group": "policy",
+            "version": "v1",
+            "kind": "Eviction",
+            "verbs": ["create"],
+        }));
     }
     out
 }

@@ -16,6 +16,7 @@ pub mod allocator;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;
+pub mod eviction;
 pub mod exec;
 pub mod logs;
 pub mod metrics;

@@ -367,6 +367,17 @@ const BUILTINS: &[Builtin] = &[
         false,
     ),
     b(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        true,
+        &["pdb"],
+        false,
+        true,
+        false,
+    ),
+    b(
         "apiextensions.k8s.io",
         "v1",
         "CustomResourceDefinition",

@@ -345,7 +345,7 @@ async fn dispatch(
         let allowed = match sub {
             "status" => rt.status,
             "scale" => rt.scale.is_some(),
-            "binding" | "log" | "exec" => rt.plural == "pods" && rt.group.is_empty(),
+            "binding" | "log" | "exec" | "eviction" => rt.plural == "pods" && rt.group.is_empty(),
             "token" => rt.plural == "serviceaccounts" && rt.group.is_empty(),
             "finalize" => rt.plural == "namespaces",
             _ => false,
@@ -367,6 +367,9 @@ async fn dispatch(
         (Method::POST, None) => rest::create(state, rt, ns, req).await,
         (Method::POST, Some(name)) if sub == Some("token") => {
             super::tokens::serve(state, ns.unwrap_or_default(), name, req).await
+        }
+        (Method::POST, Some(name)) if sub == Some("eviction") => {
+            super::eviction::serve(state, rt, ns.unwrap_or_default(), name, req).await
         }
         (Method::POST, Some(name)) if sub == Some("binding") => {
             rest::bind(state, rt, ns, name, req).await

@@ -691,6 +691,7 @@ fn prepare_create(rt: &ResourceType, obj: &mut Value) {
                 | "CronJob"
                 | "HorizontalPodAutoscaler"
                 | "Ingress"
+                | "PodDisruptionBudget"
         )
         && let Some(m) = obj.as_object_mut()
     {
@@ -1163,32 +1164,59 @@ fn apply_scale(rt: &ResourceType, old: &Value, scale: &Value) -> ApiResult<Value
 }
 
 /// Options of a DELETE.
+/// The `DeleteOptions` rudder honours (from the body, the query, or an Eviction).
 #[derive(Debug, Default)]
-struct DeleteOptions {
+pub struct DeleteOptions {
     grace_period: Option<i64>,
     precondition_uid: Option<String>,
     precondition_rv: Option<String>,
     propagation: Option<String>,
+    /// `dryRun: [All]` in the body (the query's `dryRun=All` is the request's).
+    pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    /// Options from a `DeleteOptions` object.
+    pub fn from_object(v: &Value) -> Self {
+        Self {
+            grace_period: v.get("gracePeriodSeconds").and_then(Value::as_i64),
+            precondition_uid: v
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            precondition_rv: v
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            propagation: v
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            dry_run: v
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|x| x == "All")),
+        }
+    }
+
+    /// Rejects a propagation policy Kubernetes does not know.
+    pub fn check(&self) -> ApiResult<()> {
+        if let Some(p) = &self.propagation
+            && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+        {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy {p:?} is not supported; use Orphan, Background or Foreground"
+            )));
+        }
+        Ok(())
+    }
 }
 
 async fn delete_options(state: &State, req: &mut Request) -> ApiResult<DeleteOptions> {
     let body = req.bytes(state.max_body_bytes).await?;
     let mut opts = DeleteOptions::default();
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let v = decode_object(&body, &req.content_type())?;
-        opts.grace_period = v.get("gracePeriodSeconds").and_then(Value::as_i64);
-        opts.precondition_uid = v
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        opts.precondition_rv = v
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        opts.propagation = v
-            .get("propagationPolicy")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        opts = DeleteOptions::from_object(&decode_object(&body, &req.content_type())?);
     }
     if let Some(g) = req.param("gracePeriodSeconds") {
         opts.grace_period = Some(
@@ -1199,13 +1227,8 @@ async fn delete_options(state: &State, req: &mut Request) -> ApiResult<DeleteOpt
     if let Some(p) = req.param("propagationPolicy") {
         opts.propagation = Some(p.to_owned());
     }
-    if let Some(p) = &opts.propagation
-        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
-    {
-        return Err(ApiError::bad_request(format!(
-            "propagationPolicy {p:?} is not supported; use Orphan, Background or Foreground"
-        )));
-    }
+    opts.dry_run |= req.dry_run();
+    opts.check()?;
     Ok(opts)
 }
 
@@ -1218,7 +1241,18 @@ pub async fn delete(
     req: &mut Request,
 ) -> ApiResult<Response<Body>> {
     let opts = delete_options(state, req).await?;
-    let dry_run = req.dry_run();
+    delete_with(state, rt, ns, name, &opts).await
+}
+
+/// Deletes one object with `opts` (a DELETE, or an eviction the budgets allowed).
+pub async fn delete_with(
+    state: &Arc<State>,
+    rt: &Arc<ResourceType>,
+    ns: Option<&str>,
+    name: &str,
+    opts: &DeleteOptions,
+) -> ApiResult<Response<Body>> {
+    let dry_run = opts.dry_run;
     for _ in 0..MAX_RETRIES {
         let (old, rev) = read(state, rt, ns, name).await?;
         if let Some(uid) = &opts.precondition_uid

@@ -147,6 +147,13 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
             col("Replicas", "string", 0),
             age,
         ],
+        ("policy", "PodDisruptionBudget") => vec![
+            name,
+            col("Min Available", "string", 0),
+            col("Max Unavailable", "string", 0),
+            col("Allowed Disruptions", "integer", 0),
+            age,
+        ],
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![name, col("Created At", "date", 0)]
         }
@@ -716,6 +723,20 @@ fn cells(rt: &ResourceType, obj: &Value) -> Vec<Value> {
             json!(i(obj, "status.currentReplicas").to_string()),
             json!(age(obj)),
         ],
+        ("policy", "PodDisruptionBudget") => {
+            let bound = |path: &str| match object::get_path(obj, path) {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => "N/A".to_owned(),
+            };
+            vec![
+                name,
+                json!(bound("spec.minAvailable")),
+                json!(bound("spec.maxUnavailable")),
+                json!(i(obj, "status.disruptionsAllowed")),
+                json!(age(obj)),
+            ]
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![
                 name,

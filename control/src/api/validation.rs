@@ -86,9 +86,11 @@ typed_kinds! {
     "networking.k8s.io", "IngressClass" => api::networking::v1::IngressClass;
     "coordination.k8s.io", "Lease" => api::coordination::v1::Lease;
     "autoscaling", "HorizontalPodAutoscaler" => api::autoscaling::v2::HorizontalPodAutoscaler;
+    "policy", "PodDisruptionBudget" => api::policy::v1::PodDisruptionBudget;
     "apiextensions.k8s.io", "CustomResourceDefinition" => k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     "autoscaling", "Scale" => api::autoscaling::v1::Scale;
     "", "Binding" => api::core::v1::Binding;
+    "policy", "Eviction" => api::policy::v1::Eviction;
 }
 
 /// Paths present in `input` but not in `decoded` (fields the typed struct does not know).
@@ -317,6 +319,7 @@ pub fn validate(group: &str, kind: &str, obj: &Value) -> Vec<Cause> {
             );
         }
         ("networking.k8s.io", "Ingress") => validate_ingress(obj, &mut causes),
+        ("policy", "PodDisruptionBudget") => validate_pdb(obj, &mut causes),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => validate_crd(obj, &mut causes),
         _ => {}
     }
@@ -764,6 +767,54 @@ fn validate_ingress(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// A PodDisruptionBudget's spec, as kube-apiserver checks it: at most one of `minAvailable` and
+/// `maxUnavailable`, each a non-negative integer or a percentage up to 100%.
+fn validate_pdb(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec");
+    let min = spec.and_then(|s| s.get("minAvailable"));
+    let max = spec.and_then(|s| s.get("maxUnavailable"));
+    if min.is_some() && max.is_some() {
+        causes.push(Cause::invalid(
+            "spec",
+            spec.unwrap_or(&Value::Null),
+            "minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
+    for (field, value) in [("spec.minAvailable", min), ("spec.maxUnavailable", max)] {
+        let Some(value) = value else { continue };
+        match value {
+            Value::Number(n) if n.as_i64().is_some_and(|n| n < 0) => causes.push(Cause::invalid(
+                field,
+                value,
+                "must be greater than or equal to 0",
+            )),
+            Value::String(s) => match s
+                .strip_suffix('%')
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                None => causes.push(Cause::invalid(
+                    field,
+                    value,
+                    "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                )),
+                Some(p) if p.parse::<u64>().is_ok_and(|p| p > 100) || p.len() > 18 => causes
+                    .push(Cause::invalid(field, value, "must not be greater than 100%")),
+                Some(_) => {}
+            },
+            _ => {}
+        }
+    }
+    if let Some(policy) = spec.and_then(|s| s.get("unhealthyPodEvictionPolicy"))
+        && !matches!(policy.as_str(), Some("IfHealthyBudget" | "AlwaysAllow"))
+    {
+        causes.push(Cause::not_supported(
+            "spec.unhealthyPodEvictionPolicy",
+            policy,
+            &["AlwaysAllow", "IfHealthyBudget"],
+        ));
+    }
+}
+
 fn validate_crd(obj: &Value, causes: &mut Vec<Cause>) {
     let spec = obj.get("spec").cloned().unwrap_or_else(|| json!({}));
     let group = spec.get("group").and_then(Value::as_str).unwrap_or("");
@@ -978,6 +1029,38 @@ mod tests {
                 "spec.template.spec.containers[1].name",
                 "spec.template.spec.containers[1].ports[0].containerPort",
             ]
+        );
+    }
+
+    #[test]
+    fn disruption_budget_rules() {
+        let pdb = |spec: Value| {
+            validate(
+                "policy",
+                "PodDisruptionBudget",
+                &json!({"metadata": {"name": "db"}, "spec": spec}),
+            )
+        };
+        assert!(pdb(json!({"minAvailable": 2})).is_empty());
+        assert!(pdb(json!({"maxUnavailable": "100%"})).is_empty());
+        assert_eq!(
+            fields(&pdb(json!({"minAvailable": 1, "maxUnavailable": 1}))),
+            vec!["spec"]
+        );
+        assert_eq!(
+            fields(&pdb(json!({"minAvailable": -1}))),
+            vec!["spec.minAvailable"]
+        );
+        let causes = pdb(json!({"maxUnavailable": "150%"}));
+        assert_eq!(fields(&causes), vec!["spec.maxUnavailable"]);
+        assert!(causes[0].message.contains("must not be greater than 100%"));
+        assert_eq!(
+            fields(&pdb(json!({"minAvailable": "half"}))),
+            vec!["spec.minAvailable"]
+        );
+        assert_eq!(
+            fields(&pdb(json!({"unhealthyPodEvictionPolicy": "Never"}))),
+            vec!["spec.unhealthyPodEvictionPolicy"]
         );
     }
 

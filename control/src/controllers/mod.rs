@@ -20,6 +20,8 @@
 //!   evicts pods that do not tolerate a node's `NoExecute` taints;
 //! - [`serviceaccount`]: a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in every
 //!   namespace;
+//! - [`disruption`]: PodDisruptionBudgets' status (what the apiserver's eviction subresource
+//!   spends);
 //! - [`hpa`]: HorizontalPodAutoscalers scale their targets by the CPU or memory their pods use
 //!   (the arithmetic in [`autoscaling`]).
 
@@ -27,6 +29,7 @@ pub mod autoscaling;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod hpa;
@@ -110,6 +113,14 @@ pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHand
         autoscalers: informer::Informer::start_small(Api::all(client.clone())),
         pods: pods.clone(),
     };
+    let disruption_caches = disruption::Caches {
+        budgets: informer::Informer::start_small(Api::all(client.clone())),
+        pods: pods.clone(),
+        deployments: deployments.clone(),
+        replicasets: replicasets.clone(),
+        statefulsets: statefulsets.clone(),
+        replicationcontrollers: replicationcontrollers.clone(),
+    };
     let gc_caches = gc::Caches {
         pods,
         replicasets,
@@ -134,6 +145,7 @@ pub fn start(client: Client, cluster_cidr: Cidr, ca_pem: String) -> Vec<JoinHand
         tokio::spawn(endpointslice::run(client.clone(), endpoint_caches)),
         tokio::spawn(node_lifecycle::run(client.clone(), lifecycle_caches)),
         tokio::spawn(hpa::run(client.clone(), hpa_caches)),
+        tokio::spawn(disruption::run(client.clone(), disruption_caches)),
         tokio::spawn(serviceaccount::run(
             client.clone(),
             serviceaccount::Caches {
