@@ -102,94 +102,6 @@ pub enum Answer {
     NotInZone,
 }
 
-/// A Service's key: namespace and name.
-type Key = (Box<str>, Box<str>);
-
-/// A named port: `_<name>`, `_<protocol>` (lowercase) and its number.
-type Port = (Box<str>, Box<str>, u16);
-
-/// The labels of a port's SRV name: `_<name>`, `_<protocol>`.
-type PortLabels = (Box<str>, Box<str>);
-
-/// SRV records and the additional records of their targets' addresses.
-type SrvSet = (Rrset, Option<Rrset>);
-
-/// The Service fields DNS reads.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct ServiceInfo {
-    /// Cluster IPs; empty for headless and ExternalName Services.
-    cluster_ips: Vec<IpAddr>,
-    headless: bool,
-    external_name: Option<Name>,
-    /// Named ports: (name, protocol, port).
-    ports: Vec<Port>,
-    publish_not_ready: bool,
-}
-
-/// One endpoint of an EndpointSlice.
-#[derive(Clone, Debug, PartialEq)]
-struct EndpointInfo {
-    addresses: Vec<IpAddr>,
-    hostname: Option<Box<str>>,
-    ready: bool,
-}
-
-/// The EndpointSlice fields DNS reads.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct SliceInfo {
-    /// The Service it belongs to (`kubernetes.io/service-name`).
-    service: Box<str>,
-    /// Named ports: (name, protocol, port).
-    ports: Vec<Port>,
-    endpoints: Vec<EndpointInfo>,
-}
-
-/// The records of one Service's names, rebuilt when the Service or one of its slices changes.
-#[derive(Debug, Default)]
-struct Built {
-    /// Whether `<svc>.<ns>.svc.<zone>` exists (false: a headless Service with no endpoint).
-    exists: bool,
-    a: Option<Rrset>,
-    aaaa: Option<Rrset>,
-    cname: Option<Rrset>,
-    /// SRV of every named port, and the targets' addresses.
-    srv: Option<SrvSet>,
-    /// `_<port>._<proto>` → SRV and the targets' addresses (a few: a list).
-    ports: Vec<(PortLabels, SrvSet)>,
-    /// Endpoint hostnames → A and AAAA.
-    hosts: HashMap<Box<str>, (Option<Rrset>, Option<Rrset>)>,
-    /// The PTR names this Service gives its addresses.
-    ptrs: Vec<(IpAddr, Name)>,
-}
-
-#[derive(Debug, Default)]
-struct ServiceEntry {
-    /// `None` while only slices of it are known.
-    info: Option<ServiceInfo>,
-    slices: HashMap<Box<str>, SliceInfo>,
-    built: Built,
-}
-
-/// The cluster DNS index. See the module docs.
-#[derive(Debug)]
-pub struct Index {
-    config: Config,
-    soa: Rrset,
-    ns: Rrset,
-    ns_glue: Option<Rrset>,
-    version: Rrset,
-    services: HashMap<Key, ServiceEntry>,
-    /// Namespace → number of Services, for the `<ns>.svc.<zone>` empty non-terminals.
-    namespaces: HashMap<Box<str>, usize>,
-    /// Slice key → the Service it was last filed under (a slice's label can change).
-    slice_owner: HashMap<Key, Box<str>>,
-    /// Address → the PTR records of the names pointing at it (sorted by name).
-    ptr: HashMap<IpAddr, Rrset>,
-    /// Pod key → its addresses; address → the namespaces of the pods that have it.
-    pods: HashMap<Key, Vec<IpAddr>>,
-    pod_ips: HashMap<IpAddr, Vec<Box<str>>>,
-}
-
 fn rrset(records: Vec<Record>) -> Option<Rrset> {
     (!records.is_empty()).then(|| Rrset::from(records))
 }
@@ -264,66 +176,230 @@ fn address_record(name: &Name, ttl: u32, ip: IpAddr) -> Record {
         },
     )
 }
+/// Strings many objects share (namespaces, `_<port>` and `_<proto>` labels), kept once.
+#[derive(Debug, Default)]
+struct Interner(HashSet<Arc<str>>);
 
-/// A and AAAA record sets of a name.
-fn addresses(name: &Name, ttl: u32, ips: &BTreeSet<IpAddr>) -> (Option<Rrset>, Option<Rrset>) {
-    let (v4, v6): (Vec<_>, Vec<_>) = ips.iter().partition(|ip| ip.is_ipv4());
-    let set = |ips: Vec<&IpAddr>| {
-        rrset(
-            ips.iter()
-                .map(|ip| address_record(name, ttl, **ip))
-                .collect(),
-        )
-    };
-    (set(v4), set(v6))
-}
-
-/// SRV records for targets `(name, port)` and the additional records of their addresses: the
-/// `glue` set itself (shared, not copied) when all of it belongs to these targets.
-fn srv(owner: &Name, ttl: u32, targets: &[(Name, u16)], glue: Option<&Rrset>) -> Option<SrvSet> {
-    let weight = u16::try_from(100 / targets.len().max(1))
-        .unwrap_or(1)
-        .max(1);
-    let records = targets
-        .iter()
-        .map(|(target, port)| {
-            Record::from_rdata(
-                owner.clone(),
-                ttl,
-                RData::SRV(SRV::new(0, weight, *port, target.clone())),
-            )
-        })
-        .collect();
-    let wanted = |r: &Record| targets.iter().any(|(t, _)| *t == r.name);
-    let additionals = glue.and_then(|glue| {
-        if glue.iter().all(wanted) {
-            Some(Rrset::clone(glue))
-        } else {
-            rrset(glue.iter().filter(|r| wanted(r)).cloned().collect())
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(s) {
+            return Arc::clone(shared);
         }
-    });
-    rrset(records).map(|r| (r, additionals))
-}
-
-/// One set of the records of `sets` (the set itself when there is one).
-fn joined<'a>(sets: impl IntoIterator<Item = &'a Rrset>) -> Option<Rrset> {
-    let sets: Vec<&Rrset> = sets.into_iter().collect();
-    match sets[..] {
-        [] => None,
-        [one] => Some(Rrset::clone(one)),
-        _ => rrset(sets.iter().flat_map(|s| s.iter().cloned()).collect()),
+        let shared: Arc<str> = Arc::from(s);
+        self.0.insert(Arc::clone(&shared));
+        shared
     }
 }
 
-fn port_labels(name: &str, protocol: &str) -> PortLabels {
-    (
-        format!("_{}", name.to_ascii_lowercase()).into(),
-        format!("_{}", protocol.to_ascii_lowercase()).into(),
-    )
+/// A named port: `_<name>`, `_<protocol>` (lowercase, interned) and its number.
+type Port = (Arc<str>, Arc<str>, u16);
+
+/// The Service fields DNS reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ServiceInfo {
+    /// Cluster IPs, sorted; empty for headless and ExternalName Services.
+    cluster_ips: Box<[IpAddr]>,
+    headless: bool,
+    external_name: Option<Box<Name>>,
+    /// Named ports, in the Service's order.
+    ports: Box<[Port]>,
+    publish_not_ready: bool,
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Clone, Debug, PartialEq)]
+struct EndpointInfo {
+    addresses: Box<[IpAddr]>,
+    hostname: Option<Box<str>>,
+    ready: bool,
+}
+
+/// The EndpointSlice fields DNS reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct SliceInfo {
+    /// The Service it belongs to (`kubernetes.io/service-name`).
+    service: Box<str>,
+    ports: Box<[Port]>,
+    endpoints: Box<[EndpointInfo]>,
+}
+
+/// A published endpoint of a headless Service: its name below the Service (hostname or dashed
+/// address), its addresses (sorted) and the named ports of its slices.
+#[derive(Clone, Debug, PartialEq)]
+struct Host {
+    name: Box<str>,
+    ips: Box<[IpAddr]>,
+    ports: Box<[Port]>,
+}
+
+/// What the index keeps of one Service name: the Service (once seen), its slices, and for a
+/// headless Service the endpoints it publishes. Records are made from this when asked.
+#[derive(Debug, Default)]
+struct ServiceEntry {
+    /// `None` while only slices of it are known.
+    info: Option<ServiceInfo>,
+    /// Slices by name (a Service has one or a few).
+    slices: Vec<(Box<str>, SliceInfo)>,
+    /// Headless: published endpoints sorted by name; and all their addresses, sorted.
+    hosts: Box<[Host]>,
+    host_ips: Box<[IpAddr]>,
+}
+
+impl ServiceEntry {
+    /// The Service is known, and a headless one has a published endpoint.
+    fn exists(&self) -> bool {
+        self.info
+            .as_ref()
+            .is_some_and(|i| !i.headless || !self.hosts.is_empty())
+    }
+
+    /// The named ports of the Service's SRV records: the Service's own, or (headless) those
+    /// of its published endpoints, in `(_name, _proto)` order, each once.
+    fn srv_ports(&self) -> Vec<(&Arc<str>, &Arc<str>)> {
+        let Some(info) = &self.info else {
+            return Vec::new();
+        };
+        if !info.headless {
+            return info.ports.iter().map(|(n, p, _)| (n, p)).collect();
+        }
+        let mut ports: Vec<(&Arc<str>, &Arc<str>)> = self
+            .hosts
+            .iter()
+            .flat_map(|h| h.ports.iter().map(|(n, p, _)| (n, p)))
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
+    /// The published endpoints of a headless Service, from its slices.
+    fn publish(&mut self) {
+        let publish_not_ready = match &self.info {
+            Some(info) if info.headless => info.publish_not_ready,
+            _ => {
+                self.hosts = Box::default();
+                self.host_ips = Box::default();
+                return;
+            }
+        };
+        let mut hosts: BTreeMap<Box<str>, (BTreeSet<IpAddr>, Vec<Port>)> = BTreeMap::new();
+        for (_, slice) in &self.slices {
+            for ep in &slice.endpoints {
+                if !(ep.ready || publish_not_ready) {
+                    continue;
+                }
+                for ip in &ep.addresses {
+                    let host: Box<str> = ep.hostname.clone().unwrap_or_else(|| dashed(*ip).into());
+                    if label(&host).is_err() {
+                        continue;
+                    }
+                    let entry = hosts.entry(host).or_default();
+                    entry.0.insert(*ip);
+                    for port in &slice.ports {
+                        if !entry.1.contains(port) {
+                            entry.1.push(port.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let all: BTreeSet<IpAddr> = hosts
+            .values()
+            .flat_map(|(ips, _)| ips.iter().copied())
+            .collect();
+        self.host_ips = all.into_iter().collect();
+        self.hosts = hosts
+            .into_iter()
+            .map(|(name, (ips, ports))| Host {
+                name,
+                ips: ips.into_iter().collect(),
+                ports: ports.into(),
+            })
+            .collect();
+    }
+
+    /// The PTR targets this Service gives addresses, relative to `svc.<zone>`
+    /// (`<svc>.<ns>` or `<host>.<svc>.<ns>`).
+    fn ptrs(&self, ns: &str, svc: &str) -> Vec<(IpAddr, Box<str>)> {
+        let Some(info) = &self.info else {
+            return Vec::new();
+        };
+        if info.external_name.is_some() {
+            return Vec::new();
+        }
+        if !info.headless {
+            let target: Box<str> = format!("{svc}.{ns}").into();
+            return info
+                .cluster_ips
+                .iter()
+                .map(|ip| (*ip, target.clone()))
+                .collect();
+        }
+        self.hosts
+            .iter()
+            .flat_map(|h| {
+                let target: Box<str> = format!("{}.{svc}.{ns}", h.name).into();
+                h.ips.iter().map(move |ip| (*ip, target.clone()))
+            })
+            .collect()
+    }
+}
+
+/// The Services of one namespace.
+#[derive(Debug, Default)]
+struct Namespace {
+    services: HashMap<Box<str>, ServiceEntry>,
+    /// How many of them are Services (not only slices waiting for theirs).
+    known: usize,
+}
+
+/// The cluster DNS index. See the module docs.
+#[derive(Debug)]
+pub struct Index {
+    config: Config,
+    soa: Rrset,
+    ns: Rrset,
+    ns_glue: Option<Rrset>,
+    version: Rrset,
+    strings: Interner,
+    /// Namespace → its Services.
+    namespaces: HashMap<Arc<str>, Namespace>,
+    /// Slice (namespace, name) → the Service it was last filed under (a slice's label can
+    /// change).
+    slice_owner: HashMap<(Arc<str>, Box<str>), Box<str>>,
+    /// Address → the names pointing at it, relative to `svc.<zone>`, sorted.
+    ptr: HashMap<IpAddr, Vec<Box<str>>>,
+    /// Pod (namespace, name) → its addresses; address → the namespaces of the pods that have
+    /// it; namespace → its pods with addresses.
+    pods: HashMap<(Arc<str>, Box<str>), Box<[IpAddr]>>,
+    pod_ips: HashMap<IpAddr, Vec<Arc<str>>>,
+    pod_namespaces: HashMap<Arc<str>, usize>,
+}
+
+fn port_label(strings: &mut Interner, s: &str) -> Arc<str> {
+    strings.get(&format!("_{}", s.to_ascii_lowercase()))
+}
+
+fn named_ports<'a>(
+    strings: &mut Interner,
+    ports: impl Iterator<Item = (Option<&'a String>, Option<i32>, Option<&'a String>)>,
+) -> Box<[Port]> {
+    ports
+        .filter_map(|(name, number, protocol)| {
+            let name = name.filter(|n| !n.is_empty())?;
+            let number = u16::try_from(number?).ok()?;
+            let protocol = protocol.map_or("TCP", String::as_str);
+            Some((
+                port_label(strings, name),
+                port_label(strings, protocol),
+                number,
+            ))
+        })
+        .collect()
 }
 
 impl ServiceInfo {
-    fn from_service(svc: &Service) -> Result<ServiceInfo, String> {
+    fn from_service(svc: &Service, strings: &mut Interner) -> Result<ServiceInfo, String> {
         let spec = svc.spec.clone().unwrap_or_default();
         let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
         let mut info = ServiceInfo {
@@ -337,7 +413,7 @@ impl ServiceInfo {
             }
             let mut name = label(external)?;
             name.set_fqdn(true);
-            info.external_name = Some(name);
+            info.external_name = Some(Box::new(name));
             return Ok(info);
         }
         let ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
@@ -348,45 +424,40 @@ impl ServiceInfo {
         if ips.first() == Some(&"None") {
             info.headless = true;
         } else {
-            info.cluster_ips = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+            let ips: BTreeSet<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+            info.cluster_ips = ips.into_iter().collect();
         }
-        for port in spec.ports.iter().flatten() {
-            if let (Some(name), Ok(number)) = (&port.name, u16::try_from(port.port))
-                && !name.is_empty()
-            {
-                let protocol = port.protocol.as_deref().unwrap_or("TCP");
-                let (n, p) = port_labels(name, protocol);
-                info.ports.push((n, p, number));
-            }
-        }
+        info.ports = named_ports(
+            strings,
+            spec.ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.as_ref(), Some(p.port), p.protocol.as_ref())),
+        );
         Ok(info)
     }
 }
 
 impl SliceInfo {
-    fn from_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
+    fn from_slice(slice: &EndpointSlice, strings: &mut Interner) -> Option<SliceInfo> {
         let service = slice
             .metadata
             .labels
             .as_ref()?
             .get("kubernetes.io/service-name")?;
-        let mut info = SliceInfo {
-            service: service.to_ascii_lowercase().into(),
-            ..SliceInfo::default()
-        };
-        for port in slice.ports.iter().flatten() {
-            if let (Some(name), Some(number)) = (&port.name, port.port)
-                && !name.is_empty()
-                && let Ok(number) = u16::try_from(number)
-            {
-                let protocol = port.protocol.as_deref().unwrap_or("TCP");
-                let (n, p) = port_labels(name, protocol);
-                info.ports.push((n, p, number));
-            }
-        }
-        for ep in slice.endpoints.iter().flatten() {
-            let conditions = ep.conditions.clone().unwrap_or_default();
-            info.endpoints.push(EndpointInfo {
+        let ports = named_ports(
+            strings,
+            slice
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.as_ref(), p.port, p.protocol.as_ref())),
+        );
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .map(|ep| EndpointInfo {
                 addresses: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
                 hostname: ep
                     .hostname
@@ -394,19 +465,56 @@ impl SliceInfo {
                     .filter(|h| !h.is_empty())
                     .map(|h| h.to_ascii_lowercase().into()),
                 // Kubernetes: a nil ready condition means ready.
-                ready: conditions.ready.unwrap_or(true),
-            });
-        }
-        Some(info)
+                ready: ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            })
+            .collect();
+        Some(SliceInfo {
+            service: service.to_ascii_lowercase().into(),
+            ports,
+            endpoints,
+        })
     }
 }
 
-fn key(namespace: Option<&String>, name: Option<&String>) -> Option<Key> {
-    let ns = namespace.map(String::as_str).unwrap_or("default");
-    Some((
-        ns.to_ascii_lowercase().into(),
-        name?.to_ascii_lowercase().into(),
-    ))
+/// Lowercased namespace (interned; `default` when absent) and name of an object.
+fn key(
+    strings: &mut Interner,
+    namespace: Option<&String>,
+    name: Option<&String>,
+) -> Option<(Arc<str>, Box<str>)> {
+    let ns = namespace
+        .map_or("default", String::as_str)
+        .to_ascii_lowercase();
+    Some((strings.get(&ns), name?.to_ascii_lowercase().into()))
+}
+
+/// Address records of `owner` for the addresses of the type asked.
+fn address_records(owner: &Name, ttl: u32, ips: &[IpAddr], rtype: RecordType) -> Option<Rrset> {
+    let wanted = |ip: &&IpAddr| match rtype {
+        RecordType::A => ip.is_ipv4(),
+        RecordType::AAAA => ip.is_ipv6(),
+        _ => false,
+    };
+    rrset(
+        ips.iter()
+            .filter(wanted)
+            .map(|ip| address_record(owner, ttl, *ip))
+            .collect(),
+    )
+}
+
+/// A and then AAAA records of `owner`, for the additional section.
+fn glue(owner: &Name, ttl: u32, ips: &[IpAddr], out: &mut Vec<Record>) {
+    out.extend(
+        ips.iter()
+            .filter(|ip| ip.is_ipv4())
+            .map(|ip| address_record(owner, ttl, *ip)),
+    );
+    out.extend(
+        ips.iter()
+            .filter(|ip| ip.is_ipv6())
+            .map(|ip| address_record(owner, ttl, *ip)),
+    );
 }
 
 impl Index {
@@ -454,12 +562,13 @@ impl Index {
             ns_glue,
             version: Rrset::from(vec![txt]),
             config,
-            services: HashMap::new(),
+            strings: Interner::default(),
             namespaces: HashMap::new(),
             slice_owner: HashMap::new(),
             ptr: HashMap::new(),
             pods: HashMap::new(),
             pod_ips: HashMap::new(),
+            pod_namespaces: HashMap::new(),
         }
     }
 
@@ -475,102 +584,191 @@ impl Index {
 
     /// Number of Services indexed.
     pub fn service_count(&self) -> usize {
-        self.services.values().filter(|s| s.info.is_some()).count()
+        self.namespaces.values().map(|n| n.known).sum()
+    }
+
+    /// The (namespace, name) of every Service indexed.
+    pub fn service_keys(&self) -> Vec<(String, String)> {
+        self.namespaces
+            .iter()
+            .flat_map(|(ns, n)| {
+                n.services
+                    .iter()
+                    .filter(|(_, e)| e.info.is_some())
+                    .map(move |(name, _)| (ns.to_string(), name.to_string()))
+            })
+            .collect()
+    }
+
+    /// The (namespace, name) of every EndpointSlice indexed.
+    pub fn slice_keys(&self) -> Vec<(String, String)> {
+        self.slice_owner
+            .keys()
+            .map(|(ns, name)| (ns.to_string(), name.to_string()))
+            .collect()
+    }
+
+    /// The (namespace, name) of every Pod with addresses indexed.
+    pub fn pod_keys(&self) -> Vec<(String, String)> {
+        self.pods
+            .keys()
+            .map(|(ns, name)| (ns.to_string(), name.to_string()))
+            .collect()
+    }
+
+    /// Changes one Service's entry with `f`, then brings its published endpoints, the
+    /// namespace's count and the PTR index up to date.
+    fn change(&mut self, ns: &Arc<str>, svc: &str, f: impl FnOnce(&mut ServiceEntry)) {
+        let namespace = self.namespaces.entry(Arc::clone(ns)).or_default();
+        let entry = namespace.services.entry(svc.into()).or_default();
+        let had = entry.info.is_some();
+        let old = entry.ptrs(ns, svc);
+        f(entry);
+        entry.publish();
+        let new = entry.ptrs(ns, svc);
+        match (had, entry.info.is_some()) {
+            (false, true) => namespace.known += 1,
+            (true, false) => namespace.known -= 1,
+            _ => {}
+        }
+        if entry.info.is_none() && entry.slices.is_empty() {
+            namespace.services.remove(svc);
+            if namespace.services.is_empty() {
+                self.namespaces.remove(ns);
+            }
+        }
+        for (ip, target) in old.iter().filter(|p| !new.contains(p)) {
+            self.unpoint(*ip, target);
+        }
+        for (ip, target) in new.into_iter().filter(|p| !old.contains(p)) {
+            self.point(ip, target);
+        }
+    }
+
+    /// Adds `target` to the PTR names of `ip`.
+    fn point(&mut self, ip: IpAddr, target: Box<str>) {
+        let targets = self.ptr.entry(ip).or_default();
+        if let Err(at) = targets.binary_search(&target) {
+            targets.insert(at, target);
+        }
+    }
+
+    /// Removes `target` from the PTR names of `ip`.
+    fn unpoint(&mut self, ip: IpAddr, target: &str) {
+        if let Some(targets) = self.ptr.get_mut(&ip) {
+            targets.retain(|t| &**t != target);
+            if targets.is_empty() {
+                self.ptr.remove(&ip);
+            }
+        }
     }
 
     /// Adds or updates a Service. An invalid one (an ExternalName that is not a name) is
     /// dropped from the index with the reason.
     pub fn apply_service(&mut self, svc: &Service) -> Result<(), String> {
-        let Some(k) = key(svc.metadata.namespace.as_ref(), svc.metadata.name.as_ref()) else {
+        let Some((ns, name)) = key(
+            &mut self.strings,
+            svc.metadata.namespace.as_ref(),
+            svc.metadata.name.as_ref(),
+        ) else {
             return Err("metadata.name: Required value".into());
         };
-        let info = match ServiceInfo::from_service(svc) {
+        let info = match ServiceInfo::from_service(svc, &mut self.strings) {
             Ok(info) => info,
             Err(e) => {
-                self.delete_service(&k.0, &k.1);
+                self.delete_service(&ns, &name);
                 return Err(e);
             }
         };
-        let entry = self.services.entry(k.clone()).or_default();
-        if entry.info.as_ref() == Some(&info) {
+        let current = self
+            .namespaces
+            .get(&ns)
+            .and_then(|n| n.services.get(&name))
+            .and_then(|e| e.info.as_ref());
+        if current == Some(&info) {
             return Ok(());
         }
-        if entry.info.is_none() {
-            *self.namespaces.entry(k.0.clone()).or_default() += 1;
-        }
-        entry.info = Some(info);
-        self.rebuild(&k);
+        self.change(&ns, &name, |entry| entry.info = Some(info));
         Ok(())
     }
 
     /// Removes a Service (its slices stay until they are deleted).
     pub fn delete_service(&mut self, namespace: &str, name: &str) {
-        let k: Key = (
-            namespace.to_ascii_lowercase().into(),
-            name.to_ascii_lowercase().into(),
-        );
-        let Some(entry) = self.services.get_mut(&k) else {
-            return;
-        };
-        if entry.info.take().is_some()
-            && let Some(count) = self.namespaces.get_mut(&k.0)
+        let ns = self.strings.get(&namespace.to_ascii_lowercase());
+        let name = name.to_ascii_lowercase();
+        if self
+            .namespaces
+            .get(&ns)
+            .is_some_and(|n| n.services.contains_key(name.as_str()))
         {
-            *count -= 1;
-            if *count == 0 {
-                self.namespaces.remove(&k.0);
-            }
+            self.change(&ns, &name, |entry| entry.info = None);
         }
-        self.rebuild(&k);
     }
 
     /// Adds or updates an EndpointSlice (one without the `kubernetes.io/service-name` label is
     /// ignored).
     pub fn apply_slice(&mut self, slice: &EndpointSlice) {
-        let Some(k) = key(
+        let Some((ns, name)) = key(
+            &mut self.strings,
             slice.metadata.namespace.as_ref(),
             slice.metadata.name.as_ref(),
         ) else {
             return;
         };
-        let Some(info) = SliceInfo::from_slice(slice) else {
-            self.delete_slice(&k.0, &k.1);
+        let Some(info) = SliceInfo::from_slice(slice, &mut self.strings) else {
+            self.delete_slice(&ns, &name);
             return;
         };
-        if let Some(owner) = self.slice_owner.get(&k)
+        let slice_key = (Arc::clone(&ns), name.clone());
+        if let Some(owner) = self.slice_owner.get(&slice_key)
             && *owner != info.service
         {
-            self.delete_slice(&k.0, &k.1);
+            self.delete_slice(&ns, &name);
         }
-        let svc: Key = (k.0.clone(), info.service.clone());
-        self.slice_owner.insert(k.clone(), info.service.clone());
-        let entry = self.services.entry(svc.clone()).or_default();
-        if entry.slices.get(&k.1) == Some(&info) {
+        let service = info.service.clone();
+        let unchanged = self
+            .namespaces
+            .get(&ns)
+            .and_then(|n| n.services.get(&service))
+            .is_some_and(|e| e.slices.iter().any(|(n, s)| *n == name && *s == info));
+        self.slice_owner.insert(slice_key, service.clone());
+        if unchanged {
             return;
         }
-        entry.slices.insert(k.1, info);
-        self.rebuild(&svc);
+        self.change(&ns, &service, |entry| {
+            match entry.slices.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, s)) => *s = info,
+                None => entry.slices.push((name, info)),
+            }
+        });
     }
 
     /// Removes an EndpointSlice.
     pub fn delete_slice(&mut self, namespace: &str, name: &str) {
-        let k: Key = (
-            namespace.to_ascii_lowercase().into(),
-            name.to_ascii_lowercase().into(),
-        );
-        let Some(owner) = self.slice_owner.remove(&k) else {
+        let ns = self.strings.get(&namespace.to_ascii_lowercase());
+        let name: Box<str> = name.to_ascii_lowercase().into();
+        let Some(owner) = self.slice_owner.remove(&(Arc::clone(&ns), name.clone())) else {
             return;
         };
-        let svc: Key = (k.0.clone(), owner);
-        if let Some(entry) = self.services.get_mut(&svc) {
-            entry.slices.remove(&k.1);
-            self.rebuild(&svc);
+        if self
+            .namespaces
+            .get(&ns)
+            .is_some_and(|n| n.services.contains_key(&owner))
+        {
+            self.change(&ns, &owner, |entry| {
+                entry.slices.retain(|(n, _)| *n != name)
+            });
         }
     }
 
     /// Adds or updates a Pod (its addresses, for pod records and for finding a client's
     /// namespace).
     pub fn apply_pod(&mut self, pod: &Pod) {
-        let Some(k) = key(pod.metadata.namespace.as_ref(), pod.metadata.name.as_ref()) else {
+        let Some(k) = key(
+            &mut self.strings,
+            pod.metadata.namespace.as_ref(),
+            pod.metadata.name.as_ref(),
+        ) else {
             return;
         };
         let status = pod.status.as_ref();
@@ -598,28 +796,35 @@ impl Index {
         if host_network || finished {
             ips.clear();
         }
-        if self.pods.get(&k) == Some(&ips) {
+        if self
+            .pods
+            .get(&k)
+            .map_or(ips.is_empty(), |old| **old == *ips)
+        {
             return;
         }
         self.remove_pod(&k);
+        if ips.is_empty() {
+            return;
+        }
         for ip in &ips {
-            self.pod_ips.entry(*ip).or_default().push(k.0.clone());
+            self.pod_ips.entry(*ip).or_default().push(Arc::clone(&k.0));
         }
-        if !ips.is_empty() {
-            self.pods.insert(k, ips);
-        }
+        *self.pod_namespaces.entry(Arc::clone(&k.0)).or_default() += 1;
+        self.pods.insert(k, ips.into());
     }
 
     /// Removes a Pod.
     pub fn delete_pod(&mut self, namespace: &str, name: &str) {
-        self.remove_pod(&(
-            namespace.to_ascii_lowercase().into(),
-            name.to_ascii_lowercase().into(),
-        ));
+        let ns = self.strings.get(&namespace.to_ascii_lowercase());
+        self.remove_pod(&(ns, name.to_ascii_lowercase().into()));
     }
 
-    fn remove_pod(&mut self, k: &Key) {
-        for ip in self.pods.remove(k).unwrap_or_default() {
+    fn remove_pod(&mut self, k: &(Arc<str>, Box<str>)) {
+        let Some(ips) = self.pods.remove(k) else {
+            return;
+        };
+        for ip in ips {
             if let Some(namespaces) = self.pod_ips.get_mut(&ip) {
                 if let Some(i) = namespaces.iter().position(|n| *n == k.0) {
                     namespaces.swap_remove(i);
@@ -629,75 +834,17 @@ impl Index {
                 }
             }
         }
+        if let Some(count) = self.pod_namespaces.get_mut(&k.0) {
+            *count -= 1;
+            if *count == 0 {
+                self.pod_namespaces.remove(&k.0);
+            }
+        }
     }
 
     /// The namespace of the pod that has this address (a client's, for search-path expansion).
     pub fn pod_namespace(&self, ip: IpAddr) -> Option<&str> {
         self.pod_ips.get(&ip)?.first().map(|n| &**n)
-    }
-
-    /// Rebuilds one Service's records and its PTR contributions.
-    fn rebuild(&mut self, k: &Key) {
-        let Some(entry) = self.services.get_mut(k) else {
-            return;
-        };
-        let old = std::mem::take(&mut entry.built.ptrs);
-        let built = match &entry.info {
-            Some(info) => build(&self.config, k, info, &entry.slices),
-            None => Built::default(),
-        };
-        let new = built.ptrs.clone();
-        entry.built = built;
-        if entry.info.is_none() && entry.slices.is_empty() {
-            self.services.remove(k);
-        }
-        let was: HashSet<&(IpAddr, Name)> = old.iter().collect();
-        let now: HashSet<&(IpAddr, Name)> = new.iter().collect();
-        for (ip, name) in old.iter().filter(|p| !now.contains(p)) {
-            self.unpoint(*ip, name);
-        }
-        for (ip, name) in new.iter().filter(|p| !was.contains(p)) {
-            self.point(*ip, name.clone());
-        }
-    }
-
-    /// The PTR target of a record.
-    fn target(record: &Record) -> Option<&Name> {
-        match &record.data {
-            RData::PTR(PTR(name)) => Some(name),
-            _ => None,
-        }
-    }
-
-    /// Adds `name` to the PTR records of `ip`.
-    fn point(&mut self, ip: IpAddr, name: Name) {
-        let mut records: Vec<Record> = self.ptr.get(&ip).map(|s| s.to_vec()).unwrap_or_default();
-        if records.iter().any(|r| Self::target(r) == Some(&name)) {
-            return;
-        }
-        records.push(Record::from_rdata(
-            reverse_name(ip),
-            self.config.ttl,
-            RData::PTR(PTR(name)),
-        ));
-        records.sort_by(|a, b| Self::target(a).cmp(&Self::target(b)));
-        self.ptr.insert(ip, Rrset::from(records));
-    }
-
-    /// Removes `name` from the PTR records of `ip`.
-    fn unpoint(&mut self, ip: IpAddr, name: &Name) {
-        let Some(set) = self.ptr.get(&ip) else {
-            return;
-        };
-        let kept: Vec<Record> = set
-            .iter()
-            .filter(|r| Self::target(r) != Some(name))
-            .cloned()
-            .collect();
-        match rrset(kept) {
-            Some(set) => self.ptr.insert(ip, set),
-            None => self.ptr.remove(&ip),
-        };
     }
 
     /// Answers a query. `name` is lowercased (as hickory's [`LowerName`]).
@@ -706,7 +853,7 @@ impl Index {
         let zone = &self.config.zone;
         let labels: Vec<&[u8]> = name.iter().collect();
         if !zone.zone_of(name) {
-            return self.lookup_reverse(&labels, rtype);
+            return self.lookup_reverse(name, &labels, rtype);
         }
         let relative = &labels[..labels.len() - zone.num_labels() as usize];
         // From the zone down: `svc`, the namespace, the Service, ... (no name of ours is
@@ -718,14 +865,15 @@ impl Index {
         for (part, label) in parts.iter_mut().zip(relative.iter().rev()) {
             *part = std::str::from_utf8(label).unwrap_or("\u{0}");
         }
+        let ttl = self.config.ttl;
         match &parts[..relative.len()] {
             [] => match rtype {
-                RecordType::SOA => self.found(&self.soa, None),
-                RecordType::NS => self.found(&self.ns, self.ns_glue.clone()),
+                RecordType::SOA => found(&self.soa, None),
+                RecordType::NS => found(&self.ns, self.ns_glue.clone()),
                 _ => Answer::NoData,
             },
             ["dns-version"] => match rtype {
-                RecordType::TXT => self.found(&self.version, None),
+                RecordType::TXT => found(&self.version, None),
                 _ => Answer::NoData,
             },
             ["dns"] => Answer::NoData,
@@ -733,54 +881,56 @@ impl Index {
                 (Some(glue), RecordType::A | RecordType::AAAA)
                     if glue[0].record_type() == rtype =>
                 {
-                    self.found(glue, None)
+                    found(glue, None)
                 }
                 (Some(_), _) => Answer::NoData,
                 (None, _) => Answer::NxDomain,
             },
             ["svc"] => Answer::NoData,
-            ["svc", ns] => match self.namespaces.contains_key(*ns) {
+            ["svc", ns] => match self.namespaces.get(*ns).is_some_and(|n| n.known > 0) {
                 true => Answer::NoData,
                 false => Answer::NxDomain,
             },
             ["svc", ns, svc, rest @ ..] => {
-                let Some(built) = self
-                    .services
-                    .get(&(Box::from(*ns), Box::from(*svc)))
-                    .map(|e| &e.built)
-                    .filter(|b| b.exists)
+                let Some(entry) = self
+                    .namespaces
+                    .get(*ns)
+                    .and_then(|n| n.services.get(*svc))
+                    .filter(|e| e.exists())
                 else {
                     return Answer::NxDomain;
                 };
                 match rest {
-                    [] => self.service_name(built, rtype),
-                    [host] if !host.starts_with('_') => match built.hosts.get(*host) {
-                        Some((a, aaaa)) => self.typed(rtype, a, aaaa),
-                        None => Answer::NxDomain,
-                    },
-                    [proto] => match built.ports.iter().any(|((_, p), _)| &**p == *proto) {
+                    [] => self.service_name(name, entry, rtype),
+                    [host] if !host.starts_with('_') => {
+                        match entry.hosts.binary_search_by(|h| (*h.name).cmp(host)) {
+                            Ok(i) => typed(address_records(name, ttl, &entry.hosts[i].ips, rtype)),
+                            Err(_) => Answer::NxDomain,
+                        }
+                    }
+                    [proto] => match entry.srv_ports().iter().any(|(_, p)| &***p == *proto) {
                         true => Answer::NoData,
                         false => Answer::NxDomain,
                     },
                     [proto, port] => {
-                        match built
-                            .ports
+                        let known = entry
+                            .srv_ports()
                             .iter()
-                            .find(|((n, p), _)| &**n == *port && &**p == *proto)
-                            .map(|(_, set)| set)
-                        {
-                            Some((srv, glue)) if rtype == RecordType::SRV => {
-                                self.found(srv, glue.clone())
+                            .any(|(n, p)| &***n == *port && &***p == *proto);
+                        match (known, rtype) {
+                            (false, _) => Answer::NxDomain,
+                            (true, RecordType::SRV) => {
+                                let service = name.base_name().base_name();
+                                self.srv(name, &service, entry, Some((port, proto)))
                             }
-                            Some(_) => Answer::NoData,
-                            None => Answer::NxDomain,
+                            (true, _) => Answer::NoData,
                         }
                     }
                     _ => Answer::NxDomain,
                 }
             }
             ["pod"] => Answer::NoData,
-            ["pod", ns] => match self.pod_ips.values().any(|n| n.iter().any(|n| &**n == *ns)) {
+            ["pod", ns] => match self.pod_namespaces.contains_key(*ns) {
                 true => Answer::NoData,
                 false => Answer::NxDomain,
             },
@@ -792,50 +942,123 @@ impl Index {
                 }) else {
                     return Answer::NxDomain;
                 };
-                let owner: Name = name.clone();
-                match (ip, rtype) {
-                    (IpAddr::V4(_), RecordType::A) | (IpAddr::V6(_), RecordType::AAAA) => self
-                        .found(
-                            &Rrset::from(vec![address_record(&owner, self.config.ttl, ip)]),
-                            None,
-                        ),
-                    _ => Answer::NoData,
-                }
+                typed(address_records(name, ttl, &[ip], rtype))
             }
             _ => Answer::NxDomain,
         }
     }
 
-    fn found(&self, answers: &Rrset, additionals: Option<Rrset>) -> Answer {
-        Answer::Records {
-            answers: answers.clone(),
-            additionals,
-        }
-    }
-
-    /// A or AAAA of a name that has addresses.
-    fn typed(&self, rtype: RecordType, a: &Option<Rrset>, aaaa: &Option<Rrset>) -> Answer {
-        match (rtype, a, aaaa) {
-            (RecordType::A, Some(a), _) => self.found(a, None),
-            (RecordType::AAAA, _, Some(aaaa)) => self.found(aaaa, None),
-            _ => Answer::NoData,
-        }
-    }
-
-    fn service_name(&self, built: &Built, rtype: RecordType) -> Answer {
-        if let Some(cname) = &built.cname {
-            return self.found(cname, None);
+    /// A Service's own name (`name`): its CNAME, addresses, or SRV for every named port.
+    fn service_name(&self, name: &Name, entry: &ServiceEntry, rtype: RecordType) -> Answer {
+        let Some(info) = &entry.info else {
+            return Answer::NxDomain;
+        };
+        if let Some(external) = &info.external_name {
+            let cname = Record::from_rdata(
+                name.clone(),
+                self.config.ttl,
+                RData::CNAME(CNAME((**external).clone())),
+            );
+            return found(&Rrset::from(vec![cname]), None);
         }
         match rtype {
-            RecordType::SRV => match &built.srv {
-                Some((srv, glue)) => self.found(srv, glue.clone()),
-                None => Answer::NoData,
-            },
-            _ => self.typed(rtype, &built.a, &built.aaaa),
+            RecordType::SRV => self.srv(name, name, entry, None),
+            _ => {
+                let ips = if info.headless {
+                    &entry.host_ips
+                } else {
+                    &info.cluster_ips
+                };
+                typed(address_records(name, self.config.ttl, ips, rtype))
+            }
         }
     }
 
-    fn lookup_reverse(&self, labels: &[&[u8]], rtype: RecordType) -> Answer {
+    /// SRV records at `owner` for the Service named `service`: of one named port (`_port`,
+    /// `_proto`) or of all; the targets' addresses go in the additional section.
+    fn srv(
+        &self,
+        owner: &Name,
+        service: &Name,
+        entry: &ServiceEntry,
+        only: Option<(&str, &str)>,
+    ) -> Answer {
+        let Some(info) = &entry.info else {
+            return Answer::NoData;
+        };
+        let ttl = self.config.ttl;
+        let wanted =
+            |(n, p, _): &Port| only.is_none_or(|(port, proto)| &**n == port && &**p == proto);
+        // (target, port) pairs, and the additional records.
+        let mut targets: Vec<(Name, u16)> = Vec::new();
+        let mut additionals = Vec::new();
+        if info.headless {
+            let host_names: Vec<Option<Name>> = entry
+                .hosts
+                .iter()
+                .map(|h| {
+                    label(&h.name)
+                        .ok()
+                        .and_then(|l| l.append_name(service).ok())
+                })
+                .collect();
+            let mut used = vec![false; entry.hosts.len()];
+            for (port, proto) in entry.srv_ports() {
+                for (i, host) in entry.hosts.iter().enumerate() {
+                    let Some(number) = host
+                        .ports
+                        .iter()
+                        .find(|(n, p, _)| n == port && p == proto)
+                        .filter(|p| wanted(p))
+                        .map(|(_, _, number)| *number)
+                    else {
+                        continue;
+                    };
+                    if let Some(target) = &host_names[i] {
+                        targets.push((target.clone(), number));
+                        used[i] = true;
+                    }
+                }
+            }
+            for (i, host) in entry.hosts.iter().enumerate() {
+                if let (true, Some(target)) = (used[i], &host_names[i]) {
+                    glue(target, ttl, &host.ips, &mut additionals);
+                }
+            }
+        } else {
+            targets.extend(
+                info.ports
+                    .iter()
+                    .filter(|p| wanted(p))
+                    .map(|(_, _, number)| (service.clone(), *number)),
+            );
+            if !targets.is_empty() {
+                glue(service, ttl, &info.cluster_ips, &mut additionals);
+            }
+        }
+        let weight = u16::try_from(100 / targets.len().max(1))
+            .unwrap_or(1)
+            .max(1);
+        let records = targets
+            .into_iter()
+            .map(|(target, port)| {
+                Record::from_rdata(
+                    owner.clone(),
+                    ttl,
+                    RData::SRV(SRV::new(0, weight, port, target)),
+                )
+            })
+            .collect();
+        match rrset(records) {
+            Some(answers) => Answer::Records {
+                answers,
+                additionals: rrset(additionals),
+            },
+            None => Answer::NoData,
+        }
+    }
+
+    fn lookup_reverse(&self, name: &Name, labels: &[&[u8]], rtype: RecordType) -> Answer {
         let n = labels.len();
         let is =
             |i: usize, want: &[u8]| labels.get(i).is_some_and(|l| l.eq_ignore_ascii_case(want));
@@ -847,119 +1070,44 @@ impl Index {
             None
         };
         match ip.and_then(|ip| self.ptr.get(&ip)) {
-            Some(set) if rtype == RecordType::PTR => self.found(set, None),
+            Some(targets) if rtype == RecordType::PTR => {
+                let mut names: Vec<Name> = targets
+                    .iter()
+                    .filter_map(|t| label(&format!("{t}.svc")).ok())
+                    .filter_map(|t| t.append_domain(&self.config.zone).ok())
+                    .collect();
+                names.sort();
+                let records = names
+                    .into_iter()
+                    .map(|t| Record::from_rdata(name.clone(), self.config.ttl, RData::PTR(PTR(t))))
+                    .collect();
+                match rrset(records) {
+                    Some(set) => found(&set, None),
+                    None => Answer::NoData,
+                }
+            }
             Some(_) => Answer::NoData,
             None => Answer::NotInZone,
         }
     }
 }
 
-/// Builds a Service's records from its spec and slices.
-fn build(
-    config: &Config,
-    (ns, svc): &Key,
-    info: &ServiceInfo,
-    slices: &HashMap<Box<str>, SliceInfo>,
-) -> Built {
-    let ttl = config.ttl;
-    let Ok(name) = label(&format!("{svc}.{ns}.svc")).and_then(|n| {
-        n.append_domain(&config.zone)
-            .map_err(|e| format!("{svc}.{ns}: {e}"))
-    }) else {
-        return Built::default();
-    };
-    let mut built = Built {
-        exists: true,
-        ..Built::default()
-    };
-    if let Some(external) = &info.external_name {
-        built.cname = Some(Rrset::from(vec![Record::from_rdata(
-            name,
-            ttl,
-            RData::CNAME(CNAME(external.clone())),
-        )]));
-        return built;
+fn found(answers: &Rrset, additionals: Option<Rrset>) -> Answer {
+    Answer::Records {
+        answers: answers.clone(),
+        additionals,
     }
-    let child = |l: &str| label(l).and_then(|l| l.append_name(&name).map_err(|e| e.to_string()));
-    if !info.headless {
-        let ips: BTreeSet<IpAddr> = info.cluster_ips.iter().copied().collect();
-        (built.a, built.aaaa) = addresses(&name, ttl, &ips);
-        built.ptrs = ips.iter().map(|ip| (*ip, name.clone())).collect();
-        let glue = joined(built.a.iter().chain(built.aaaa.iter()));
-        let mut all = Vec::new();
-        for (port, proto, number) in &info.ports {
-            let Ok(owner) = child(&format!("{port}.{proto}")) else {
-                continue;
-            };
-            if let Some(set) = srv(&owner, ttl, &[(name.clone(), *number)], glue.as_ref()) {
-                built.ports.push(((port.clone(), proto.clone()), set));
-            }
-            all.push((name.clone(), *number));
-        }
-        built.srv = srv(&name, ttl, &all, glue.as_ref());
-        return built;
+}
+
+/// The records of a type a name has, or NODATA.
+fn typed(records: Option<Rrset>) -> Answer {
+    match records {
+        Some(set) => Answer::Records {
+            answers: set,
+            additionals: None,
+        },
+        None => Answer::NoData,
     }
-    // Headless: the endpoints, by hostname (or dashed address), in a stable order.
-    let mut hosts: BTreeMap<Box<str>, (BTreeSet<IpAddr>, Vec<&Port>)> = BTreeMap::new();
-    for slice in slices.values() {
-        for ep in &slice.endpoints {
-            if !(ep.ready || info.publish_not_ready) {
-                continue;
-            }
-            for ip in &ep.addresses {
-                let host: Box<str> = ep.hostname.clone().unwrap_or_else(|| dashed(*ip).into());
-                let entry = hosts.entry(host).or_default();
-                entry.0.insert(*ip);
-                for port in &slice.ports {
-                    if !entry.1.contains(&port) {
-                        entry.1.push(port);
-                    }
-                }
-            }
-        }
-    }
-    if hosts.is_empty() {
-        // No ready endpoint: the name does not exist.
-        built.exists = false;
-        return built;
-    }
-    let all: BTreeSet<IpAddr> = hosts
-        .values()
-        .flat_map(|(ips, _)| ips.iter().copied())
-        .collect();
-    (built.a, built.aaaa) = addresses(&name, ttl, &all);
-    let mut glue: Vec<Record> = Vec::new();
-    let mut targets: BTreeMap<PortLabels, Vec<(Name, u16)>> = BTreeMap::new();
-    for (host, (ips, ports)) in &hosts {
-        let Ok(host_name) = child(host) else {
-            continue;
-        };
-        let (a, aaaa) = addresses(&host_name, ttl, ips);
-        glue.extend(a.iter().chain(aaaa.iter()).flat_map(|s| s.iter().cloned()));
-        built
-            .ptrs
-            .extend(ips.iter().map(|ip| (*ip, host_name.clone())));
-        built.hosts.insert(host.clone(), (a, aaaa));
-        for (port, proto, number) in ports {
-            targets
-                .entry((port.clone(), proto.clone()))
-                .or_default()
-                .push((host_name.clone(), *number));
-        }
-    }
-    let glue = rrset(glue);
-    let mut all_targets = Vec::new();
-    for ((port, proto), list) in targets {
-        let Ok(owner) = child(&format!("{port}.{proto}")) else {
-            continue;
-        };
-        if let Some(set) = srv(&owner, ttl, &list, glue.as_ref()) {
-            built.ports.push(((port, proto), set));
-        }
-        all_targets.extend(list);
-    }
-    built.srv = srv(&name, ttl, &all_targets, glue.as_ref());
-    built
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Keeps the [`Index`](crate::index::Index) current from kube-rs watches of Services,
 //! EndpointSlices and Pods, cluster-wide. Each event takes the index's write lock for one
-//! object; a re-list (after a watch expired) removes the objects it no longer lists. Errors are
+//! object; a re-list (after a watch expired) removes the objects it no longer lists. No copy of
+//! the objects is kept: the index holds only what DNS answers from. Errors are
 //! logged and retried with kube-rs's default back-off; answers keep coming from the last state.
 
 use std::{collections::HashSet, fmt::Debug, sync::Arc};
@@ -21,6 +22,8 @@ trait Indexed: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'stat
     const KIND: &'static str;
     fn apply(index: &mut Index, object: &Self);
     fn delete(index: &mut Index, namespace: &str, name: &str);
+    /// The (namespace, name) of every object of the kind in the index.
+    fn keys(index: &Index) -> Vec<(String, String)>;
 }
 
 impl Indexed for Service {
@@ -36,6 +39,9 @@ impl Indexed for Service {
     fn delete(index: &mut Index, namespace: &str, name: &str) {
         index.delete_service(namespace, name);
     }
+    fn keys(index: &Index) -> Vec<(String, String)> {
+        index.service_keys()
+    }
 }
 
 impl Indexed for EndpointSlice {
@@ -46,6 +52,9 @@ impl Indexed for EndpointSlice {
     fn delete(index: &mut Index, namespace: &str, name: &str) {
         index.delete_slice(namespace, name);
     }
+    fn keys(index: &Index) -> Vec<(String, String)> {
+        index.slice_keys()
+    }
 }
 
 impl Indexed for Pod {
@@ -55,6 +64,9 @@ impl Indexed for Pod {
     }
     fn delete(index: &mut Index, namespace: &str, name: &str) {
         index.delete_pod(namespace, name);
+    }
+    fn keys(index: &Index) -> Vec<(String, String)> {
+        index.pod_keys()
     }
 }
 
@@ -79,19 +91,18 @@ where
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut known: HashSet<(String, String)> = HashSet::new();
+    // The keys of a re-list, to remove what it no longer lists (only while one runs: the
+    // index itself knows what it holds).
     let mut listing: HashSet<(String, String)> = HashSet::new();
     let mut first = true;
     loop {
         match stream.try_next().await {
             Ok(Some(watcher::Event::Apply(object))) => {
-                known.insert(key(&object));
                 K::apply(&mut write(&shared), &object);
             }
             Ok(Some(watcher::Event::Delete(object))) => {
                 let (ns, name) = key(&object);
                 K::delete(&mut write(&shared), &ns, &name);
-                known.remove(&(ns, name));
             }
             Ok(Some(watcher::Event::Init)) => listing.clear(),
             Ok(Some(watcher::Event::InitApply(object))) => {
@@ -101,11 +112,13 @@ where
             Ok(Some(watcher::Event::InitDone)) => {
                 {
                     let mut index = write(&shared);
-                    for (ns, name) in known.difference(&listing) {
-                        K::delete(&mut index, ns, name);
+                    for (ns, name) in K::keys(&index) {
+                        if !listing.contains(&(ns.clone(), name.clone())) {
+                            K::delete(&mut index, &ns, &name);
+                        }
                     }
                 }
-                known = std::mem::take(&mut listing);
+                listing = HashSet::new();
                 if first {
                     first = false;
                     let _ = synced.send(K::KIND).await;
