@@ -33,6 +33,11 @@
 //! - `latency_p50_ms`/`latency_p99_ms` (case `services`, `qps`): at a fixed offered load that
 //!   both servers sustain, where latency is the server's and not dnsperf's queue.
 //!
+//! - `add_to_answer_p50_ms`/`_max_ms` and `delete_to_nxdomain_p50_ms`/`_max_ms` (rudder only;
+//!   Knot serves a fixed zone): 20 times, a Service created through the API until it answers,
+//!   then deleted until NXDOMAIN, from just before the API call (a hand-made UDP query every
+//!   millisecond).
+//!
 //! With two sizes, `memory_bytes_per_object` (case `services: "<small>→<large>"`): the RSS
 //! difference divided by the difference in Services plus endpoints (the issue's "per
 //! service+pod").
@@ -58,7 +63,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
-    api::{ListParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
 };
 use serde_json::json;
 
@@ -422,6 +427,100 @@ fn free_dns_port() -> Result<u16> {
         }
     }
     bail!("no loopback port free for both UDP and TCP")
+}
+
+/// How many Services [`follow_changes`] creates and deletes.
+const CHANGES: usize = 20;
+
+/// A query for `name` type A, by hand (id 0x5244, recursion desired).
+fn a_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x52, 0x44, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Asks `name` A of the server on `port` until `done(rcode, answers)` holds (a query every
+/// millisecond at most); the time from `since` when it did.
+fn poll_until(
+    port: u16,
+    name: &str,
+    since: Instant,
+    done: impl Fn(u8, u16) -> bool,
+) -> Result<Duration> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.connect(("127.0.0.1", port))?;
+    socket.set_read_timeout(Some(Duration::from_millis(5)))?;
+    let query = a_query(name);
+    let mut buf = [0u8; 1500];
+    loop {
+        socket.send(&query)?;
+        if let Ok(len) = socket.recv(&mut buf)
+            && len >= 12
+            && buf[..2] == query[..2]
+            && done(buf[3] & 0x0f, u16::from_be_bytes([buf[6], buf[7]]))
+        {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > Duration::from_secs(10) {
+            bail!("{name}: the answer did not change within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Change-to-answer latency (the issue's "answers change within 100 ms"): [`CHANGES`] times,
+/// a Service is created through the API and asked for until it answers, then deleted and asked
+/// for until NXDOMAIN. Each sample runs from just before the API call, so it covers the write,
+/// the watch event and the index update.
+async fn follow_changes(client: &Client, port: u16, n: usize, results: &mut Results) -> Result<()> {
+    let ns = "dns-changes";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(ns).await?.is_none() {
+        let object: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+        namespaces.create(&PostParams::default(), &object).await?;
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for i in 0..CHANGES {
+        let name = format!("change-{i}");
+        let fqdn = format!("{name}.{ns}.svc.cluster.local");
+        let object: Service = serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}),
+        )?;
+        let since = Instant::now();
+        services.create(&PostParams::default(), &object).await?;
+        let q = fqdn.clone();
+        added.push(
+            tokio::task::spawn_blocking(move || {
+                poll_until(port, &q, since, |rcode, answers| rcode == 0 && answers > 0)
+            })
+            .await??,
+        );
+        let since = Instant::now();
+        services.delete(&name, &DeleteParams::default()).await?;
+        removed.push(
+            tokio::task::spawn_blocking(move || {
+                poll_until(port, &fqdn, since, |rcode, _| rcode == 3)
+            })
+            .await??,
+        );
+    }
+    let case = [("services", json!(n))];
+    for (metric, samples) in [
+        ("add_to_answer", &mut added),
+        ("delete_to_nxdomain", &mut removed),
+    ] {
+        let p50 = crate::stats::percentile_ms(samples, 50.0);
+        let max = crate::stats::percentile_ms(samples, 100.0);
+        results.push("rudder", &case, &format!("{metric}_p50_ms"), p50, "ms");
+        results.push("rudder", &case, &format!("{metric}_max_ms"), max, "ms");
+        eprintln!("   {metric}: p50 {p50:.1} ms, max {max:.1} ms over {CHANGES} Services");
+    }
+    Ok(())
 }
 
 /// Creates the model's namespaces, Services and EndpointSlices, 64 requests in flight, then
@@ -1012,6 +1111,9 @@ pub async fn run(rudder: &Path, out: &Path, options: &Options) -> Result<Results
             )
             .await?;
             daemon.check_alive()?;
+            if subject == "rudder" {
+                follow_changes(&client, port, n, &mut results).await?;
+            }
             if subject == "knot" {
                 // Kept (idle) for rudder's cross-check.
                 knot_port = Some(port);
@@ -1114,6 +1216,12 @@ fn goals(results: &Results, options: &Options) -> String {
         out,
         "- rudder memory per Service + endpoint ≤ 1,024 bytes: {}",
         fmt(memory, 0)
+    );
+    let _ = writeln!(
+        out,
+        "- rudder answers follow a Service's creation and deletion within 100 ms (slowest of {CHANGES} each): {} / {} ms (no peer: Knot serves a fixed zone)",
+        fmt(rudder("add_to_answer_max_ms"), 1),
+        fmt(rudder("delete_to_nxdomain_max_ms"), 1)
     );
     out
 }

@@ -125,9 +125,10 @@ struct DnsArgs {
     #[arg(long, default_value_t = 5)]
     dns_negative_ttl: u32,
     /// Where DNS sends names outside the cluster domain: `system` (/etc/resolv.conf's
-    /// nameservers, cached) or `none` (answered REFUSED).
-    #[arg(long, alias = "upstream", default_value = "system", value_parser = ["system", "none"])]
-    dns_upstream: String,
+    /// nameservers), `none` (answered REFUSED), or servers `IP[:port],...`. Answers are cached
+    /// for their TTL.
+    #[arg(long, alias = "upstream", default_value = "system")]
+    dns_upstream: rudder_dns::server::Upstream,
     /// Serve DNS metrics (Prometheus text) over HTTP at this address, path /metrics.
     #[arg(long)]
     dns_metrics_addr: Option<std::net::SocketAddr>,
@@ -145,7 +146,7 @@ impl DnsArgs {
             negative_ttl: self.dns_negative_ttl,
             addrs,
             service_ip,
-            forward: self.dns_upstream == "system",
+            upstream: self.dns_upstream.clone(),
             metrics_addr: self.dns_metrics_addr,
         }
     }

@@ -1,11 +1,15 @@
 //! The DNS index: the pure core of the cluster DNS. It holds what the Kubernetes DNS-Based
 //! Service Discovery specification (schema 1.1.0) derives from Services, EndpointSlices and Pods,
-//! as ready-made record sets, and answers a name and a type with no I/O.
+//! and answers a name and a type with no I/O.
 //!
 //! Objects come in through [`Index::apply_service`], [`Index::apply_slice`],
-//! [`Index::apply_pod`] and their `delete_*` twins; each change rebuilds only the records of the
-//! one Service it touches. [`Index::lookup`] returns `Arc`-shared record sets, so a query copies
-//! no record and holds no lock while the answer is sent.
+//! [`Index::apply_pod`] and their `delete_*` twins. The index keeps only what answers are made
+//! from, compactly: per Service its addresses and named ports (port and protocol labels and
+//! namespaces interned), per headless Service its published endpoints, per address the names
+//! its PTR records point to. Records are made when asked (a few hundred nanoseconds, next to
+//! the microseconds hickory spends on a query): at 10,000 Services this is about 750 bytes per
+//! Service and endpoint, against 3.5 KB when every record was kept ready-made
+//! (`cargo xtask bench dns`, docs/benchmarks.md).
 //!
 //! Records (`<zone>` is `cluster.local.` by default, every TTL the configured one, 30 s as
 //! kubeadm's CoreDNS):
@@ -48,7 +52,7 @@ use hickory_server::proto::rr::{
 };
 use k8s_openapi::api::{core::v1::Pod, core::v1::Service, discovery::v1::EndpointSlice};
 
-/// A record set shared between the index and the answers being sent.
+/// A record set of an answer (shared when the index keeps it, as the SOA).
 pub type Rrset = Arc<[Record]>;
 
 /// The version of the Kubernetes DNS specification served in `dns-version.<zone>`.
@@ -190,6 +194,9 @@ impl Interner {
         shared
     }
 }
+
+/// An object's namespace (interned) and name, lowercased.
+type ObjectKey = (Arc<str>, Box<str>);
 
 /// A named port: `_<name>`, `_<protocol>` (lowercase, interned) and its number.
 type Port = (Arc<str>, Arc<str>, u16);
@@ -366,12 +373,12 @@ pub struct Index {
     namespaces: HashMap<Arc<str>, Namespace>,
     /// Slice (namespace, name) → the Service it was last filed under (a slice's label can
     /// change).
-    slice_owner: HashMap<(Arc<str>, Box<str>), Box<str>>,
+    slice_owner: HashMap<ObjectKey, Box<str>>,
     /// Address → the names pointing at it, relative to `svc.<zone>`, sorted.
     ptr: HashMap<IpAddr, Vec<Box<str>>>,
     /// Pod (namespace, name) → its addresses; address → the namespaces of the pods that have
     /// it; namespace → its pods with addresses.
-    pods: HashMap<(Arc<str>, Box<str>), Box<[IpAddr]>>,
+    pods: HashMap<ObjectKey, Box<[IpAddr]>>,
     pod_ips: HashMap<IpAddr, Vec<Arc<str>>>,
     pod_namespaces: HashMap<Arc<str>, usize>,
 }
@@ -481,7 +488,7 @@ fn key(
     strings: &mut Interner,
     namespace: Option<&String>,
     name: Option<&String>,
-) -> Option<(Arc<str>, Box<str>)> {
+) -> Option<ObjectKey> {
     let ns = namespace
         .map_or("default", String::as_str)
         .to_ascii_lowercase();
@@ -820,7 +827,7 @@ impl Index {
         self.remove_pod(&(ns, name.to_ascii_lowercase().into()));
     }
 
-    fn remove_pod(&mut self, k: &(Arc<str>, Box<str>)) {
+    fn remove_pod(&mut self, k: &ObjectKey) {
         let Some(ips) = self.pods.remove(k) else {
             return;
         };
@@ -1452,6 +1459,43 @@ mod tests {
             text(&q(&idx, &reverse, RecordType::PTR)),
             [format!("{reverse} PTR v6.default.svc.cluster.local.")]
         );
+        // Dual-stack: A and AAAA, a PTR for each address, SRV additionals of both families.
+        idx.apply_service(&service(json!({
+            "metadata": {"name": "dual", "namespace": "default"},
+            "spec": {"clusterIPs": ["10.96.0.20", "fd00:96::20"], "ipFamilies": ["IPv4", "IPv6"],
+                     "ports": [{"name": "http", "port": 80}]},
+        })))
+        .expect("valid");
+        assert_eq!(
+            text(&q(&idx, "dual.default.svc.cluster.local.", RecordType::A)),
+            ["dual.default.svc.cluster.local. A 10.96.0.20"]
+        );
+        assert_eq!(
+            text(&q(
+                &idx,
+                "dual.default.svc.cluster.local.",
+                RecordType::AAAA
+            )),
+            ["dual.default.svc.cluster.local. AAAA fd00:96::20"]
+        );
+        assert_eq!(
+            text(&q(
+                &idx,
+                "_http._tcp.dual.default.svc.cluster.local.",
+                RecordType::SRV
+            ))[1..],
+            [
+                "+ dual.default.svc.cluster.local. A 10.96.0.20",
+                "+ dual.default.svc.cluster.local. AAAA fd00:96::20"
+            ]
+        );
+        for ip in ["10.96.0.20", "fd00:96::20"] {
+            let reverse = reverse_name(ip.parse().expect("ip")).to_string();
+            assert_eq!(
+                text(&q(&idx, &reverse, RecordType::PTR)),
+                [format!("{reverse} PTR dual.default.svc.cluster.local.")]
+            );
+        }
         assert_eq!(undashed("fd00-96--a"), "fd00:96::a".parse().ok());
         assert_eq!(undashed("10-1-2-3"), "10.1.2.3".parse().ok());
         assert_eq!(undashed("web"), None);

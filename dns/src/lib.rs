@@ -7,11 +7,13 @@
 //!   soon as its watch event arrives, never an apiserver call on the query path);
 //! - [`server`]: hickory-server on UDP (a socket per core) and TCP, EDNS0, negative answers with
 //!   the SOA, search-path expansion and forwarding of other names upstream;
+//! - [`cache`]: forwarded answers kept for their TTL;
 //! - [`metrics`]: Prometheus counters, served over HTTP at `/metrics`.
 //!
 //! [`run`] puts them together; `rudder server` runs it for its cluster (the `kube-dns` Service,
 //! 10.96.0.10:53) and `rudder dns --kubeconfig F` alone.
 
+pub mod cache;
 pub mod index;
 pub mod metrics;
 pub mod server;
@@ -34,8 +36,8 @@ pub struct Options {
     pub addrs: Vec<SocketAddr>,
     /// The DNS Service's address, named by the zone's NS record (`ns.dns.<zone>`).
     pub service_ip: Option<IpAddr>,
-    /// Forward names outside the zone to `/etc/resolv.conf`'s nameservers.
-    pub forward: bool,
+    /// Where names outside the zone go.
+    pub upstream: server::Upstream,
     /// Where to serve `/metrics` (HTTP), if anywhere.
     pub metrics_addr: Option<SocketAddr>,
 }
@@ -65,16 +67,12 @@ pub async fn run(
     config.ttl = options.ttl;
     config.negative_ttl = options.negative_ttl;
     config.dns_ip = options.service_ip;
-    let upstream = if options.forward {
-        match server::system_upstream() {
-            Ok(resolver) => Some(resolver),
-            Err(e) => {
-                tracing::warn!("DNS forwarding is off: {e}");
-                None
-            }
+    let upstream = match server::upstream_resolver(&options.upstream) {
+        Ok(resolver) => resolver,
+        Err(e) => {
+            tracing::warn!("DNS forwarding is off: {e}");
+            None
         }
-    } else {
-        None
     };
     let shared = Arc::new(server::Shared::new(index::Index::new(config), upstream));
     let mut synced = watch::start(client, Arc::clone(&shared));
@@ -205,5 +203,97 @@ mod tests {
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    }
+
+    /// A UDP query for `name` type A, by hand; the response's rcode and answer count.
+    async fn ask(addr: SocketAddr, name: &str) -> (u8, u16) {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.trim_end_matches('.').split('.') {
+            query.push(label.len() as u8);
+            query.extend_from_slice(label.as_bytes());
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        socket.send_to(&query, addr).await.expect("send");
+        let mut buf = [0u8; 1500];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("recv");
+        assert!(len >= 12 && buf[..2] == query[..2], "{:?}", &buf[..len]);
+        (buf[3] & 0x0f, u16::from_be_bytes([buf[6], buf[7]]))
+    }
+
+    fn free_addr() -> SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("addr")
+    }
+
+    /// Names outside the zone go to the upstream given (here another rudder DNS on loopback,
+    /// authoritative for `upstream.test`), and a second ask is answered from the cache: the
+    /// upstream sees each name once, and the metrics count the hits and misses.
+    #[tokio::test]
+    async fn forwarded_answers_are_cached() {
+        let upstream_config = index::Config::new("upstream.test").expect("zone");
+        let mut upstream_index = index::Index::new(upstream_config);
+        let service: k8s_openapi::api::core::v1::Service =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"clusterIP": "10.96.3.4"},
+            }))
+            .expect("service");
+        upstream_index.apply_service(&service).expect("valid");
+        let upstream = Arc::new(server::Shared::new(upstream_index, None));
+        let upstream_addr = free_addr();
+        let mut upstream_server =
+            server::serve(server::Handler(Arc::clone(&upstream)), upstream_addr)
+                .await
+                .expect("serve upstream");
+
+        let resolver = server::upstream_resolver(&server::Upstream::Servers(vec![upstream_addr]))
+            .expect("resolver");
+        let config = index::Config::new("cluster.local").expect("zone");
+        let front = Arc::new(server::Shared::new(index::Index::new(config), resolver));
+        let front_addr = free_addr();
+        let mut front_server = server::serve(server::Handler(Arc::clone(&front)), front_addr)
+            .await
+            .expect("serve");
+
+        for _ in 0..2 {
+            assert_eq!(
+                ask(front_addr, "web.default.svc.upstream.test").await,
+                (0, 1)
+            );
+            assert_eq!(ask(front_addr, "nope.default.svc.upstream.test").await.0, 3);
+        }
+        assert_eq!(
+            upstream.metrics.total(),
+            2,
+            "the upstream saw each name once"
+        );
+        let text = front.metrics.render();
+        assert!(text.contains("rudder_dns_cache_hits_total 2\n"), "{text}");
+        assert!(text.contains("rudder_dns_cache_misses_total 2\n"), "{text}");
+        assert!(text.contains("rudder_dns_forwarded_total 2\n"), "{text}");
+        let _ = front_server.shutdown_gracefully().await;
+        let _ = upstream_server.shutdown_gracefully().await;
+    }
+
+    #[test]
+    fn upstreams_parse() {
+        use server::Upstream;
+        assert_eq!("none".parse(), Ok(Upstream::None));
+        assert_eq!("system".parse(), Ok(Upstream::System));
+        assert_eq!(
+            "127.0.0.1:5353, 10.0.0.1,[fd00::1]:54".parse(),
+            Ok(Upstream::Servers(vec![
+                "127.0.0.1:5353".parse().expect("addr"),
+                "10.0.0.1:53".parse().expect("addr"),
+                "[fd00::1]:54".parse().expect("addr"),
+            ]))
+        );
+        assert!("resolv".parse::<Upstream>().is_err());
     }
 }

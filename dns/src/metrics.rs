@@ -1,6 +1,6 @@
 //! Prometheus metrics of the DNS server, in the text exposition format: queries by type,
-//! responses by rcode, a latency histogram (CoreDNS's buckets), forwarded queries and
-//! search-path expansions. Counters are atomics bumped on the query path.
+//! responses by rcode, a latency histogram (CoreDNS's buckets), forwarded queries, hits and
+//! misses of the forwarded-answer cache, and search-path expansions. Counters are atomics bumped on the query path.
 
 use std::{
     fmt::Write,
@@ -49,6 +49,8 @@ pub struct Metrics {
     duration_ns: AtomicU64,
     forwarded: AtomicU64,
     expanded: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
 }
 
 impl Metrics {
@@ -80,6 +82,16 @@ impl Metrics {
     /// Counts a query sent to the upstream resolvers.
     pub fn forwarded(&self) {
         self.forwarded.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a forwarded name answered from the cache.
+    pub fn cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a forwarded name the cache did not have.
+    pub fn cache_miss(&self) {
+        self.cache_misses.fetch_add(1, Relaxed);
     }
 
     /// Counts a query answered by search-path expansion.
@@ -151,6 +163,26 @@ impl Metrics {
             "rudder_dns_autopath_total {}",
             self.expanded.load(Relaxed)
         );
+        for (name, help, counter) in [
+            (
+                "hits",
+                "Names outside the zone answered from the cache.",
+                &self.cache_hits,
+            ),
+            (
+                "misses",
+                "Names outside the zone the cache did not have.",
+                &self.cache_misses,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP rudder_dns_cache_{name}_total {help}");
+            let _ = writeln!(out, "# TYPE rudder_dns_cache_{name}_total counter");
+            let _ = writeln!(
+                out,
+                "rudder_dns_cache_{name}_total {}",
+                counter.load(Relaxed)
+            );
+        }
         out
     }
 }
@@ -165,6 +197,7 @@ mod tests {
         m.answered(RecordType::A, ResponseCode::NoError, Instant::now());
         m.answered(RecordType::MX, ResponseCode::NXDomain, Instant::now());
         m.forwarded();
+        m.cache_hit();
         let text = m.render();
         assert!(
             text.contains("rudder_dns_requests_total{type=\"A\"} 1\n"),
@@ -184,6 +217,8 @@ mod tests {
         );
         assert!(text.contains("rudder_dns_request_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("rudder_dns_forwarded_total 1\n"));
+        assert!(text.contains("rudder_dns_cache_hits_total 1\n"));
+        assert!(text.contains("rudder_dns_cache_misses_total 0\n"));
         assert_eq!(m.total(), 2);
     }
 }

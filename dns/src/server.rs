@@ -14,8 +14,10 @@
 //!   exists as a CNAME from the asked name plus the target's records, in one round trip. The
 //!   client's namespace comes from its source address (the pod index); other clients are not
 //!   expanded.
-//! - Other names go to the upstream resolvers (`/etc/resolv.conf`'s nameservers, with a cache)
-//!   when forwarding is on, else REFUSED. Forwarded answers are not authoritative.
+//! - Other names go to the upstream resolvers (`/etc/resolv.conf`'s nameservers, or the
+//!   servers given) when forwarding is on, else REFUSED. Forwarded answers are not
+//!   authoritative, and are kept for their TTL in the [`ForwardCache`] (hits and misses are
+//!   counted in the metrics).
 //! - EDNS0: a client's OPT is answered with one of ours, advertising at most 1232 bytes (the
 //!   DNS flag day 2020 size); UDP answers larger than the client's size are truncated (TC) and
 //!   the client retries over TCP. EDNS versions above 0 get BADVERS; opcodes other than QUERY
@@ -32,7 +34,7 @@ use std::{
 
 use hickory_resolver::{
     TokioResolver,
-    config::{ResolveHosts, ResolverConfig},
+    config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts},
     net::runtime::TokioRuntimeProvider,
 };
 use hickory_server::{
@@ -47,6 +49,7 @@ use hickory_server::{
 };
 
 use crate::{
+    cache::ForwardCache,
     index::{Answer, Index},
     metrics::Metrics,
 };
@@ -62,15 +65,19 @@ pub struct Shared {
     pub upstream: Option<TokioResolver>,
     /// Query counters and the latency histogram.
     pub metrics: Metrics,
+    /// Forwarded answers, kept for their TTL.
+    pub cache: ForwardCache,
 }
 
 impl Shared {
     /// A server state around an index.
     pub fn new(index: Index, upstream: Option<TokioResolver>) -> Shared {
+        let negative_ttl = index.config().negative_ttl;
         Shared {
             index: RwLock::new(index),
             upstream,
             metrics: Metrics::default(),
+            cache: ForwardCache::new(negative_ttl),
         }
     }
 
@@ -86,17 +93,76 @@ impl Shared {
     }
 }
 
-/// Upstream resolvers from `/etc/resolv.conf`'s nameservers (its search list is not used: the
-/// names we forward are absolute), with hickory's cache.
-pub fn system_upstream() -> Result<TokioResolver, String> {
-    let (config, mut options) = hickory_resolver::system_conf::read_system_conf()
-        .map_err(|e| format!("reading /etc/resolv.conf: {e}"))?;
+/// Where names outside the zone go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// Nowhere: answered REFUSED.
+    None,
+    /// `/etc/resolv.conf`'s nameservers.
+    System,
+    /// These servers (UDP, and TCP for truncated answers).
+    Servers(Vec<SocketAddr>),
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+
+    /// `none`, `system`, or a comma-separated list of `IP` or `IP:port` (port 53 by default;
+    /// an IPv6 address with a port in brackets, `[fd00::1]:53`).
+    fn from_str(s: &str) -> Result<Upstream, String> {
+        match s {
+            "none" => Ok(Upstream::None),
+            "system" => Ok(Upstream::System),
+            list => list
+                .split(',')
+                .map(|a| {
+                    let a = a.trim();
+                    a.parse::<SocketAddr>()
+                        .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                        .map_err(|_| {
+                            format!(
+                                "{a:?} is not an address (expected none, system, or IP[:port],...)"
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Upstream::Servers),
+        }
+    }
+}
+
+/// The resolver for `upstream` (`None` when forwarding is off). Its own cache is small: the
+/// server keeps forwarded answers in its [`ForwardCache`], which counts hits.
+pub fn upstream_resolver(upstream: &Upstream) -> Result<Option<TokioResolver>, String> {
+    let (servers, mut options) = match upstream {
+        Upstream::None => return Ok(None),
+        Upstream::System => {
+            let (config, options) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| format!("reading /etc/resolv.conf: {e}"))?;
+            (config.name_servers().to_vec(), options)
+        }
+        Upstream::Servers(addrs) => (
+            addrs
+                .iter()
+                .map(|addr| {
+                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                    for connection in &mut server.connections {
+                        connection.port = addr.port();
+                    }
+                    server
+                })
+                .collect(),
+            ResolverOpts::default(),
+        ),
+    };
     options.use_hosts_file = ResolveHosts::Never;
-    options.cache_size = 10_000;
-    let config = ResolverConfig::from_parts(None, Vec::new(), config.name_servers().to_vec());
+    options.cache_size = 64;
+    // The names forwarded are absolute: no search list.
+    let config = ResolverConfig::from_parts(None, Vec::new(), servers);
     TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(options)
         .build()
+        .map(Some)
         .map_err(|e| format!("building the upstream resolver: {e}"))
 }
 
@@ -194,16 +260,23 @@ impl Handler {
         };
         let mut name = name.clone();
         name.set_fqdn(true);
+        if let Some(kept) = self.0.cache.get(&name, rtype, Instant::now()) {
+            self.0.metrics.cache_hit();
+            return Ok(kept);
+        }
+        self.0.metrics.cache_miss();
         self.0.metrics.forwarded();
-        match resolver.lookup(name, rtype).await {
-            Ok(lookup) => Ok(Some(lookup.answers().to_vec())),
-            Err(e) if e.is_nx_domain() => Ok(None),
-            Err(e) if e.is_no_records_found() => Ok(Some(Vec::new())),
+        let outcome = match resolver.lookup(name.clone(), rtype).await {
+            Ok(lookup) => Some(lookup.answers().to_vec()),
+            Err(e) if e.is_nx_domain() => None,
+            Err(e) if e.is_no_records_found() => Some(Vec::new()),
             Err(e) => {
                 tracing::debug!(error = %e, "upstream lookup failed");
-                Err(ResponseCode::ServFail)
+                return Err(ResponseCode::ServFail);
             }
-        }
+        };
+        self.0.cache.put(&name, rtype, &outcome, Instant::now());
+        Ok(outcome)
     }
 
     /// Search-path expansion for a pod's query that fell through its first search domain.
