@@ -1,0 +1,787 @@
+//! The routing table: the pure core of the ingress. [`Table::build`] turns Ingresses,
+//! IngressClasses, Services, EndpointSlices and Secrets into a table; [`Table::route`] answers
+//! where one request goes, with no I/O. The proxy builds a new table when an object changes and
+//! swaps it in whole, so a request sees one consistent table.
+//!
+//! Ingress v1 semantics, as the API documents them and ingress-nginx behaves:
+//! - **Class.** An Ingress is ours when its `spec.ingressClassName` names an IngressClass whose
+//!   controller is [`CONTROLLER`]; without a class name, when our class carries the
+//!   `ingressclass.kubernetes.io/is-default-class: "true"` annotation, or when the legacy
+//!   `kubernetes.io/ingress.class` annotation names our class.
+//! - **Hosts.** A rule's host is exact (`foo.example.com`) or a single-label wildcard
+//!   (`*.example.com` matches `bar.example.com`, not `example.com` nor `a.bar.example.com`);
+//!   matching is case-insensitive and ignores the port. A request goes to the exact host's
+//!   rules, else the wildcard's, else the rules without a host; the first group that has the
+//!   host decides (as nginx picks a server block, a host's group does not fall through to the
+//!   rules without a host).
+//! - **Paths.** `Exact` matches the path exactly (case-sensitive); `Prefix` matches element-wise
+//!   by `/` (`/foo` matches `/foo`, `/foo/` and `/foo/bar`, not `/foobar`; a trailing `/` in
+//!   the rule is ignored); `ImplementationSpecific` is treated as `Prefix`. The longest match
+//!   wins, and `Exact` beats `Prefix` for the same path. When two Ingresses declare the same host,
+//!   path and type, the older one (creation time, then namespace/name) wins.
+//! - **Default backend.** When no path matches (or no rule has the host), the `defaultBackend`
+//!   of an Ingress with rules for that host is used (the oldest such), else that of the oldest
+//!   Ingress with one, else 404.
+//! - **Backends.** A Service by name and port number or port name. Its endpoints are the ready
+//!   addresses of its EndpointSlices, with the target port of the slice port named as the
+//!   Service port: requests go straight to pods, not through the Service's virtual IP. A
+//!   backend without ready endpoints (or an unknown Service) answers 503.
+//! - **TLS.** `spec.tls` hosts get the certificate of their `kubernetes.io/tls` Secret, chosen
+//!   by SNI; an HTTP request to such a host is redirected to HTTPS with 308, unless the Ingress
+//!   says `nginx.ingress.kubernetes.io/ssl-redirect: "false"`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Secret, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::{Ingress, IngressBackend, IngressClass},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+/// The controller name of rudder's IngressClass.
+pub const CONTROLLER: &str = "rudder.dev/ingress";
+
+/// The annotation that marks the default IngressClass.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+
+/// The legacy annotation naming an Ingress's class.
+pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+
+/// The annotation that turns the HTTPS redirect off.
+pub const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
+
+/// What the table is built from: every object of the kinds the ingress watches.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Ingresses, all namespaces.
+    pub ingresses: Vec<Ingress>,
+    /// IngressClasses.
+    pub classes: Vec<IngressClass>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// EndpointSlices.
+    pub slices: Vec<EndpointSlice>,
+    /// Secrets of type `kubernetes.io/tls` (others are ignored).
+    pub secrets: Vec<Secret>,
+}
+
+/// A backend Service and port, as an Ingress names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendRef {
+    /// The Ingress's namespace.
+    pub namespace: String,
+    /// Service name.
+    pub service: String,
+    /// Port number or name.
+    pub port: PortRef,
+}
+
+/// A Service port by number or name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortRef {
+    /// `port.number`.
+    Number(i32),
+    /// `port.name`.
+    Name(String),
+}
+
+impl std::fmt::Display for BackendRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.port {
+            PortRef::Number(n) => write!(f, "{}/{}:{n}", self.namespace, self.service),
+            PortRef::Name(n) => write!(f, "{}/{}:{n}", self.namespace, self.service),
+        }
+    }
+}
+
+/// Where matching requests go: a backend and its ready endpoints, picked round robin.
+#[derive(Debug)]
+pub struct Route {
+    /// The Ingress that declared it (`namespace/name`).
+    pub ingress: String,
+    /// The backend.
+    pub backend: BackendRef,
+    /// Its ready endpoints (empty: 503).
+    pub endpoints: Arc<[SocketAddr]>,
+    next: AtomicUsize,
+}
+
+impl Route {
+    /// The next endpoint, round robin, skipping those `skip` rejects (failed recently); `None`
+    /// when there is none left.
+    pub fn pick(&self, skip: impl Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| self.endpoints[(start + i) % n])
+            .find(|e| !skip(e))
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Decision<'a> {
+    /// Proxy it to the route's endpoints (503 when it has none).
+    Proxy(&'a Arc<Route>),
+    /// Redirect to `https://` + the host and path (308).
+    RedirectHttps,
+    /// No rule and no default backend: 404.
+    NotFound,
+}
+
+/// The path rules of one host (or of the rules without a host).
+#[derive(Debug, Default)]
+struct HostRules {
+    exact: HashMap<String, Arc<Route>>,
+    /// Normalised prefix (no trailing `/`; the root is empty) → route.
+    prefix: HashMap<String, Arc<Route>>,
+    /// The defaultBackend of the oldest Ingress with rules here, if it has one.
+    default: Option<Arc<Route>>,
+    /// HTTP requests go to HTTPS.
+    redirect: bool,
+}
+
+impl HostRules {
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        if let Some(route) = self.exact.get(path) {
+            return Some(route);
+        }
+        let mut candidate = path.trim_end_matches('/');
+        loop {
+            if let Some(route) = self.prefix.get(candidate) {
+                return Some(route);
+            }
+            if candidate.is_empty() {
+                return None;
+            }
+            candidate = &candidate[..candidate.rfind('/').unwrap_or(0)];
+        }
+    }
+}
+
+/// A TLS certificate and key (PEM), from a Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certificate {
+    /// `tls.crt`.
+    pub cert: Vec<u8>,
+    /// `tls.key`.
+    pub key: Vec<u8>,
+    /// The Secret (`namespace/name`).
+    pub secret: String,
+}
+
+/// The routing table. See the module docs.
+#[derive(Debug, Default)]
+pub struct Table {
+    exact_hosts: HashMap<String, HostRules>,
+    /// `*.example.com` kept as `example.com`.
+    wildcard_hosts: HashMap<String, HostRules>,
+    any_host: Option<HostRules>,
+    default: Option<Arc<Route>>,
+    certificates: HashMap<String, Arc<Certificate>>,
+    wildcard_certificates: HashMap<String, Arc<Certificate>>,
+    routes: usize,
+    /// Why objects were left out, for the log.
+    pub warnings: Vec<String>,
+}
+
+/// A request's host, lowercased and without the port.
+pub fn host_of(header: &str) -> String {
+    let host = if let Some(rest) = header.strip_prefix('[') {
+        // `[v6]:port`
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        header.rsplit_once(':').map_or(header, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                header
+            }
+        })
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The wildcard key of a host (`bar.example.com` → `example.com`).
+fn parent(host: &str) -> Option<&str> {
+    host.split_once('.')
+        .map(|(_, rest)| rest)
+        .filter(|r| !r.is_empty())
+}
+
+fn key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Whether `ingress` is for rudder's class among `classes`.
+pub fn is_ours(ingress: &Ingress, classes: &[IngressClass]) -> bool {
+    let ours = |name: &str| {
+        classes.iter().any(|c| {
+            c.metadata.name.as_deref() == Some(name)
+                && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
+        })
+    };
+    if let Some(name) = ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref())
+    {
+        return ours(name);
+    }
+    if let Some(name) = ingress
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
+    {
+        return ours(name);
+    }
+    classes.iter().any(|c| {
+        c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
+            && c.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                .is_some_and(|v| v == "true")
+    })
+}
+
+/// The ready endpoints of a Service port, from its EndpointSlices.
+struct Endpoints<'a> {
+    services: HashMap<(&'a str, &'a str), &'a Service>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> Endpoints<'a> {
+    fn new(inputs: &'a Inputs) -> Self {
+        let mut services = HashMap::new();
+        for svc in &inputs.services {
+            if let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) {
+                services.insert((ns.as_str(), name.as_str()), svc);
+            }
+        }
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in &inputs.slices {
+            let owner = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"));
+            if let (Some(ns), Some(owner)) = (&slice.metadata.namespace, owner) {
+                slices
+                    .entry((ns.as_str(), owner.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        Endpoints { services, slices }
+    }
+
+    /// The ready endpoints of `backend`, sorted; `Err` says why there are none.
+    fn resolve(&self, backend: &BackendRef) -> Result<Vec<SocketAddr>, String> {
+        let svc = self
+            .services
+            .get(&(backend.namespace.as_str(), backend.service.as_str()))
+            .ok_or_else(|| {
+                format!(
+                    "Service {}/{} not found",
+                    backend.namespace, backend.service
+                )
+            })?;
+        let port = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|p| match &backend.port {
+                PortRef::Number(n) => p.port == *n,
+                PortRef::Name(n) => p.name.as_deref() == Some(n.as_str()),
+            })
+            .ok_or_else(|| format!("Service {backend} has no such port"))?;
+        let port_name = port.name.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        for slice in self
+            .slices
+            .get(&(backend.namespace.as_str(), backend.service.as_str()))
+            .into_iter()
+            .flatten()
+        {
+            let Some(number) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.clone().unwrap_or_default() == port_name)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                continue;
+            };
+            for ep in slice.endpoints.iter().flatten() {
+                let conditions = ep.conditions.as_ref();
+                let ready = conditions.and_then(|c| c.ready).unwrap_or(true)
+                    && !conditions.and_then(|c| c.terminating).unwrap_or(false);
+                if !ready {
+                    continue;
+                }
+                out.extend(
+                    ep.addresses
+                        .iter()
+                        .filter_map(|a| a.parse::<IpAddr>().ok())
+                        .map(|ip| SocketAddr::new(ip, number)),
+                );
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+fn backend_ref(namespace: &str, backend: &IngressBackend) -> Option<BackendRef> {
+    let svc = backend.service.as_ref()?;
+    let port = svc.port.as_ref()?;
+    let port = match (&port.name, port.number) {
+        (Some(name), _) if !name.is_empty() => PortRef::Name(name.clone()),
+        (_, Some(n)) => PortRef::Number(n),
+        _ => return None,
+    };
+    Some(BackendRef {
+        namespace: namespace.to_owned(),
+        service: svc.name.clone(),
+        port,
+    })
+}
+
+impl Table {
+    /// The table of `inputs` (see the module docs for the rules).
+    pub fn build(inputs: &Inputs) -> Table {
+        let mut table = Table::default();
+        let endpoints = Endpoints::new(inputs);
+        let mut ingresses: Vec<&Ingress> = inputs
+            .ingresses
+            .iter()
+            .filter(|i| is_ours(i, &inputs.classes))
+            .filter(|i| i.metadata.deletion_timestamp.is_none())
+            .collect();
+        // Oldest first: on conflicts the first one in wins.
+        ingresses.sort_by(|a, b| {
+            (
+                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                key(&a.metadata),
+            )
+                .cmp(&(
+                    b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    key(&b.metadata),
+                ))
+        });
+        // One Route per (Ingress, backend): paths of an Ingress to the same backend share the
+        // round robin.
+        let mut made: BTreeMap<(String, BackendRef), Arc<Route>> = BTreeMap::new();
+        let mut route_for = |ingress: &str, backend: BackendRef, warnings: &mut Vec<String>| {
+            Arc::clone(
+                made.entry((ingress.to_owned(), backend.clone()))
+                    .or_insert_with(|| {
+                        let resolved = endpoints.resolve(&backend).unwrap_or_else(|why| {
+                            warnings.push(format!("Ingress {ingress}: {why}"));
+                            Vec::new()
+                        });
+                        Arc::new(Route {
+                            ingress: ingress.to_owned(),
+                            backend,
+                            endpoints: resolved.into(),
+                            next: AtomicUsize::new(0),
+                        })
+                    }),
+            )
+        };
+        let secrets: HashMap<(&str, &str), &Secret> = inputs
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    (
+                        s.metadata.namespace.as_deref()?,
+                        s.metadata.name.as_deref()?,
+                    ),
+                    s,
+                ))
+            })
+            .collect();
+        for ingress in ingresses {
+            let name = key(&ingress.metadata);
+            let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
+            let Some(spec) = &ingress.spec else { continue };
+            let redirect_off = ingress
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(SSL_REDIRECT_ANNOTATION))
+                .is_some_and(|v| v == "false");
+            let default = spec.default_backend.as_ref().and_then(|b| {
+                let backend = backend_ref(&namespace, b);
+                if backend.is_none() {
+                    table.warnings.push(format!(
+                        "Ingress {name}: defaultBackend is not a Service port (resource backends are not supported)"
+                    ));
+                }
+                backend.map(|b| route_for(&name, b, &mut table.warnings))
+            });
+            if table.default.is_none() {
+                table.default = default.clone();
+            }
+            // TLS hosts and their certificates.
+            let mut tls_hosts: Vec<String> = Vec::new();
+            for tls in spec.tls.iter().flatten() {
+                let hosts: Vec<String> = tls
+                    .hosts
+                    .iter()
+                    .flatten()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect();
+                tls_hosts.extend(hosts.iter().cloned());
+                let Some(secret_name) = &tls.secret_name else {
+                    continue;
+                };
+                let certificate = secrets
+                    .get(&(namespace.as_str(), secret_name.as_str()))
+                    .and_then(|s| {
+                        let data = s.data.as_ref()?;
+                        Some(Certificate {
+                            cert: data.get("tls.crt")?.0.clone(),
+                            key: data.get("tls.key")?.0.clone(),
+                            secret: format!("{namespace}/{secret_name}"),
+                        })
+                    });
+                let Some(certificate) = certificate.map(Arc::new) else {
+                    table.warnings.push(format!(
+                        "Ingress {name}: TLS Secret {namespace}/{secret_name} not found or without tls.crt and tls.key"
+                    ));
+                    continue;
+                };
+                for host in hosts {
+                    match host.strip_prefix("*.") {
+                        Some(parent) => table.wildcard_certificates.entry(parent.to_owned()),
+                        None => table.certificates.entry(host),
+                    }
+                    .or_insert_with(|| Arc::clone(&certificate));
+                }
+            }
+            for rule in spec.rules.iter().flatten() {
+                let host = rule.host.as_deref().map(str::to_ascii_lowercase);
+                let rules = match &host {
+                    None => table.any_host.get_or_insert_with(HostRules::default),
+                    Some(h) => match h.strip_prefix("*.") {
+                        Some(parent) => table.wildcard_hosts.entry(parent.to_owned()).or_default(),
+                        None => table.exact_hosts.entry(h.clone()).or_default(),
+                    },
+                };
+                if rules.default.is_none() {
+                    rules.default = default.clone();
+                }
+                if !redirect_off && host.as_ref().is_some_and(|h| tls_hosts.contains(h)) {
+                    rules.redirect = true;
+                }
+                for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
+                    let Some(backend) = backend_ref(&namespace, &path.backend) else {
+                        table.warnings.push(format!(
+                            "Ingress {name}: a path's backend is not a Service port (resource backends are not supported)"
+                        ));
+                        continue;
+                    };
+                    let route = route_for(&name, backend, &mut table.warnings);
+                    let p = path.path.clone().unwrap_or_else(|| "/".to_owned());
+                    let map = if path.path_type == "Exact" {
+                        rules.exact.entry(p)
+                    } else {
+                        rules.prefix.entry(p.trim_end_matches('/').to_owned())
+                    };
+                    map.or_insert(route);
+                }
+            }
+        }
+        table.routes = made.len();
+        table
+    }
+
+    /// Where a request for `host` (the Host header or `:authority`) and `path` goes; `tls` when
+    /// it came over HTTPS.
+    pub fn route(&self, host: &str, path: &str, tls: bool) -> Decision<'_> {
+        let host = host_of(host);
+        let path = path.split(['?', '#']).next().unwrap_or("/");
+        let rules = self
+            .exact_hosts
+            .get(&host)
+            .or_else(|| parent(&host).and_then(|p| self.wildcard_hosts.get(p)))
+            .or(self.any_host.as_ref());
+        if let Some(rules) = rules {
+            if rules.redirect && !tls {
+                return Decision::RedirectHttps;
+            }
+            if let Some(route) = rules.find(path).or(rules.default.as_ref()) {
+                return Decision::Proxy(route);
+            }
+        }
+        match &self.default {
+            Some(route) => Decision::Proxy(route),
+            None => Decision::NotFound,
+        }
+    }
+
+    /// The certificate for a TLS handshake's server name (exact, then wildcard).
+    pub fn certificate(&self, server_name: &str) -> Option<&Arc<Certificate>> {
+        let name = server_name.trim_end_matches('.').to_ascii_lowercase();
+        self.certificates
+            .get(&name)
+            .or_else(|| parent(&name).and_then(|p| self.wildcard_certificates.get(p)))
+    }
+
+    /// Whether any certificate is known (the HTTPS listener has something to serve).
+    pub fn has_certificates(&self) -> bool {
+        !self.certificates.is_empty() || !self.wildcard_certificates.is_empty()
+    }
+
+    /// How many distinct routes (Ingress and backend) the table holds.
+    pub fn route_count(&self) -> usize {
+        self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn inputs(ingresses: Vec<serde_json::Value>) -> Inputs {
+        let svc = |name: &str, ports: serde_json::Value| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"ports": ports},
+            }))
+            .expect("service")
+        };
+        let slice = |svc: &str,
+                     port_name: Option<&str>,
+                     port: u16,
+                     ips: &[(&str, bool)]|
+         -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("{svc}-x"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": "IPv4",
+                "ports": [{"name": port_name, "port": port}],
+                "endpoints": ips.iter().map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect::<Vec<_>>(),
+            }))
+            .expect("slice")
+        };
+        Inputs {
+            ingresses: ingresses
+                .into_iter()
+                .map(|v| serde_json::from_value(v).expect("ingress"))
+                .collect(),
+            classes: vec![
+                serde_json::from_value(json!({
+                    "metadata": {"name": "rudder", "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
+                    "spec": {"controller": CONTROLLER},
+                }))
+                .expect("class"),
+                serde_json::from_value(json!({
+                    "metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"},
+                }))
+                .expect("class"),
+            ],
+            services: vec![
+                svc("web", json!([{"name": "http", "port": 80, "targetPort": 8080}])),
+                svc("api", json!([{"port": 9000, "targetPort": 9000}])),
+                svc("fallback", json!([{"name": "http", "port": 80}])),
+            ],
+            slices: vec![
+                slice("web", Some("http"), 8080, &[("10.244.1.5", true), ("10.244.2.6", true), ("10.244.3.7", false)]),
+                slice("api", None, 9000, &[("10.244.1.9", true)]),
+            ],
+            secrets: vec![serde_json::from_value(json!({
+                "metadata": {"name": "web-tls", "namespace": "default"},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
+            }))
+            .expect("secret")],
+        }
+    }
+
+    fn ingress(name: &str, created: &str, spec: serde_json::Value) -> serde_json::Value {
+        json!({"metadata": {"name": name, "namespace": "default", "creationTimestamp": created}, "spec": spec})
+    }
+
+    /// `service:port`, `redirect` or `404`.
+    fn to(table: &Table, host: &str, path: &str, tls: bool) -> String {
+        match table.route(host, path, tls) {
+            Decision::Proxy(r) => match &r.backend.port {
+                PortRef::Number(n) => format!("{}:{n}", r.backend.service),
+                PortRef::Name(n) => format!("{}:{n}", r.backend.service),
+            },
+            Decision::RedirectHttps => "redirect".into(),
+            Decision::NotFound => "404".into(),
+        }
+    }
+
+    fn main_ingress() -> serde_json::Value {
+        ingress(
+            "main",
+            "2026-01-01T00:00:00Z",
+            json!({
+                "tls": [{"hosts": ["secure.example.com"], "secretName": "web-tls"}],
+                "rules": [
+                    {"host": "www.example.com", "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}},
+                        {"path": "/api", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 9000}}}},
+                        {"path": "/api/v1/exact", "pathType": "Exact", "backend": {"service": {"name": "fallback", "port": {"number": 80}}}},
+                        {"path": "/api/v1/exact", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+                    ]}},
+                    {"host": "*.apps.example.com", "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 9000}}}},
+                    ]}},
+                    {"host": "secure.example.com", "http": {"paths": [
+                        {"path": "/only", "pathType": "Exact", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+                    ]}},
+                ],
+            }),
+        )
+    }
+
+    #[test]
+    fn hosts_paths_and_precedence() {
+        let table = Table::build(&inputs(vec![main_ingress()]));
+        for (host, path, want) in [
+            ("www.example.com", "/", "web:http"),
+            ("WWW.Example.com:8080", "/index.html", "web:http"),
+            // Element-wise prefixes.
+            ("www.example.com", "/api", "api:9000"),
+            ("www.example.com", "/api/", "api:9000"),
+            ("www.example.com", "/api/users?x=1", "api:9000"),
+            ("www.example.com", "/apix", "web:http"),
+            // Exact beats Prefix for the same path; the longest match wins otherwise.
+            ("www.example.com", "/api/v1/exact", "fallback:80"),
+            ("www.example.com", "/api/v1/exact/more", "web:80"),
+            // Single-label wildcard.
+            ("shop.apps.example.com", "/", "api:9000"),
+            ("a.shop.apps.example.com", "/", "404"),
+            ("apps.example.com", "/", "404"),
+            // Unknown host, no default backend.
+            ("other.example.com", "/", "404"),
+            // TLS host: HTTP is redirected; HTTPS routed; unmatched path 404.
+            ("secure.example.com", "/only", "redirect"),
+        ] {
+            assert_eq!(to(&table, host, path, false), want, "{host}{path}");
+        }
+        assert_eq!(to(&table, "secure.example.com", "/only", true), "web:80");
+        assert_eq!(to(&table, "secure.example.com", "/other", true), "404");
+        let cert = table
+            .certificate("Secure.Example.com")
+            .expect("certificate");
+        assert_eq!(
+            (cert.cert.as_slice(), cert.key.as_slice()),
+            (&b"cert"[..], &b"key"[..])
+        );
+        assert!(table.certificate("www.example.com").is_none());
+        assert!(table.warnings.is_empty(), "{:?}", table.warnings);
+    }
+
+    #[test]
+    fn endpoints_are_the_ready_target_ports_round_robin() {
+        let table = Table::build(&inputs(vec![main_ingress()]));
+        let Decision::Proxy(web) = table.route("www.example.com", "/", false) else {
+            panic!("web is routed");
+        };
+        assert_eq!(
+            web.endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.244.1.5:8080", "10.244.2.6:8080"]
+        );
+        let picks: Vec<SocketAddr> = (0..4).filter_map(|_| web.pick(|_| false)).collect();
+        assert_eq!(picks[0], picks[2]);
+        assert_ne!(picks[0], picks[1]);
+        // A failed endpoint is skipped; all failed: none.
+        let bad: SocketAddr = "10.244.1.5:8080".parse().expect("addr");
+        assert!((0..4).all(|_| web.pick(|e| *e == bad) != Some(bad)));
+        assert_eq!(web.pick(|_| true), None);
+        let Decision::Proxy(api) = table.route("www.example.com", "/api", false) else {
+            panic!("api is routed");
+        };
+        assert_eq!(api.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn classes_defaults_and_conflicts() {
+        let other_class = ingress(
+            "theirs",
+            "2025-01-01T00:00:00Z",
+            json!({"ingressClassName": "nginx", "rules": [{"host": "www.example.com", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 9000}}}}]}}]}),
+        );
+        let newer = ingress(
+            "newer",
+            "2026-06-01T00:00:00Z",
+            json!({"ingressClassName": "rudder",
+                   "defaultBackend": {"service": {"name": "fallback", "port": {"number": 80}}},
+                   "rules": [{"host": "www.example.com", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 9000}}}},
+                {"path": "/new", "pathType": "Exact", "backend": {"service": {"name": "api", "port": {"number": 9000}}}}]}},
+                {"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "missing", "port": {"number": 80}}}}]}}]}),
+        );
+        let table = Table::build(&inputs(vec![newer, other_class, main_ingress()]));
+        // Another class's Ingress is ignored; the older of two on the same path wins; a newer
+        // Ingress still adds its own paths.
+        assert_eq!(to(&table, "www.example.com", "/", false), "web:http");
+        assert_eq!(to(&table, "www.example.com", "/new", false), "api:9000");
+        // No host: the host-less rules (an unknown Service: no endpoints, and a warning).
+        let Decision::Proxy(missing) = table.route("nobody.test", "/", false) else {
+            panic!("host-less rule");
+        };
+        assert!(missing.endpoints.is_empty());
+        assert!(
+            table
+                .warnings
+                .iter()
+                .any(|w| w.contains("Service default/missing not found")),
+            "{:?}",
+            table.warnings
+        );
+        // The default backend serves what no path matches.
+        assert_eq!(
+            to(&table, "secure.example.com", "/elsewhere", true),
+            "fallback:80"
+        );
+        // Without the default class, an Ingress without a class name is not ours.
+        let mut plain = inputs(vec![main_ingress()]);
+        plain.classes[0].metadata.annotations = None;
+        assert_eq!(
+            to(&Table::build(&plain), "www.example.com", "/", false),
+            "404"
+        );
+    }
+
+    #[test]
+    fn hosts_are_parsed_like_headers() {
+        assert_eq!(host_of("Example.COM:8443"), "example.com");
+        assert_eq!(host_of("example.com."), "example.com");
+        assert_eq!(host_of("[fd00::1]:80"), "fd00::1");
+        assert_eq!(host_of("example.com"), "example.com");
+    }
+}
