@@ -49,6 +49,12 @@ enum Command {
     /// EndpointSlices and Pods from watches (hickory-dns), on UDP and TCP, and forwards other
     /// names to /etc/resolv.conf's nameservers.
     Dns(DnsCommandArgs),
+    /// Run the ingress proxy alone (it also runs inside `rudder server`).
+    ///
+    /// Routes HTTP requests by the cluster's Ingresses of class `rudder` (controller
+    /// rudder.dev/ingress) straight to the ready endpoints of their backend Services, through a
+    /// pingora proxy whose routing table follows the cluster from watches.
+    Ingress(IngressCommandArgs),
     /// Print the version and exit.
     Version,
     /// Container shim (started by the node agent, one per container).
@@ -164,6 +170,35 @@ struct DnsCommandArgs {
     dns: DnsArgs,
 }
 
+/// Settings of the ingress proxy, shared by `rudder server` and `rudder ingress`.
+#[derive(clap::Args, Clone)]
+struct IngressArgs {
+    /// Address the ingress serves plain HTTP on.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    ingress_http_addr: std::net::SocketAddr,
+    /// Worker threads of the ingress proxy (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    ingress_threads: usize,
+}
+
+impl IngressArgs {
+    fn options(&self) -> rudder_ingress::Options {
+        rudder_ingress::Options {
+            http_addr: self.ingress_http_addr,
+            threads: self.ingress_threads,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct IngressCommandArgs {
+    /// Kubeconfig of the cluster to serve (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    ingress: IngressArgs,
+}
+
 /// Settings of a node agent, shared by `rudder server` (its local node) and `rudder agent`.
 #[derive(clap::Args, Clone)]
 struct NodeArgs {
@@ -268,6 +303,8 @@ struct ServerArgs {
     node: NodeArgs,
     #[command(flatten)]
     dns: DnsArgs,
+    #[command(flatten)]
+    ingress: IngressArgs,
     /// Parts not to start: any of agent, dns, ingress.
     #[arg(long, value_delimiter = ',', value_parser = ["agent", "dns", "ingress"])]
     disable: Vec<String>,
@@ -519,6 +556,24 @@ async fn start_cluster_parts(
             }
         }));
     }
+    if !args.disable.iter().any(|d| d == "ingress") {
+        let class_client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Err(e) = publish_ingress_class(class_client.clone()).await {
+                tracing::warn!("IngressClass rudder (retrying in 5 s): {e:#}");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        }));
+        let options = args.ingress.options();
+        let ingress_client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                rudder_ingress::run(ingress_client, options, std::future::pending()).await
+            {
+                tracing::error!("ingress stopped: {e}");
+            }
+        }));
+    }
     if !args.disable.iter().any(|d| d == "agent") {
         let agent = agent_config(
             &args.node,
@@ -539,9 +594,9 @@ async fn start_cluster_parts(
     Ok(tasks)
 }
 
-/// `rudder dns`: serve the cluster DNS of a kubeconfig's cluster until stopped.
-async fn dns(args: DnsCommandArgs) -> anyhow::Result<()> {
-    let config = match &args.kubeconfig {
+/// A client for the kubeconfig at `path` (else $KUBECONFIG, then ~/.kube/config).
+async fn client_for(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match path {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -553,7 +608,51 @@ async fn dns(args: DnsCommandArgs) -> anyhow::Result<()> {
             .await
             .context("finding a kubeconfig")?,
     };
-    let client = kube::Client::try_from(config).context("building the client")?;
+    kube::Client::try_from(config).context("building the client")
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn stop_requested() {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminated() => {},
+    }
+}
+
+/// `rudder ingress`: serve the ingress of a kubeconfig's cluster until stopped.
+async fn ingress(args: IngressCommandArgs) -> anyhow::Result<()> {
+    let client = client_for(args.kubeconfig.as_ref()).await?;
+    rudder_ingress::run(client, args.ingress.options(), async {
+        stop_requested().await;
+        tracing::info!("stopping the ingress");
+    })
+    .await
+    .context("ingress")?;
+    Ok(())
+}
+
+/// The IngressClass `rudder` (controller rudder.dev/ingress), marked the default class, created
+/// when missing (an existing one is kept as it is, so a user may take the default away).
+async fn publish_ingress_class(client: kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::networking::v1::IngressClass;
+    use kube::api::{Api, PostParams};
+    let class: IngressClass = serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "rudder", "annotations": {
+            rudder_ingress::routes::DEFAULT_CLASS_ANNOTATION: "true"}},
+        "spec": {"controller": rudder_ingress::routes::CONTROLLER},
+    }))?;
+    let api: Api<IngressClass> = Api::all(client);
+    match api.create(&PostParams::default(), &class).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `rudder dns`: serve the cluster DNS of a kubeconfig's cluster until stopped.
+async fn dns(args: DnsCommandArgs) -> anyhow::Result<()> {
+    let client = client_for(args.kubeconfig.as_ref()).await?;
     let addrs = if args.dns.dns_addr.is_empty() {
         vec!["127.0.0.1:53".parse().context("default address")?]
     } else {
@@ -561,10 +660,7 @@ async fn dns(args: DnsCommandArgs) -> anyhow::Result<()> {
     };
     let options = args.dns.options(addrs, args.service_ip);
     let stop = async {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = terminated() => {},
-        }
+        stop_requested().await;
         tracing::info!("stopping DNS");
     };
     rudder_dns::run(client, options, stop)
@@ -708,6 +804,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             init_logging();
             dns(args).await?;
         }
+        Command::Ingress(args) => {
+            init_logging();
+            ingress(args).await?;
+        }
         Command::Proxy(args) => {
             init_logging();
             proxy(args).await?;
@@ -718,17 +818,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Server(args) => {
             init_logging();
-            let missing: Vec<&str> = ["ingress"]
-                .into_iter()
-                .filter(|part| !args.disable.iter().any(|d| d == part))
-                .collect();
-            if !missing.is_empty() {
-                tracing::warn!(
-                    parts = missing.join(","),
-                    dataplane = args.node.dataplane,
-                    "these parts are not part of this build yet; running the control plane only"
-                );
-            }
             let config = server::Config {
                 data_dir: args.data_dir.clone(),
                 etcd_endpoints: args.etcd_endpoints.clone(),

@@ -2,9 +2,109 @@
 //! proxy.
 //!
 //! - [`routes`]: the pure core, the routing table built from Ingresses, IngressClasses,
-//!   Services, EndpointSlices and Secrets, answering where one request goes with no I/O.
+//!   Services, EndpointSlices and Secrets, answering where one request goes with no I/O;
+//! - [`watch`]: kube-rs reflectors that rebuild the table on every change and swap it in;
+//! - [`proxy`]: the pingora `ProxyHttp` that routes each request by the current table straight
+//!   to a ready endpoint (round robin, passive health, pooled keep-alive upstream connections).
 //!
-//! Being built (issue "Ingress on pingora"): the kube-rs watches that rebuild the table and swap
-//! it in whole, and the pingora `ProxyHttp` in front of it.
+//! [`run`] puts them together; `rudder server` runs it for its cluster, `rudder ingress
+//! --kubeconfig F` alone. HTTPS (certificates chosen by SNI from the table) is being built.
 
+pub mod proxy;
 pub mod routes;
+pub mod watch;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use async_trait::async_trait;
+use pingora::server::{
+    RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, configuration::ServerConf,
+};
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Plain HTTP listener (`--ingress-http-addr`).
+    pub http_addr: SocketAddr,
+    /// Worker threads of the proxy (0: one per core).
+    pub threads: usize,
+}
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listening address is taken or not ours.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The proxy thread could not start.
+    #[error("starting the proxy: {0}")]
+    Start(String),
+}
+
+/// Tells pingora to stop when rudder does.
+struct Stop(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for Stop {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// Serves ingress for the cluster `client` talks to until `shutdown` completes. The watches run
+/// on the caller's runtime; the proxy on pingora's own threads.
+pub async fn run(
+    client: kube::Client,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    // Fail clearly (pingora would exit the process) when the address cannot be bound.
+    std::net::TcpListener::bind(options.http_addr).map_err(|source| Error::Bind {
+        addr: options.http_addr,
+        source,
+    })?;
+    let shared = Arc::new(proxy::Shared::default());
+    watch::start(client, Arc::clone(&shared));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let threads = if options.threads == 0 {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    } else {
+        options.threads
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy::Proxy::new(Arc::clone(&shared), false),
+        "rudder ingress (http)",
+    );
+    service.add_tcp(&options.http_addr.to_string());
+    server.add_service(service);
+    let signal = Stop(Arc::clone(&stop));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ingress".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(signal),
+            });
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| Error::Start(e.to_string()))?;
+    tracing::info!(addr = %options.http_addr, threads, "ingress serving");
+    shutdown.await;
+    stop.notify_one();
+    let _ = done_rx.await;
+    Ok(())
+}

@@ -64,15 +64,15 @@ pub const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redir
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
     /// Ingresses, all namespaces.
-    pub ingresses: Vec<Ingress>,
+    pub ingresses: Vec<Arc<Ingress>>,
     /// IngressClasses.
-    pub classes: Vec<IngressClass>,
+    pub classes: Vec<Arc<IngressClass>>,
     /// Services.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// EndpointSlices.
-    pub slices: Vec<EndpointSlice>,
+    pub slices: Vec<Arc<EndpointSlice>>,
     /// Secrets of type `kubernetes.io/tls` (others are ignored).
-    pub secrets: Vec<Secret>,
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// A backend Service and port, as an Ingress names it.
@@ -228,7 +228,7 @@ fn key(meta: &ObjectMeta) -> String {
 }
 
 /// Whether `ingress` is for rudder's class among `classes`.
-pub fn is_ours(ingress: &Ingress, classes: &[IngressClass]) -> bool {
+pub fn is_ours(ingress: &Ingress, classes: &[Arc<IngressClass>]) -> bool {
     let ours = |name: &str| {
         classes.iter().any(|c| {
             c.metadata.name.as_deref() == Some(name)
@@ -269,13 +269,13 @@ struct Endpoints<'a> {
 impl<'a> Endpoints<'a> {
     fn new(inputs: &'a Inputs) -> Self {
         let mut services = HashMap::new();
-        for svc in &inputs.services {
+        for svc in inputs.services.iter().map(|s| &**s) {
             if let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) {
                 services.insert((ns.as_str(), name.as_str()), svc);
             }
         }
         let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for slice in &inputs.slices {
+        for slice in inputs.slices.iter().map(|s| &**s) {
             let owner = slice
                 .metadata
                 .labels
@@ -375,6 +375,7 @@ impl Table {
         let mut ingresses: Vec<&Ingress> = inputs
             .ingresses
             .iter()
+            .map(|i| &**i)
             .filter(|i| is_ours(i, &inputs.classes))
             .filter(|i| i.metadata.deletion_timestamp.is_none())
             .collect();
@@ -412,6 +413,7 @@ impl Table {
         let secrets: HashMap<(&str, &str), &Secret> = inputs
             .secrets
             .iter()
+            .map(|s| &**s)
             .filter_map(|s| {
                 Some((
                     (
@@ -568,42 +570,44 @@ mod tests {
     use super::*;
 
     fn inputs(ingresses: Vec<serde_json::Value>) -> Inputs {
-        let svc = |name: &str, ports: serde_json::Value| -> Service {
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": "default"},
-                "spec": {"ports": ports},
-            }))
-            .expect("service")
+        let svc = |name: &str, ports: serde_json::Value| -> Arc<Service> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"ports": ports},
+                }))
+                .expect("service"),
+            )
         };
         let slice = |svc: &str,
                      port_name: Option<&str>,
                      port: u16,
                      ips: &[(&str, bool)]|
-         -> EndpointSlice {
-            serde_json::from_value(json!({
+         -> Arc<EndpointSlice> {
+            Arc::new(serde_json::from_value(json!({
                 "metadata": {"name": format!("{svc}-x"), "namespace": "default",
                              "labels": {"kubernetes.io/service-name": svc}},
                 "addressType": "IPv4",
                 "ports": [{"name": port_name, "port": port}],
                 "endpoints": ips.iter().map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect::<Vec<_>>(),
             }))
-            .expect("slice")
+            .expect("slice"))
         };
         Inputs {
             ingresses: ingresses
                 .into_iter()
-                .map(|v| serde_json::from_value(v).expect("ingress"))
+                .map(|v| Arc::new(serde_json::from_value(v).expect("ingress")))
                 .collect(),
             classes: vec![
-                serde_json::from_value(json!({
+                Arc::new(serde_json::from_value(json!({
                     "metadata": {"name": "rudder", "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
                     "spec": {"controller": CONTROLLER},
                 }))
-                .expect("class"),
-                serde_json::from_value(json!({
+                .expect("class")),
+                Arc::new(serde_json::from_value(json!({
                     "metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"},
                 }))
-                .expect("class"),
+                .expect("class")),
             ],
             services: vec![
                 svc("web", json!([{"name": "http", "port": 80, "targetPort": 8080}])),
@@ -614,12 +618,14 @@ mod tests {
                 slice("web", Some("http"), 8080, &[("10.244.1.5", true), ("10.244.2.6", true), ("10.244.3.7", false)]),
                 slice("api", None, 9000, &[("10.244.1.9", true)]),
             ],
-            secrets: vec![serde_json::from_value(json!({
-                "metadata": {"name": "web-tls", "namespace": "default"},
-                "type": "kubernetes.io/tls",
-                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
-            }))
-            .expect("secret")],
+            secrets: vec![Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": "web-tls", "namespace": "default"},
+                    "type": "kubernetes.io/tls",
+                    "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
+                }))
+                .expect("secret"),
+            )],
         }
     }
 
@@ -770,7 +776,7 @@ mod tests {
         );
         // Without the default class, an Ingress without a class name is not ours.
         let mut plain = inputs(vec![main_ingress()]);
-        plain.classes[0].metadata.annotations = None;
+        Arc::make_mut(&mut plain.classes[0]).metadata.annotations = None;
         assert_eq!(
             to(&Table::build(&plain), "www.example.com", "/", false),
             "404"

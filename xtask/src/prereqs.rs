@@ -34,6 +34,8 @@ const DEBIAN: &[(&str, &str)] = &[
     // The DNS benchmark: its load generator and its peer (Knot DNS).
     ("dnsperf", "dnsperf"),
     ("/usr/sbin/knotd", "knot"),
+    // pingora (the ingress) compresses with zlib-ng, which builds with CMake.
+    ("cmake", "cmake"),
     // etcd-client compiles etcd's protobuf definitions at build time.
     ("protoc", "protobuf-compiler"),
     // ...and imports Google's well-known types, which protoc finds only with this package

@@ -1,0 +1,302 @@
+//! The ingress of `rudder server`, end to end: unmodified kubectl creates Services,
+//! EndpointSlices and Ingresses; HTTP requests over loopback go through rudder's pingora proxy to
+//! backends the test runs on loopback (each answers with its name and the headers it got).
+//!
+//! - the server publishes the IngressClass `rudder` (controller rudder.dev/ingress), marked
+//!   default, so an Ingress without a class is served;
+//! - hosts, Exact and Prefix paths and the defaultBackend (also for unknown hosts) route to the
+//!   right backend;
+//! - requests spread over the ready endpoints, and follow the EndpointSlice within a second
+//!   (an endpoint removed gets no more requests; none ready: 503 saying so);
+//! - an endpoint that refuses connections is skipped (the request is retried on another);
+//! - `X-Forwarded-For` gets the client appended, `X-Forwarded-Proto` and `X-Forwarded-Host` are
+//!   set;
+//! - deleting the Ingress brings the 404 back.
+//!
+//! Needs kubectl (`cargo xtask ci`). Traffic stays on 127.0.0.1.
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use common::Rudder;
+
+/// A backend on loopback answering every request with `<name> <path> xff=<X-Forwarded-For>
+/// proto=<X-Forwarded-Proto> host=<X-Forwarded-Host>`. Runs until the test process ends.
+fn backend(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(name, stream));
+        }
+    });
+    port
+}
+
+/// Serves requests on one connection (keep-alive) until the client closes it.
+fn serve(name: &str, stream: TcpStream) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let mut headers = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        let get = |k: &str| headers.get(k).cloned().unwrap_or_default();
+        let body = format!(
+            "{name} {path} xff={} proto={} host={}",
+            get("x-forwarded-for"),
+            get("x-forwarded-proto"),
+            get("x-forwarded-host")
+        );
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// GET `path` with `Host: host` (and extra headers) through the ingress: status and body.
+fn get(ingress: SocketAddr, host: &str, path: &str, extra: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(ingress).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// An EndpointSlice of `service` with one ready endpoint, 127.0.0.1:`port` (the backends all
+/// listen on loopback, so each gets a slice of its own: a slice has one set of ports).
+fn slice(name: &str, service: &str, port: u16) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"], conditions: {{ready: true}}}}]\n"
+    )
+}
+
+/// Waits (up to 5 s) until `check` holds; panics with `what` otherwise.
+fn wait(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore = "needs kubectl 1.37; run by cargo xtask ci"]
+fn ingresses_route_to_ready_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingress: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let server = Rudder::start(
+        &dir.path().join("data"),
+        &[
+            "--disable".into(),
+            "agent,dns".into(),
+            "--ingress-http-addr".into(),
+            ingress.to_string(),
+        ],
+    );
+    server.wait_for("the rudder IngressClass", || {
+        server
+            .kubectl(&[
+                "get",
+                "ingressclass",
+                "rudder",
+                "-o",
+                "jsonpath={.spec.controller} {.metadata.annotations.ingressclass\\.kubernetes\\.io/is-default-class}",
+            ])
+            .stdout
+            == b"rudder.dev/ingress true"
+    });
+
+    let (web_a, web_b, api, fallback) = (
+        backend("web-a"),
+        backend("web-b"),
+        backend("api"),
+        backend("fallback"),
+    );
+    // A port nothing listens on: an endpoint that refuses connections.
+    let dead = common::free_port();
+    let objects = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec: {{ports: [{{name: http, port: 80, targetPort: 8080}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: api}}
+spec: {{ports: [{{name: http, port: 9000}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: fallback}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+{}---
+{}---
+{}---
+{}---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: site}}
+spec:
+  defaultBackend: {{service: {{name: fallback, port: {{number: 80}}}}}}
+  rules:
+  - host: www.example.test
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{name: http}}}}}}}}
+      - {{path: /api, pathType: Prefix, backend: {{service: {{name: api, port: {{number: 9000}}}}}}}}
+      - {{path: /api/exact, pathType: Exact, backend: {{service: {{name: fallback, port: {{number: 80}}}}}}}}
+  - host: api.example.test
+    http:
+      paths:
+      - {{path: /v1, pathType: Exact, backend: {{service: {{name: api, port: {{number: 9000}}}}}}}}
+"#,
+        slice("web-a", "web", web_a),
+        slice("web-b", "web", web_b),
+        slice("api", "api", api),
+        slice("fallback", "fallback", fallback),
+    );
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &objects);
+    assert!(out.status.success(), "{out:?}");
+    wait("the Ingress to be served", || {
+        get(ingress, "www.example.test", "/", "").0 == 200
+    });
+
+    // Hosts, paths, precedence, the default backend and the 404 page.
+    let name = |host: &str, path: &str| {
+        let (status, body) = get(ingress, host, path, "");
+        format!(
+            "{status} {}",
+            body.split_whitespace().next().unwrap_or_default()
+        )
+    };
+    assert_eq!(name("www.example.test", "/api/users"), "200 api");
+    assert_eq!(name("WWW.example.test:80", "/api"), "200 api");
+    assert!(name("www.example.test", "/apis").starts_with("200 web-"));
+    assert_eq!(name("www.example.test", "/api/exact"), "200 fallback");
+    assert_eq!(name("api.example.test", "/v1"), "200 api");
+    assert_eq!(name("api.example.test", "/v2"), "200 fallback");
+    // The default backend serves unknown hosts too.
+    assert_eq!(name("nobody.example.test", "/"), "200 fallback");
+
+    // Both web endpoints get requests.
+    let mut seen = BTreeMap::new();
+    for _ in 0..20 {
+        let (_, body) = get(ingress, "www.example.test", "/", "");
+        *seen
+            .entry(
+                body.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["web-a", "web-b"],
+        "{seen:?}"
+    );
+
+    // Forwarding headers.
+    let (_, body) = get(
+        ingress,
+        "www.example.test",
+        "/",
+        "X-Forwarded-For: 192.0.2.7\r\n",
+    );
+    assert!(
+        body.ends_with("xff=192.0.2.7, 127.0.0.1 proto=http host=www.example.test"),
+        "{body}"
+    );
+
+    // An endpoint that refuses connections is skipped: every request still succeeds.
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &slice("web-dead", "web", dead));
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..12 {
+        let (status, body) = get(ingress, "www.example.test", "/", "");
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // The spread follows the slices within a second: web-a's slice goes, web-a gets nothing.
+    server.ok(&["delete", "endpointslice", "web-a", "web-dead"]);
+    let started = Instant::now();
+    wait("web-a to leave", || {
+        (0..6).all(|_| {
+            get(ingress, "www.example.test", "/", "")
+                .1
+                .starts_with("web-b")
+        })
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // None ready: 503 saying so.
+    server.ok(&["delete", "endpointslice", "web-b"]);
+    wait("503 without endpoints", || {
+        get(ingress, "www.example.test", "/", "").0 == 503
+    });
+    let (_, body) = get(ingress, "www.example.test", "/", "");
+    assert!(
+        body.contains("no ready endpoint for default/web:http"),
+        "{body}"
+    );
+
+    // Deleting the Ingress: 404.
+    server.ok(&["delete", "ingress", "site"]);
+    wait("404 once the Ingress is gone", || {
+        get(ingress, "www.example.test", "/", "").0 == 404
+    });
+    let (_, body) = get(ingress, "www.example.test", "/", "");
+    assert!(body.contains("no Ingress rule matches"), "{body}");
+}

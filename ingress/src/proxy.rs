@@ -1,0 +1,286 @@
+//! The pingora `ProxyHttp` in front of the routing table.
+//!
+//! Per request: the current [`Table`] decides (a 308 to HTTPS, a 404 page, a 503 page when the
+//! backend has no ready endpoint, or a route); the route's next endpoint, round robin, that has
+//! not failed recently is the upstream. Upstream connections are pooled and kept alive by
+//! pingora (idle for up to [`UPSTREAM_IDLE`]). A connection that cannot be made marks the
+//! endpoint failed for [`FAILED_FOR`] (passive health) and the request is retried on another
+//! endpoint, up to [`RETRIES`] times. WebSocket and other HTTP/1.1 upgrades pass through.
+//!
+//! Headers added upstream, as ingress-nginx does: `X-Forwarded-For` (the client appended),
+//! `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Port`. The Host header is
+//! passed unchanged. Every request is logged (target `rudder_ingress::access`, level info):
+//! method, host, path, status, upstream, duration.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::{
+    Error, ErrorType, Result,
+    http::{RequestHeader, ResponseHeader},
+    proxy::{ProxyHttp, Session},
+    upstreams::peer::HttpPeer,
+};
+
+use crate::routes::{Decision, Route, Table};
+
+/// How long an endpoint that refused a connection is skipped.
+pub const FAILED_FOR: Duration = Duration::from_secs(10);
+
+/// How many other endpoints a request tries after a failed connection.
+pub const RETRIES: usize = 2;
+
+/// How long an idle upstream connection is kept for reuse.
+pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// What the proxy and the watches share.
+#[derive(Default)]
+pub struct Shared {
+    table: RwLock<Arc<Table>>,
+    failed: RwLock<HashMap<SocketAddr, Instant>>,
+    failed_count: AtomicUsize,
+}
+
+impl Shared {
+    /// The current table.
+    pub fn table(&self) -> Arc<Table> {
+        match self.table.read() {
+            Ok(t) => Arc::clone(&t),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Swaps in a new table; requests under way keep the one they started with.
+    pub fn set_table(&self, table: Table) {
+        let table = Arc::new(table);
+        match self.table.write() {
+            Ok(mut t) => *t = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+    }
+
+    fn is_failed(&self, endpoint: &SocketAddr) -> bool {
+        if self.failed_count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let failed = match self.failed.read() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        failed
+            .get(endpoint)
+            .is_some_and(|at| at.elapsed() < FAILED_FOR)
+    }
+
+    fn mark_failed(&self, endpoint: SocketAddr) {
+        let mut failed = match self.failed.write() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        failed.retain(|_, at| at.elapsed() < FAILED_FOR);
+        failed.insert(endpoint, Instant::now());
+        self.failed_count.store(failed.len(), Ordering::Relaxed);
+    }
+}
+
+/// The per-request state.
+pub struct Ctx {
+    started: Instant,
+    route: Option<Arc<Route>>,
+    upstream: Option<SocketAddr>,
+    tries: usize,
+    tls: bool,
+}
+
+/// The proxy (cheap to clone).
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    tls: bool,
+}
+
+impl Proxy {
+    /// A proxy over `shared`'s table; `tls` for the HTTPS listener.
+    pub fn new(shared: Arc<Shared>, tls: bool) -> Proxy {
+        Proxy { shared, tls }
+    }
+}
+
+/// The request's host: the Host header, else the `:authority` (HTTP/2), else empty.
+fn request_host(req: &RequestHeader) -> String {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri.authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default()
+}
+
+/// A short page for answers the proxy gives itself.
+async fn respond(
+    session: &mut Session,
+    code: u16,
+    text: &str,
+    location: Option<&str>,
+) -> Result<bool> {
+    let body = Bytes::from(format!("{code} {text}\n"));
+    let mut header = ResponseHeader::build(code, Some(4))?;
+    header.insert_header("content-type", "text/plain; charset=utf-8")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    if let Some(location) = location {
+        header.insert_header("location", location)?;
+    }
+    session.set_keepalive(Some(60));
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            route: None,
+            upstream: None,
+            tries: 0,
+            tls: self.tls,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let table = self.shared.table();
+        let req = session.req_header();
+        let host = request_host(req);
+        let path = req.uri.path().to_owned();
+        match table.route(&host, &path, ctx.tls) {
+            Decision::Proxy(route) if route.endpoints.is_empty() => {
+                let text = format!(
+                    "Service Unavailable: no ready endpoint for {}",
+                    route.backend
+                );
+                respond(session, 503, &text, None).await
+            }
+            Decision::Proxy(route) => {
+                ctx.route = Some(Arc::clone(route));
+                Ok(false)
+            }
+            Decision::RedirectHttps => {
+                let target = format!(
+                    "https://{}{}",
+                    crate::routes::host_of(&host),
+                    req.uri.path_and_query().map_or("/", |p| p.as_str())
+                );
+                respond(session, 308, "Permanent Redirect", Some(&target)).await
+            }
+            Decision::NotFound => {
+                respond(session, 404, "Not Found: no Ingress rule matches", None).await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = &ctx.route else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let shared = &self.shared;
+        let endpoint = route
+            .pick(|e| shared.is_failed(e) || Some(*e) == ctx.upstream)
+            .or_else(|| route.pick(|_| false))
+            .ok_or_else(|| {
+                Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    format!("no ready endpoint for {}", route.backend),
+                )
+            })?;
+        ctx.upstream = Some(endpoint);
+        ctx.tries += 1;
+        let mut peer = HttpPeer::new(endpoint, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        peer.options.read_timeout = Some(Duration::from_secs(60));
+        peer.options.write_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(endpoint) = ctx.upstream {
+            self.shared.mark_failed(endpoint);
+        }
+        if ctx.tries <= RETRIES {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        let host = request_host(upstream);
+        if let Some(client) = &client {
+            let forwarded = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(before) if !before.is_empty() => format!("{before}, {client}"),
+                _ => client.clone(),
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+            upstream.insert_header("x-real-ip", client.as_str())?;
+        }
+        let port = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port());
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        if !host.is_empty() {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        if let Some(port) = port {
+            upstream.insert_header("x-forwarded-port", port.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        tracing::info!(
+            target: "rudder_ingress::access",
+            method = %req.method,
+            host = %request_host(req),
+            path = %req.uri.path(),
+            status,
+            upstream = ?ctx.upstream,
+            ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            error = e.map(ToString::to_string),
+        );
+    }
+}
