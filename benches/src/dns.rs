@@ -384,25 +384,25 @@ impl Model {
 }
 
 /// A process killed (and reaped) on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    what: &'static str,
+    pub(crate) what: &'static str,
 }
 
 impl Daemon {
-    fn spawn(what: &'static str, cmd: &mut Command) -> Result<Self> {
+    pub(crate) fn spawn(what: &'static str, cmd: &mut Command) -> Result<Self> {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {what} ({cmd:?})"))?;
         Ok(Self { child, what })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Fails if the process has exited.
-    fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited ({status})", self.what);
         }
@@ -821,7 +821,7 @@ fn dnsperf(
 }
 
 /// CPU time (user + system, all threads) of process `pid` so far, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.

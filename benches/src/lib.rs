@@ -5,6 +5,7 @@
 //! - [`control`]: the control-plane benchmark (embedded store vs etcd, through the real apiserver
 //!   and the kube-rs client), and its [`scheduling`] half with hollow nodes.
 //! - [`dns`]: dnsperf against `rudder dns` and Knot DNS serving the same records.
+//! - [`ingress`]: wrk through `rudder ingress` and nginx-light with the same routes.
 //! - [`forwarding`]: Service forwarding through each dataplane in network namespaces, with the
 //!   event-driven servers and clients of [`loadgen`].
 //! - [`pods`]: pod start latency and agent memory on a two-node `rudder lab`.
@@ -16,6 +17,7 @@
 pub mod control;
 pub mod dns;
 pub mod forwarding;
+pub mod ingress;
 pub mod loadgen;
 pub mod plots;
 pub mod pods;

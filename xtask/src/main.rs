@@ -59,7 +59,7 @@ enum Cmd {
     },
     /// Run a benchmark; results go to target/bench/<name>/ (results.json, report.md).
     Bench {
-        /// Which benchmark: control, dns, forwarding, pods.
+        /// Which benchmark: control, dns, forwarding, ingress, pods.
         name: String,
         /// Smaller sizes for a quick look.
         #[arg(long)]
@@ -128,7 +128,7 @@ fn bench(
     prereqs::ensure()?;
     match name {
         // Benchmarks of the rudder binary itself.
-        "control" | "dns" | "pods" => {
+        "control" | "dns" | "ingress" | "pods" => {
             step(
                 "cargo build --release",
                 cargo().args([
@@ -186,7 +186,9 @@ fn bench(
             }
             step("rudder-bench forwarding", &mut cmd)
         }
-        other => bail!("unknown benchmark {other:?}; available: control, dns, forwarding, pods"),
+        other => {
+            bail!("unknown benchmark {other:?}; available: control, dns, forwarding, ingress, pods")
+        }
     }
 }
 

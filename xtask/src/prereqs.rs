@@ -34,6 +34,8 @@ const DEBIAN: &[(&str, &str)] = &[
     // The DNS benchmark: its load generator and its peer (Knot DNS).
     ("dnsperf", "dnsperf"),
     ("/usr/sbin/knotd", "knot"),
+    // The ingress benchmark's peer.
+    ("/usr/sbin/nginx", "nginx-light"),
     // pingora (the ingress) compresses with zlib-ng, which builds with CMake.
     ("cmake", "cmake"),
     // etcd-client compiles etcd's protobuf definitions at build time.
@@ -101,6 +103,17 @@ fn debian_packages() -> Result<()> {
     if run("apt-get", &args).is_err() {
         run("apt-get", &["update", "-q"])?;
         run("apt-get", &args)?;
+    }
+    // Packages whose service a systemd machine starts on install: the benchmarks run their own
+    // (nginx on port 80 would also take the ingress's port).
+    for (pkg, service) in [("nginx-light", "nginx"), ("knot", "knot")] {
+        if missing.contains(&pkg) && have("systemctl") {
+            let _ = Command::new("systemctl")
+                .args(["disable", "--now", service])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
     Ok(())
 }

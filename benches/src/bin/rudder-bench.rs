@@ -70,6 +70,26 @@ enum Bench {
         #[arg(long, value_delimiter = ',', default_value = "rudder,knot")]
         subjects: Vec<String>,
     },
+    /// Ingress: wrk through `rudder ingress` and through nginx-light configured for the same
+    /// routes and backends (requests per second, latency, CPU per request, upstream connection
+    /// reuse, memory with 1,000 routes).
+    Ingress {
+        /// The rudder binary to benchmark (its `server` holds the objects, its `ingress` proxies).
+        #[arg(long)]
+        rudder: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench/ingress")]
+        out: PathBuf,
+        /// 100 routes, 16 connections, 5 s runs.
+        #[arg(long)]
+        quick: bool,
+        /// Routes (default 1000, or 100 with --quick).
+        #[arg(long)]
+        routes: Option<usize>,
+        /// Subjects (comma-separated): rudder, nginx.
+        #[arg(long, value_delimiter = ',', default_value = "rudder,nginx")]
+        subjects: Vec<String>,
+    },
     /// Service forwarding through none / iptables / eBPF (TC, socket-LB) at several service
     /// counts, in network namespaces. Needs root.
     Forwarding {
@@ -145,6 +165,27 @@ async fn main() -> anyhow::Result<()> {
             }
             options.subjects = subjects;
             rudder_benches::dns::run(&rudder, &out, &options).await?;
+            println!("{}", std::fs::read_to_string(out.join("report.md"))?);
+            println!("written to {}", out.display());
+        }
+        Bench::Ingress {
+            rudder,
+            out,
+            quick,
+            routes,
+            subjects,
+        } => {
+            use rudder_benches::ingress::Options;
+            let mut options = if quick {
+                Options::quick()
+            } else {
+                Options::full()
+            };
+            if let Some(routes) = routes {
+                options.routes = routes;
+            }
+            options.subjects = subjects;
+            rudder_benches::ingress::run(&rudder, &out, &options).await?;
             println!("{}", std::fs::read_to_string(out.join("report.md"))?);
             println!("written to {}", out.display());
         }
