@@ -43,7 +43,16 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    // What the table never reads is dropped before the store keeps it: managedFields and
+    // kubectl's copy of the last applied manifest are most of a small object.
+    let events = watcher(api, config).modify(|obj: &mut K| {
+        let meta = obj.meta_mut();
+        meta.managed_fields = None;
+        if let Some(annotations) = meta.annotations.as_mut() {
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    });
+    let stream = reflector::reflector(writer, events).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
