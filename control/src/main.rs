@@ -176,6 +176,10 @@ struct IngressArgs {
     /// Address the ingress serves plain HTTP on.
     #[arg(long, default_value = "0.0.0.0:80")]
     ingress_http_addr: std::net::SocketAddr,
+    /// Address the ingress serves HTTPS on (certificates from the Ingresses' TLS Secrets, by
+    /// SNI); `none` turns HTTPS off.
+    #[arg(long, default_value = "0.0.0.0:443")]
+    ingress_https_addr: OptionalAddr,
     /// Worker threads of the ingress proxy (0: one per core).
     #[arg(long, default_value_t = 0)]
     ingress_threads: usize,
@@ -185,7 +189,26 @@ impl IngressArgs {
     fn options(&self) -> rudder_ingress::Options {
         rudder_ingress::Options {
             http_addr: self.ingress_http_addr,
+            https_addr: self.ingress_https_addr.0,
             threads: self.ingress_threads,
+        }
+    }
+}
+
+/// An address, or `none`.
+#[derive(Clone, Copy, Debug)]
+struct OptionalAddr(Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for OptionalAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(OptionalAddr(None)),
+            addr => addr
+                .parse()
+                .map(|a| OptionalAddr(Some(a)))
+                .map_err(|e| format!("{addr:?}: {e} (expected IP:port or none)")),
         }
     }
 }

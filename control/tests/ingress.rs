@@ -11,6 +11,9 @@
 //! - an endpoint that refuses connections is skipped (the request is retried on another);
 //! - `X-Forwarded-For` gets the client appended, `X-Forwarded-Proto` and `X-Forwarded-Host` are
 //!   set;
+//! - HTTPS: the `kubernetes.io/tls` Secret's certificate is served for its host (SNI, checked by
+//!   curl against that certificate), plain HTTP to the host is redirected with 308, another name
+//!   gets the ingress's own certificate;
 //! - deleting the Ingress brings the 404 back.
 //!
 //! Needs kubectl (`cargo xtask ci`). Traffic stays on 127.0.0.1.
@@ -130,6 +133,9 @@ fn ingresses_route_to_ready_endpoints() {
     let ingress: SocketAddr = format!("127.0.0.1:{}", common::free_port())
         .parse()
         .unwrap();
+    let https: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     let server = Rudder::start(
         &dir.path().join("data"),
         &[
@@ -137,6 +143,8 @@ fn ingresses_route_to_ready_endpoints() {
             "agent,dns".into(),
             "--ingress-http-addr".into(),
             ingress.to_string(),
+            "--ingress-https-addr".into(),
+            https.to_string(),
         ],
     );
     server.wait_for("the rudder IngressClass", || {
@@ -256,6 +264,96 @@ spec:
         body.ends_with("xff=192.0.2.7, 127.0.0.1 proto=http host=www.example.test"),
         "{body}"
     );
+
+    // HTTPS: the Secret's certificate for its host (by SNI), HTTP redirected there with 308;
+    // another name gets the ingress's own certificate.
+    // Self-signed and marked a CA, so curl can take it as its own trust anchor.
+    let mut params = rcgen::CertificateParams::new(vec!["secure.example.test".to_owned()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let signing_key = rcgen::KeyPair::generate().unwrap();
+    let certified = params.self_signed(&signing_key).unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, certified.pem()).unwrap();
+    std::fs::write(&key, signing_key.serialize_pem()).unwrap();
+    server.ok(&[
+        "create",
+        "secret",
+        "tls",
+        "secure-tls",
+        &format!("--cert={}", cert.display()),
+        &format!("--key={}", key.display()),
+    ]);
+    let secure = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: secure}
+spec:
+  tls: [{hosts: [secure.example.test], secretName: secure-tls}]
+  rules:
+  - host: secure.example.test
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+"#;
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], secure);
+    assert!(out.status.success(), "{out:?}");
+    let curl = |host: &str, extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--resolve"])
+            .arg(format!("{host}:{}:127.0.0.1", https.port()))
+            .args(extra)
+            .arg(format!("https://{host}:{}/tls", https.port()))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cacert = cert.display().to_string();
+    // Until the table has the Secret; curl's error says why when it never does.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ok, _, why) = curl("secure.example.test", &["--cacert", &cacert]);
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HTTPS with the Secret's certificate: {why}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, body, _) = curl("secure.example.test", &["--cacert", &cacert]);
+    assert!(
+        body.starts_with("web-") && body.contains("proto=https host=secure.example.test"),
+        "{body}"
+    );
+    let mut plain = TcpStream::connect(ingress).unwrap();
+    write!(
+        plain,
+        "GET /a?b=c HTTP/1.1\r\nHost: secure.example.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    plain.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 308")
+            && response
+                .to_ascii_lowercase()
+                .contains("location: https://secure.example.test/a?b=c"),
+        "{response}"
+    );
+    let (verified, _, why) = curl("other.example.test", &["--cacert", &cacert]);
+    assert!(
+        !verified,
+        "another name must not get secure.example.test's certificate"
+    );
+    assert!(why.contains("SSL") || why.contains("certificate"), "{why}");
+    let (ok, body, why) = curl("other.example.test", &["-k"]);
+    assert!(ok && body.starts_with("fallback"), "{body} {why}");
+    server.ok(&["delete", "ingress", "secure"]);
 
     // An endpoint that refuses connections is skipped: every request still succeeds.
     let out = server.kubectl_stdin(&["apply", "-f", "-"], &slice("web-dead", "web", dead));

@@ -7,11 +7,14 @@
 //! - [`proxy`]: the pingora `ProxyHttp` that routes each request by the current table straight
 //!   to a ready endpoint (round robin, passive health, pooled keep-alive upstream connections).
 //!
+//! - [`tls`]: HTTPS, the certificate of each handshake chosen by SNI from the table.
+//!
 //! [`run`] puts them together; `rudder server` runs it for its cluster, `rudder ingress
-//! --kubeconfig F` alone. HTTPS (certificates chosen by SNI from the table) is being built.
+//! --kubeconfig F` alone.
 
 pub mod proxy;
 pub mod routes;
+pub mod tls;
 pub mod watch;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -26,6 +29,8 @@ use pingora::server::{
 pub struct Options {
     /// Plain HTTP listener (`--ingress-http-addr`).
     pub http_addr: SocketAddr,
+    /// HTTPS listener (`--ingress-https-addr`), if any.
+    pub https_addr: Option<SocketAddr>,
     /// Worker threads of the proxy (0: one per core).
     pub threads: usize,
 }
@@ -43,6 +48,9 @@ pub enum Error {
     /// The proxy thread could not start.
     #[error("starting the proxy: {0}")]
     Start(String),
+    /// The TLS listener could not be set up.
+    #[error("setting up TLS: {0}")]
+    Tls(String),
 }
 
 /// Tells pingora to stop when rudder does.
@@ -63,11 +71,10 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    // Fail clearly (pingora would exit the process) when the address cannot be bound.
-    std::net::TcpListener::bind(options.http_addr).map_err(|source| Error::Bind {
-        addr: options.http_addr,
-        source,
-    })?;
+    // Fail clearly (pingora would exit the process) when an address cannot be bound.
+    for addr in std::iter::once(options.http_addr).chain(options.https_addr) {
+        std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    }
     let shared = Arc::new(proxy::Shared::default());
     watch::start(client, Arc::clone(&shared));
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -97,6 +104,19 @@ pub async fn run(
     );
     service.add_tcp(&options.http_addr.to_string());
     server.add_service(service);
+    if let Some(addr) = options.https_addr {
+        let sni = tls::Sni::new(Arc::clone(&shared)).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(sni))
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        settings.enable_h2();
+        let mut secure = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            proxy::Proxy::new(Arc::clone(&shared), true),
+            "rudder ingress (https)",
+        );
+        secure.add_tls_with_settings(&addr.to_string(), None, settings);
+        server.add_service(secure);
+    }
     let signal = Stop(Arc::clone(&stop));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -108,7 +128,7 @@ pub async fn run(
             let _ = done_tx.send(());
         })
         .map_err(|e| Error::Start(e.to_string()))?;
-    tracing::info!(addr = %options.http_addr, threads, "ingress serving");
+    tracing::info!(http = %options.http_addr, https = ?options.https_addr, threads, "ingress serving");
     shutdown.await;
     stop.notify_one();
     let _ = done_rx.await;

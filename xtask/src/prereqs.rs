@@ -36,8 +36,13 @@ const DEBIAN: &[(&str, &str)] = &[
     ("/usr/sbin/knotd", "knot"),
     // The ingress benchmark's peer.
     ("/usr/sbin/nginx", "nginx-light"),
-    // pingora (the ingress) compresses with zlib-ng, which builds with CMake.
+    // pingora (the ingress) compresses with zlib-ng, which builds with CMake, and terminates
+    // TLS with OpenSSL (found through pkg-config).
     ("cmake", "cmake"),
+    ("pkg-config", "pkg-config"),
+    ("/usr/include/openssl/ssl.h", "libssl-dev"),
+    // The ingress test asks for HTTPS with SNI (`--resolve`).
+    ("curl", "curl"),
     // etcd-client compiles etcd's protobuf definitions at build time.
     ("protoc", "protobuf-compiler"),
     // ...and imports Google's well-known types, which protoc finds only with this package
