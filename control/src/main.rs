@@ -180,6 +180,9 @@ struct IngressArgs {
     /// SNI); `none` turns HTTPS off.
     #[arg(long, default_value = "0.0.0.0:443")]
     ingress_https_addr: OptionalAddr,
+    /// Serve the ingress's metrics (Prometheus text) over HTTP at this address, path /metrics.
+    #[arg(long)]
+    ingress_metrics_addr: Option<std::net::SocketAddr>,
     /// Worker threads of the ingress proxy (0: one per core).
     #[arg(long, default_value_t = 0)]
     ingress_threads: usize,
@@ -190,6 +193,7 @@ impl IngressArgs {
         rudder_ingress::Options {
             http_addr: self.ingress_http_addr,
             https_addr: self.ingress_https_addr.0,
+            metrics_addr: self.ingress_metrics_addr,
             threads: self.ingress_threads,
         }
     }

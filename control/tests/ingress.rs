@@ -14,6 +14,8 @@
 //! - HTTPS: the `kubernetes.io/tls` Secret's certificate is served for its host (SNI, checked by
 //!   curl against that certificate), plain HTTP to the host is redirected with 308, another name
 //!   gets the ingress's own certificate;
+//! - `/metrics` counts the requests by status code, the upstream connections refused and the
+//!   routes;
 //! - deleting the Ingress brings the 404 back.
 //!
 //! Needs kubectl (`cargo xtask ci`). Traffic stays on 127.0.0.1.
@@ -136,6 +138,9 @@ fn ingresses_route_to_ready_endpoints() {
     let https: SocketAddr = format!("127.0.0.1:{}", common::free_port())
         .parse()
         .unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     let server = Rudder::start(
         &dir.path().join("data"),
         &[
@@ -145,6 +150,8 @@ fn ingresses_route_to_ready_endpoints() {
             ingress.to_string(),
             "--ingress-https-addr".into(),
             https.to_string(),
+            "--ingress-metrics-addr".into(),
+            metrics.to_string(),
         ],
     );
     server.wait_for("the rudder IngressClass", || {
@@ -388,6 +395,23 @@ spec:
     assert!(
         body.contains("no ready endpoint for default/web:http"),
         "{body}"
+    );
+
+    // The metrics counted all of it.
+    let (status, text) = get(metrics, "metrics", "/metrics", "");
+    assert_eq!(status, 200, "{text}");
+    for wanted in [
+        "rudder_ingress_requests_total{code=\"200\"}",
+        "rudder_ingress_requests_total{code=\"308\"} 1\n",
+        "rudder_ingress_requests_total{code=\"503\"}",
+        "rudder_ingress_request_duration_seconds_bucket{le=\"+Inf\"}",
+        "rudder_ingress_routes ",
+    ] {
+        assert!(text.contains(wanted), "{wanted} in\n{text}");
+    }
+    assert!(
+        !text.contains("rudder_ingress_upstream_connect_failures_total 0\n"),
+        "the refused endpoint was counted:\n{text}"
     );
 
     // Deleting the Ingress: 404.

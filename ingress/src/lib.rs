@@ -7,11 +7,13 @@
 //! - [`proxy`]: the pingora `ProxyHttp` that routes each request by the current table straight
 //!   to a ready endpoint (round robin, passive health, pooled keep-alive upstream connections).
 //!
-//! - [`tls`]: HTTPS, the certificate of each handshake chosen by SNI from the table.
+//! - [`tls`]: HTTPS, the certificate of each handshake chosen by SNI from the table;
+//! - [`metrics`]: Prometheus counters, served at `/metrics`.
 //!
 //! [`run`] puts them together; `rudder server` runs it for its cluster, `rudder ingress
 //! --kubeconfig F` alone.
 
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
@@ -31,6 +33,8 @@ pub struct Options {
     pub http_addr: SocketAddr,
     /// HTTPS listener (`--ingress-https-addr`), if any.
     pub https_addr: Option<SocketAddr>,
+    /// Where `/metrics` is served (`--ingress-metrics-addr`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     /// Worker threads of the proxy (0: one per core).
     pub threads: usize,
 }
@@ -72,7 +76,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     // Fail clearly (pingora would exit the process) when an address cannot be bound.
-    for addr in std::iter::once(options.http_addr).chain(options.https_addr) {
+    for addr in std::iter::once(options.http_addr)
+        .chain(options.https_addr)
+        .chain(options.metrics_addr)
+    {
         std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
     }
     let shared = Arc::new(proxy::Shared::default());
@@ -116,6 +123,14 @@ pub async fn run(
         );
         secure.add_tls_with_settings(&addr.to_string(), None, settings);
         server.add_service(secure);
+    }
+    if let Some(addr) = options.metrics_addr {
+        let mut endpoint = pingora::services::listening::Service::new(
+            "rudder ingress metrics".to_owned(),
+            metrics::Endpoint(Arc::clone(&shared)),
+        );
+        endpoint.add_tcp(&addr.to_string());
+        server.add_service(endpoint);
     }
     let signal = Stop(Arc::clone(&stop));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -10,7 +10,7 @@
 //! Headers added upstream, as ingress-nginx does: `X-Forwarded-For` (the client appended),
 //! `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Port`. The Host header is
 //! passed unchanged. Every request is logged (target `rudder_ingress::access`, level info):
-//! method, host, path, status, upstream, duration.
+//! method, host, path, status, upstream, duration; and counted in the [`crate::metrics`].
 
 use std::{
     collections::HashMap,
@@ -45,6 +45,8 @@ pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 /// What the proxy and the watches share.
 #[derive(Default)]
 pub struct Shared {
+    /// Request counters.
+    pub metrics: crate::metrics::Metrics,
     table: RwLock<Arc<Table>>,
     failed: RwLock<HashMap<SocketAddr, Instant>>,
     failed_count: AtomicUsize,
@@ -226,6 +228,7 @@ impl ProxyHttp for Proxy {
         if let Some(endpoint) = ctx.upstream {
             self.shared.mark_failed(endpoint);
         }
+        self.shared.metrics.upstream_failed();
         if ctx.tries <= RETRIES {
             e.set_retry(true);
         }
@@ -272,6 +275,7 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.shared.metrics.observe(status, ctx.started.elapsed());
         tracing::info!(
             target: "rudder_ingress::access",
             method = %req.method,

@@ -191,6 +191,7 @@ pub struct Table {
     certificates: HashMap<String, Arc<Certificate>>,
     wildcard_certificates: HashMap<String, Arc<Certificate>>,
     routes: usize,
+    endpoints: usize,
     /// Why objects were left out, for the log.
     pub warnings: Vec<String>,
 }
@@ -517,6 +518,7 @@ impl Table {
             }
         }
         table.routes = made.len();
+        table.endpoints = made.values().map(|r| r.endpoints.len()).sum();
         table
     }
 
@@ -560,6 +562,11 @@ impl Table {
     /// How many distinct routes (Ingress and backend) the table holds.
     pub fn route_count(&self) -> usize {
         self.routes
+    }
+
+    /// How many ready endpoints the routes have (an endpoint of two routes counts twice).
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints
     }
 }
 
