@@ -14,6 +14,7 @@
 //! - HTTPS: the `kubernetes.io/tls` Secret's certificate is served for its host (SNI, checked by
 //!   curl against that certificate), plain HTTP to the host is redirected with 308, another name
 //!   gets the ingress's own certificate;
+//! - the `proxy-body-size` annotation limits request bodies (413);
 //! - `/metrics` counts the requests by status code, the upstream connections refused and the
 //!   routes;
 //! - deleting the Ingress brings the 404 back.
@@ -69,6 +70,14 @@ fn serve(name: &str, stream: TcpStream) {
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
             }
         }
+        let length: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
         let get = |k: &str| headers.get(k).cloned().unwrap_or_default();
         let body = format!(
             "{name} {path} xff={} proto={} host={}",
@@ -109,6 +118,27 @@ fn get(ingress: SocketAddr, host: &str, path: &str, extra: &str) -> (u16, String
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// POST a body of `size` bytes to `path` through the ingress: the status.
+fn post(ingress: SocketAddr, host: &str, path: &str, size: usize) -> u16 {
+    let mut stream = TcpStream::connect(ingress).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n{}",
+        "x".repeat(size)
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// An EndpointSlice of `service` with one ready endpoint, 127.0.0.1:`port` (the backends all
@@ -271,6 +301,18 @@ spec:
         body.ends_with("xff=192.0.2.7, 127.0.0.1 proto=http host=www.example.test"),
         "{body}"
     );
+
+    // An ingress-nginx annotation: request bodies over the limit get 413.
+    server.ok(&[
+        "annotate",
+        "ingress",
+        "site",
+        "nginx.ingress.kubernetes.io/proxy-body-size=16",
+    ]);
+    wait("the body limit", || {
+        post(ingress, "www.example.test", "/upload", 32) == 413
+    });
+    assert_eq!(post(ingress, "www.example.test", "/upload", 8), 200);
 
     // HTTPS: the Secret's certificate for its host (by SNI), HTTP redirected there with 308;
     // another name gets the ingress's own certificate.

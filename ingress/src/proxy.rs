@@ -5,7 +5,9 @@
 //! not failed recently is the upstream. Upstream connections are pooled and kept alive by
 //! pingora (idle for up to [`UPSTREAM_IDLE`]). A connection that cannot be made marks the
 //! endpoint failed for [`FAILED_FOR`] (passive health) and the request is retried on another
-//! endpoint, up to [`RETRIES`] times. WebSocket and other HTTP/1.1 upgrades pass through.
+//! endpoint, up to [`RETRIES`] times. WebSocket and other HTTP/1.1 upgrades pass through. The
+//! Ingress's [`crate::routes::Limits`] set the upstream timeouts and the largest request body
+//! (413 beyond it, from `Content-Length` or counted as a chunked body streams).
 //!
 //! Headers added upstream, as ingress-nginx does: `X-Forwarded-For` (the client appended),
 //! `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Port`. The Host header is
@@ -97,6 +99,7 @@ impl Shared {
 /// The per-request state.
 pub struct Ctx {
     started: Instant,
+    body_bytes: u64,
     route: Option<Arc<Route>>,
     upstream: Option<SocketAddr>,
     tries: usize,
@@ -156,6 +159,7 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
+            body_bytes: 0,
             route: None,
             upstream: None,
             tries: 0,
@@ -177,6 +181,17 @@ impl ProxyHttp for Proxy {
                 respond(session, 503, &text, None).await
             }
             Decision::Proxy(route) => {
+                let length = req
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let (Some(max), Some(length)) = (route.limits.max_body, length)
+                    && length > max
+                {
+                    let text = format!("Request Entity Too Large: bodies up to {max} bytes");
+                    return respond(session, 413, &text, None).await;
+                }
                 ctx.route = Some(Arc::clone(route));
                 Ok(false)
             }
@@ -210,12 +225,31 @@ impl ProxyHttp for Proxy {
             })?;
         ctx.upstream = Some(endpoint);
         ctx.tries += 1;
+        let limits = &route.limits;
         let mut peer = HttpPeer::new(endpoint, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.connection_timeout = Some(limits.connect_timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
-        peer.options.read_timeout = Some(Duration::from_secs(60));
-        peer.options.write_timeout = Some(Duration::from_secs(60));
+        peer.options.read_timeout = Some(limits.read_timeout);
+        peer.options.write_timeout = Some(limits.send_timeout);
         Ok(Box::new(peer))
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A body without a length (chunked) is counted as it streams.
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        match ctx.route.as_ref().and_then(|r| r.limits.max_body) {
+            Some(max) if ctx.body_bytes > max => Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                format!("request body larger than {max} bytes"),
+            ),
+            _ => Ok(()),
+        }
     }
 
     fn fail_to_connect(

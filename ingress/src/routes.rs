@@ -26,6 +26,9 @@
 //!   addresses of its EndpointSlices, with the target port of the slice port named as the
 //!   Service port: requests go straight to pods, not through the Service's virtual IP. A
 //!   backend without ready endpoints (or an unknown Service) answers 503.
+//! - **Annotations.** Of ingress-nginx's, those that map cleanly: `ssl-redirect`,
+//!   `proxy-connect-timeout`, `proxy-read-timeout`, `proxy-send-timeout` and `proxy-body-size`
+//!   (see [`Limits`]).
 //! - **TLS.** `spec.tls` hosts get the certificate of their `kubernetes.io/tls` Secret, chosen
 //!   by SNI; an HTTP request to such a host is redirected to HTTPS with 308, unless the Ingress
 //!   says `nginx.ingress.kubernetes.io/ssl-redirect: "false"`.
@@ -37,6 +40,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use k8s_openapi::{
@@ -104,6 +108,95 @@ impl std::fmt::Display for BackendRef {
     }
 }
 
+/// The annotation setting the upstream connect timeout (seconds).
+pub const CONNECT_TIMEOUT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-connect-timeout";
+/// The annotation setting the upstream read timeout (seconds).
+pub const READ_TIMEOUT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-read-timeout";
+/// The annotation setting the upstream send timeout (seconds).
+pub const SEND_TIMEOUT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-send-timeout";
+/// The annotation limiting request bodies (`8m`, `512k`, `0` for no limit).
+pub const BODY_SIZE_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-body-size";
+
+/// An Ingress's proxy settings, from the ingress-nginx annotations that map onto them (with
+/// ingress-nginx's defaults: connect 5 s, read and send 60 s, bodies up to 1 MiB). A value that
+/// does not parse is ignored with a warning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connecting to an endpoint.
+    pub connect_timeout: Duration,
+    /// Between two reads from the endpoint.
+    pub read_timeout: Duration,
+    /// Between two writes to the endpoint.
+    pub send_timeout: Duration,
+    /// Largest request body, in bytes (`None`: no limit).
+    pub max_body: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            max_body: Some(1 << 20),
+        }
+    }
+}
+
+/// nginx's size syntax: bytes, or a number with `k`, `m` or `g` (either case).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_lowercase()),
+        _ => (s, ' '),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let scale: u64 = match unit {
+        ' ' => 1,
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+impl Limits {
+    fn from_annotations(
+        ingress: &str,
+        annotations: Option<&BTreeMap<String, String>>,
+        warnings: &mut Vec<String>,
+    ) -> Limits {
+        let mut limits = Limits::default();
+        let Some(annotations) = annotations else {
+            return limits;
+        };
+        let mut seconds = |key: &str, field: &mut Duration| {
+            if let Some(v) = annotations.get(key) {
+                match v.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => *field = Duration::from_secs(n),
+                    _ => warnings.push(format!(
+                        "Ingress {ingress}: {key}: {v:?} is not a number of seconds"
+                    )),
+                }
+            }
+        };
+        seconds(CONNECT_TIMEOUT_ANNOTATION, &mut limits.connect_timeout);
+        seconds(READ_TIMEOUT_ANNOTATION, &mut limits.read_timeout);
+        seconds(SEND_TIMEOUT_ANNOTATION, &mut limits.send_timeout);
+        if let Some(v) = annotations.get(BODY_SIZE_ANNOTATION) {
+            match parse_size(v) {
+                Some(0) => limits.max_body = None,
+                Some(n) => limits.max_body = Some(n),
+                None => warnings.push(format!(
+                    "Ingress {ingress}: {BODY_SIZE_ANNOTATION}: {v:?} is not a size (e.g. 8m)"
+                )),
+            }
+        }
+        limits
+    }
+}
+
 /// Where matching requests go: a backend and its ready endpoints, picked round robin.
 #[derive(Debug)]
 pub struct Route {
@@ -113,6 +206,8 @@ pub struct Route {
     pub backend: BackendRef,
     /// Its ready endpoints (empty: 503).
     pub endpoints: Arc<[SocketAddr]>,
+    /// The Ingress's timeouts and body limit.
+    pub limits: Limits,
     next: AtomicUsize,
 }
 
@@ -394,23 +489,25 @@ impl Table {
         // One Route per (Ingress, backend): paths of an Ingress to the same backend share the
         // round robin.
         let mut made: BTreeMap<(String, BackendRef), Arc<Route>> = BTreeMap::new();
-        let mut route_for = |ingress: &str, backend: BackendRef, warnings: &mut Vec<String>| {
-            Arc::clone(
-                made.entry((ingress.to_owned(), backend.clone()))
-                    .or_insert_with(|| {
-                        let resolved = endpoints.resolve(&backend).unwrap_or_else(|why| {
-                            warnings.push(format!("Ingress {ingress}: {why}"));
-                            Vec::new()
-                        });
-                        Arc::new(Route {
-                            ingress: ingress.to_owned(),
-                            backend,
-                            endpoints: resolved.into(),
-                            next: AtomicUsize::new(0),
-                        })
-                    }),
-            )
-        };
+        let mut route_for =
+            |ingress: &str, backend: BackendRef, limits: &Limits, warnings: &mut Vec<String>| {
+                Arc::clone(
+                    made.entry((ingress.to_owned(), backend.clone()))
+                        .or_insert_with(|| {
+                            let resolved = endpoints.resolve(&backend).unwrap_or_else(|why| {
+                                warnings.push(format!("Ingress {ingress}: {why}"));
+                                Vec::new()
+                            });
+                            Arc::new(Route {
+                                ingress: ingress.to_owned(),
+                                backend,
+                                endpoints: resolved.into(),
+                                limits: limits.clone(),
+                                next: AtomicUsize::new(0),
+                            })
+                        }),
+                )
+            };
         let secrets: HashMap<(&str, &str), &Secret> = inputs
             .secrets
             .iter()
@@ -435,6 +532,11 @@ impl Table {
                 .as_ref()
                 .and_then(|a| a.get(SSL_REDIRECT_ANNOTATION))
                 .is_some_and(|v| v == "false");
+            let limits = Limits::from_annotations(
+                &name,
+                ingress.metadata.annotations.as_ref(),
+                &mut table.warnings,
+            );
             let default = spec.default_backend.as_ref().and_then(|b| {
                 let backend = backend_ref(&namespace, b);
                 if backend.is_none() {
@@ -442,7 +544,7 @@ impl Table {
                         "Ingress {name}: defaultBackend is not a Service port (resource backends are not supported)"
                     ));
                 }
-                backend.map(|b| route_for(&name, b, &mut table.warnings))
+                backend.map(|b| route_for(&name, b, &limits, &mut table.warnings))
             });
             if table.default.is_none() {
                 table.default = default.clone();
@@ -506,7 +608,7 @@ impl Table {
                         ));
                         continue;
                     };
-                    let route = route_for(&name, backend, &mut table.warnings);
+                    let route = route_for(&name, backend, &limits, &mut table.warnings);
                     let p = path.path.clone().unwrap_or_else(|| "/".to_owned());
                     let map = if path.path_type == "Exact" {
                         rules.exact.entry(p)
@@ -788,6 +890,43 @@ mod tests {
             to(&Table::build(&plain), "www.example.com", "/", false),
             "404"
         );
+    }
+
+    #[test]
+    fn annotations_set_timeouts_and_the_body_limit() {
+        let mut annotated = main_ingress();
+        annotated["metadata"]["annotations"] = json!({
+            READ_TIMEOUT_ANNOTATION: "5",
+            BODY_SIZE_ANNOTATION: "8m",
+            CONNECT_TIMEOUT_ANNOTATION: "soon",
+        });
+        let table = Table::build(&inputs(vec![annotated]));
+        let Decision::Proxy(route) = table.route("www.example.com", "/", false) else {
+            panic!("routed");
+        };
+        assert_eq!(route.limits.read_timeout, Duration::from_secs(5));
+        assert_eq!(route.limits.max_body, Some(8 << 20));
+        assert_eq!(route.limits.connect_timeout, Duration::from_secs(5));
+        assert!(
+            table
+                .warnings
+                .iter()
+                .any(|w| w.contains("\"soon\" is not a number of seconds")),
+            "{:?}",
+            table.warnings
+        );
+        assert_eq!(parse_size("512K"), Some(512 << 10));
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size("1x"), None);
+        let unlimited = {
+            let mut i = main_ingress();
+            i["metadata"]["annotations"] = json!({BODY_SIZE_ANNOTATION: "0"});
+            Table::build(&inputs(vec![i]))
+        };
+        let Decision::Proxy(route) = unlimited.route("www.example.com", "/", false) else {
+            panic!("routed");
+        };
+        assert_eq!(route.limits.max_body, None);
     }
 
     #[test]
