@@ -244,6 +244,13 @@ fn budgets_hold_evictions_back() {
         "c must be gone at once: {gone:?}"
     );
 
+    // Eviction is create-only.
+    let out = server.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/b/eviction"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("MethodNotAllowed"),
+        "{out:?}"
+    );
+
     // A pod two budgets select cannot be evicted.
     let out = server.kubectl_stdin(
         &["apply", "-f", "-"],

@@ -405,13 +405,27 @@ spec:
     server.ok(&["delete", "ingress", "secure"]);
 
     // An endpoint that refuses connections is skipped: every request still succeeds.
+    let gauge = |name: &str| -> usize {
+        get(metrics, "metrics", "/metrics", "")
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let endpoints = gauge("rudder_ingress_endpoints ");
     let out = server.kubectl_stdin(&["apply", "-f", "-"], &slice("web-dead", "web", dead));
     assert!(out.status.success(), "{out:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    wait("the refusing endpoint in the table", || {
+        gauge("rudder_ingress_endpoints ") == endpoints + 1
+    });
     for _ in 0..12 {
         let (status, body) = get(ingress, "www.example.test", "/", "");
         assert_eq!(status, 200, "{body}");
     }
+    assert!(
+        gauge("rudder_ingress_upstream_connect_failures_total ") > 0,
+        "the refusing endpoint was tried and skipped"
+    );
 
     // The spread follows the slices within a second: web-a's slice goes, web-a gets nothing.
     server.ok(&["delete", "endpointslice", "web-a", "web-dead"]);

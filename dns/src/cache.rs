@@ -5,7 +5,7 @@
 //! the zone's SOA minimum): short, so a name that appears upstream is not hidden for long. A hit
 //! returns the records with their TTLs lowered by the time they have been kept, so clients do
 //! not cache past the upstream's TTL. At most [`CAPACITY`] answers are kept; when full, expired
-//! ones are dropped, and if none is, new answers are not kept until some expire.
+//! ones are dropped, and if none is, all are (one scan per [`CAPACITY`] new answers at most).
 //!
 //! Cluster names are never cached here: the index answers them, always current.
 
@@ -99,8 +99,9 @@ impl ForwardCache {
             entries.retain(|_, e| {
                 now.saturating_duration_since(e.stored) < Duration::from_secs(u64::from(e.ttl))
             });
+            // Still full of live answers: start over rather than scan again on every miss.
             if entries.len() >= self.capacity {
-                return;
+                entries.clear();
             }
         }
         entries.insert(
@@ -184,18 +185,26 @@ mod tests {
             cache.get(&names[1], RecordType::A, t0 + Duration::from_secs(4)),
             Some(Some(Vec::new()))
         );
-        // Full of live answers: a new one is not kept.
+        // Full of live answers: they go, the new one is kept.
         cache.put(&names[2], RecordType::A, &None, t0 + Duration::from_secs(1));
+        assert_eq!(cache.len(), 1);
         assert!(
             cache
                 .get(&names[2], RecordType::A, t0 + Duration::from_secs(1))
-                .is_none()
+                .is_some()
         );
-        // Once they expire it is.
-        cache.put(&names[2], RecordType::A, &None, t0 + Duration::from_secs(6));
-        assert_eq!(cache.len(), 1);
+        // Expired answers go first: c (stored at 1 s) is gone at 7 s, b stays.
+        cache.put(&names[0], RecordType::A, &None, t0 + Duration::from_secs(3));
+        cache.put(&names[1], RecordType::A, &None, t0 + Duration::from_secs(7));
+        assert_eq!(cache.len(), 2);
+        assert!(
+            cache
+                .get(&names[0], RecordType::A, t0 + Duration::from_secs(7))
+                .is_some()
+        );
         // A zero TTL is not cached.
-        cache.put(&names[0], RecordType::A, &Some(vec![a(&names[0], 0)]), t0);
-        assert!(cache.get(&names[0], RecordType::A, t0).is_none());
+        let zero = Name::from_ascii("z.test.").expect("name");
+        cache.put(&zero, RecordType::A, &Some(vec![a(&zero, 0)]), t0);
+        assert!(cache.get(&zero, RecordType::A, t0).is_none());
     }
 }

@@ -180,11 +180,18 @@ fn address_record(name: &Name, ttl: u32, ip: IpAddr) -> Record {
         },
     )
 }
-/// Strings many objects share (namespaces, `_<port>` and `_<proto>` labels), kept once.
+/// Strings many objects share (namespaces, `_<port>` and `_<proto>` labels), kept once. They
+/// are never dropped: namespaces and port names are few and long-lived (a cluster that creates
+/// and deletes millions of distinct namespaces would keep their names).
 #[derive(Debug, Default)]
 struct Interner(HashSet<Arc<str>>);
 
 impl Interner {
+    /// The shared string, if it is known (deletes look up without adding).
+    fn find(&self, s: &str) -> Option<Arc<str>> {
+        self.0.get(s).cloned()
+    }
+
     fn get(&mut self, s: &str) -> Arc<str> {
         if let Some(shared) = self.0.get(s) {
             return Arc::clone(shared);
@@ -644,11 +651,17 @@ impl Index {
                 self.namespaces.remove(ns);
             }
         }
-        for (ip, target) in old.iter().filter(|p| !new.contains(p)) {
+        if old == new {
+            return;
+        }
+        // Sets: a headless Service may have thousands of endpoints.
+        let was: HashSet<&(IpAddr, Box<str>)> = old.iter().collect();
+        let now: HashSet<&(IpAddr, Box<str>)> = new.iter().collect();
+        for (ip, target) in old.iter().filter(|p| !now.contains(p)) {
             self.unpoint(*ip, target);
         }
-        for (ip, target) in new.into_iter().filter(|p| !old.contains(p)) {
-            self.point(ip, target);
+        for (ip, target) in new.iter().filter(|p| !was.contains(p)) {
+            self.point(*ip, target.clone());
         }
     }
 
@@ -701,7 +714,9 @@ impl Index {
 
     /// Removes a Service (its slices stay until they are deleted).
     pub fn delete_service(&mut self, namespace: &str, name: &str) {
-        let ns = self.strings.get(&namespace.to_ascii_lowercase());
+        let Some(ns) = self.strings.find(&namespace.to_ascii_lowercase()) else {
+            return;
+        };
         let name = name.to_ascii_lowercase();
         if self
             .namespaces
@@ -752,7 +767,9 @@ impl Index {
 
     /// Removes an EndpointSlice.
     pub fn delete_slice(&mut self, namespace: &str, name: &str) {
-        let ns = self.strings.get(&namespace.to_ascii_lowercase());
+        let Some(ns) = self.strings.find(&namespace.to_ascii_lowercase()) else {
+            return;
+        };
         let name: Box<str> = name.to_ascii_lowercase().into();
         let Some(owner) = self.slice_owner.remove(&(Arc::clone(&ns), name.clone())) else {
             return;
@@ -823,7 +840,9 @@ impl Index {
 
     /// Removes a Pod.
     pub fn delete_pod(&mut self, namespace: &str, name: &str) {
-        let ns = self.strings.get(&namespace.to_ascii_lowercase());
+        let Some(ns) = self.strings.find(&namespace.to_ascii_lowercase()) else {
+            return;
+        };
         self.remove_pod(&(ns, name.to_ascii_lowercase().into()));
     }
 

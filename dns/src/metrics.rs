@@ -1,6 +1,7 @@
 //! Prometheus metrics of the DNS server, in the text exposition format: queries by type,
 //! responses by rcode, a latency histogram (CoreDNS's buckets), forwarded queries, hits and
-//! misses of the forwarded-answer cache, and search-path expansions. Counters are atomics bumped on the query path.
+//! misses of the forwarded-answer cache, and search-path expansions. Counters are atomics
+//! bumped on the query path.
 
 use std::{
     fmt::Write,

@@ -50,11 +50,14 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The proxy thread could not start.
-    #[error("starting the proxy: {0}")]
-    Start(String),
-    /// The TLS listener could not be set up.
+    #[error("starting the proxy thread")]
+    Start(#[source] std::io::Error),
+    /// The default certificate could not be made.
+    #[error("setting up TLS")]
+    Certificate(#[source] tls::Error),
+    /// pingora's TLS listener could not be set up.
     #[error("setting up TLS: {0}")]
-    Tls(String),
+    Tls(Box<pingora::Error>),
 }
 
 /// Tells pingora to stop when rudder does.
@@ -112,9 +115,9 @@ pub async fn run(
     service.add_tcp(&options.http_addr.to_string());
     server.add_service(service);
     if let Some(addr) = options.https_addr {
-        let sni = tls::Sni::new(Arc::clone(&shared)).map_err(|e| Error::Tls(e.to_string()))?;
+        let sni = tls::Sni::new(Arc::clone(&shared)).map_err(Error::Certificate)?;
         let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(sni))
-            .map_err(|e| Error::Tls(e.to_string()))?;
+            .map_err(Error::Tls)?;
         settings.enable_h2();
         let mut secure = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
@@ -142,7 +145,7 @@ pub async fn run(
             });
             let _ = done_tx.send(());
         })
-        .map_err(|e| Error::Start(e.to_string()))?;
+        .map_err(Error::Start)?;
     tracing::info!(http = %options.http_addr, https = ?options.https_addr, threads, "ingress serving");
     shutdown.await;
     stop.notify_one();

@@ -4,8 +4,8 @@
 //! backend has no ready endpoint, or a route); the route's next endpoint, round robin, that has
 //! not failed recently is the upstream. Upstream connections are pooled and kept alive by
 //! pingora (idle for up to [`UPSTREAM_IDLE`]). A connection that cannot be made marks the
-//! endpoint failed for [`FAILED_FOR`] (passive health) and the request is retried on another
-//! endpoint, up to [`RETRIES`] times. WebSocket and other HTTP/1.1 upgrades pass through. The
+//! endpoint failed for [`FAILED_FOR`] (passive health) and the request is retried, on another
+//! endpoint when the route has one, up to [`RETRIES`] times. WebSocket and other HTTP/1.1 upgrades pass through. The
 //! Ingress's [`crate::routes::Limits`] set the upstream timeouts and the largest request body
 //! (413 beyond it, from `Content-Length` or counted as a chunked body streams).
 //!
@@ -130,6 +130,17 @@ fn request_host(req: &RequestHeader) -> String {
         .unwrap_or_default()
 }
 
+/// The host of a redirect's `Location`: the request's host without its port, lowercased, an
+/// IPv6 literal kept in brackets.
+fn redirect_host(header: &str) -> String {
+    let host = crate::routes::host_of(header);
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    }
+}
+
 /// A short page for answers the proxy gives itself.
 async fn respond(
     session: &mut Session,
@@ -198,7 +209,7 @@ impl ProxyHttp for Proxy {
             Decision::RedirectHttps => {
                 let target = format!(
                     "https://{}{}",
-                    crate::routes::host_of(&host),
+                    redirect_host(&host),
                     req.uri.path_and_query().map_or("/", |p| p.as_str())
                 );
                 respond(session, 308, "Permanent Redirect", Some(&target)).await
@@ -211,7 +222,7 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(route) = &ctx.route else {
-            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+            return Err(Error::explain(ErrorType::InternalError, "no route chosen").into_in());
         };
         let shared = &self.shared;
         let endpoint = route
@@ -222,6 +233,7 @@ impl ProxyHttp for Proxy {
                     ErrorType::HTTPStatus(503),
                     format!("no ready endpoint for {}", route.backend),
                 )
+                .into_up()
             })?;
         ctx.upstream = Some(endpoint);
         ctx.tries += 1;
@@ -244,10 +256,11 @@ impl ProxyHttp for Proxy {
         // A body without a length (chunked) is counted as it streams.
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         match ctx.route.as_ref().and_then(|r| r.limits.max_body) {
-            Some(max) if ctx.body_bytes > max => Error::e_explain(
+            Some(max) if ctx.body_bytes > max => Err(Error::explain(
                 ErrorType::HTTPStatus(413),
                 format!("request body larger than {max} bytes"),
-            ),
+            )
+            .into_down()),
             _ => Ok(()),
         }
     }

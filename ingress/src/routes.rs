@@ -14,7 +14,8 @@
 //!   rules, else the wildcard's, else the rules without a host; the first group that has the
 //!   host decides (as nginx picks a server block, a host's group does not fall through to the
 //!   rules without a host).
-//! - **Paths.** `Exact` matches the path exactly (case-sensitive); `Prefix` matches element-wise
+//! - **Paths.** Matched after `.`/`..` segments are resolved and `//` merged (see
+//!   [`normalize_path`]). `Exact` matches the path exactly (case-sensitive); `Prefix` matches element-wise
 //!   by `/` (`/foo` matches `/foo`, `/foo/` and `/foo/bar`, not `/foobar`; a trailing `/` in
 //!   the rule is ignored); `ImplementationSpecific` is treated as `Prefix`. The longest match
 //!   wins, and `Exact` beats `Prefix` for the same path. When two Ingresses declare the same host,
@@ -291,6 +292,42 @@ pub struct Table {
     pub warnings: Vec<String>,
 }
 
+/// A random starting point for a route's round robin.
+fn random_start() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_usize(0);
+    hasher.finish() as usize
+}
+
+/// A request path as routing sees it: `.` and `..` segments resolved and empty segments
+/// merged, as nginx normalises a URI before it matches a location (`/public/../admin` must not
+/// match a rule for `/public`). Percent-encoded dots count as dots.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let suspicious =
+        path.contains("//") || path.contains("/.") || path.contains("%2e") || path.contains("%2E");
+    if !suspicious {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    let mut out: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut normal = format!("/{}", out.join("/"));
+    if trailing && normal != "/" {
+        normal.push('/');
+    }
+    std::borrow::Cow::Owned(normal)
+}
+
 /// A request's host, lowercased and without the port.
 pub fn host_of(header: &str) -> String {
     let host = if let Some(rest) = header.strip_prefix('[') {
@@ -503,7 +540,10 @@ impl Table {
                                 backend,
                                 endpoints: resolved.into(),
                                 limits: limits.clone(),
-                                next: AtomicUsize::new(0),
+                                // A table is rebuilt on any change in the cluster: starting
+                                // every route at its first endpoint would send a quiet
+                                // route's requests all there.
+                                next: AtomicUsize::new(random_start()),
                             })
                         }),
                 )
@@ -587,7 +627,11 @@ impl Table {
                 }
             }
             for rule in spec.rules.iter().flatten() {
-                let host = rule.host.as_deref().map(str::to_ascii_lowercase);
+                let host = rule
+                    .host
+                    .as_deref()
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_ascii_lowercase);
                 let rules = match &host {
                     None => table.any_host.get_or_insert_with(HostRules::default),
                     Some(h) => match h.strip_prefix("*.") {
@@ -628,7 +672,8 @@ impl Table {
     /// it came over HTTPS.
     pub fn route(&self, host: &str, path: &str, tls: bool) -> Decision<'_> {
         let host = host_of(host);
-        let path = path.split(['?', '#']).next().unwrap_or("/");
+        let path = normalize_path(path.split(['?', '#']).next().unwrap_or("/"));
+        let path: &str = &path;
         let rules = self
             .exact_hosts
             .get(&host)
@@ -927,6 +972,23 @@ mod tests {
             panic!("routed");
         };
         assert_eq!(route.limits.max_body, None);
+    }
+
+    #[test]
+    fn paths_are_normalised_before_matching() {
+        let table = Table::build(&inputs(vec![main_ingress()]));
+        assert_eq!(
+            to(&table, "www.example.com", "/api/../index", false),
+            "web:http"
+        );
+        assert_eq!(
+            to(&table, "www.example.com", "/x/%2e%2e/api/v1", false),
+            "api:9000"
+        );
+        assert_eq!(to(&table, "www.example.com", "//api", false), "api:9000");
+        assert_eq!(normalize_path("/a/./b/../c/"), "/a/c/");
+        assert_eq!(normalize_path("/../.."), "/");
+        assert_eq!(normalize_path("/plain/path"), "/plain/path");
     }
 
     #[test]

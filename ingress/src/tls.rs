@@ -4,8 +4,8 @@
 //! handshake's server name, exact then wildcard. A name without one (or a client without SNI)
 //! gets the ingress's own self-signed certificate, as ingress-nginx serves its "Fake
 //! Certificate": the handshake completes and the request is routed (the client decides whether
-//! to trust it). Parsed certificates are kept by Secret and content, so a table rebuild does not
-//! parse them again.
+//! to trust it). Parsed certificates (and Secrets that failed to parse, which get the default)
+//! are kept by Secret and content, so neither a table rebuild nor a handshake parses them again.
 
 use std::{
     collections::HashMap,
@@ -49,8 +49,8 @@ pub enum Error {
     #[error("Secret {0}: tls.crt holds no certificate")]
     Empty(String),
     /// The default certificate could not be made.
-    #[error("making the default certificate: {0}")]
-    Default(String),
+    #[error("making the default certificate")]
+    Default(#[source] rcgen::Error),
 }
 
 fn parse(cert: &Certificate) -> Result<Parsed, Error> {
@@ -84,14 +84,16 @@ fn fingerprint(cert: &Certificate) -> u64 {
 pub struct Sni {
     shared: Arc<Shared>,
     default: Parsed,
-    parsed: RwLock<HashMap<u64, Arc<Parsed>>>,
+    /// By fingerprint; `None` for a Secret that did not parse (reported once, not per
+    /// handshake).
+    parsed: RwLock<HashMap<u64, Option<Arc<Parsed>>>>,
 }
 
 impl Sni {
     /// A chooser over `shared`'s table, with a fresh self-signed default certificate.
     pub fn new(shared: Arc<Shared>) -> Result<Sni, Error> {
         let default = rcgen::generate_simple_self_signed(vec!["rudder-ingress.invalid".to_owned()])
-            .map_err(|e| Error::Default(e.to_string()))?;
+            .map_err(Error::Default)?;
         let default = parse(&Certificate {
             cert: default.cert.pem().into_bytes(),
             key: default.signing_key.serialize_pem().into_bytes(),
@@ -107,26 +109,24 @@ impl Sni {
     /// The parsed form of `cert`, parsed once.
     fn parsed(&self, cert: &Certificate) -> Option<Arc<Parsed>> {
         let key = fingerprint(cert);
-        if let Some(p) = self.parsed.read().ok().and_then(|m| m.get(&key).cloned()) {
-            return Some(p);
+        if let Some(known) = self.parsed.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return known;
         }
-        match parse(cert) {
-            Ok(p) => {
-                let p = Arc::new(p);
-                if let Ok(mut m) = self.parsed.write() {
-                    // Certificates of Secrets that changed are dropped now and then.
-                    if m.len() > 4096 {
-                        m.clear();
-                    }
-                    m.insert(key, Arc::clone(&p));
-                }
-                Some(p)
-            }
+        let parsed = match parse(cert) {
+            Ok(p) => Some(Arc::new(p)),
             Err(e) => {
-                tracing::warn!("ingress TLS: {e}");
+                tracing::warn!("ingress TLS: {e}; serving the default certificate instead");
                 None
             }
+        };
+        if let Ok(mut m) = self.parsed.write() {
+            // Certificates of Secrets that changed are dropped now and then.
+            if m.len() > 4096 {
+                m.clear();
+            }
+            m.insert(key, parsed.clone());
         }
+        parsed
     }
 }
 

@@ -76,7 +76,7 @@ fn too_many_requests(budget: &str, why: String) -> ApiError {
 /// The verdict for evicting `pod` given the budgets that select it.
 pub fn verdict(pod: &Pod, budgets: &[PodDisruptionBudget]) -> Verdict {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Pending" | "Succeeded" | "Failed") | None)
+    if matches!(phase, Some("Pending" | "Succeeded" | "Failed"))
         || pod.metadata.deletion_timestamp.is_some()
     {
         return Verdict::Delete;

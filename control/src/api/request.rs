@@ -357,6 +357,14 @@ async fn dispatch(
     match (req.method.clone(), info.name.as_deref()) {
         (Method::GET, None) if req.flag("watch") => watch::serve(state, rt, ns, req).await,
         (Method::GET, None) => rest::list(state, rt, ns, req).await,
+        // Eviction and binding are create-only, as in kube-apiserver.
+        (method, Some(_))
+            if method != Method::POST && matches!(sub, Some("eviction" | "binding")) =>
+        {
+            Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method})"
+            )))
+        }
         (Method::GET, Some(name)) if sub == Some("log") => {
             super::logs::serve(state, rt, ns.unwrap_or_default(), name, req).await
         }

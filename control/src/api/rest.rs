@@ -1163,7 +1163,6 @@ fn apply_scale(rt: &ResourceType, old: &Value, scale: &Value) -> ApiResult<Value
     Ok(new)
 }
 
-/// Options of a DELETE.
 /// The `DeleteOptions` rudder honours (from the body, the query, or an Eviction).
 #[derive(Debug, Default)]
 pub struct DeleteOptions {
