@@ -17,34 +17,18 @@
 
 mod common;
 
-use common::Rudder;
+use common::{Rudder, now};
 
-const SETUP: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: ghost}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, labels: {app: db}}
-spec:
-  nodeName: ghost
-  containers: [{name: c, image: registry.k8s.io/pause:3.10}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, labels: {app: db}}
-spec:
-  nodeName: ghost
-  containers: [{name: c, image: registry.k8s.io/pause:3.10}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, labels: {app: db}}
-spec:
-  nodeName: ghost
-  containers: [{name: c, image: registry.k8s.io/pause:3.10}]
-"#;
+/// The node and the pods `a`, `b` and `c` (`app: db`) bound to it.
+fn setup() -> String {
+    let mut yaml = "apiVersion: v1\nkind: Node\nmetadata: {name: ghost}\n".to_owned();
+    for pod in ["a", "b", "c"] {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, labels: {{app: db}}}}\nspec:\n  nodeName: ghost\n  containers: [{{name: c, image: registry.k8s.io/pause:3.10}}]\n"
+        ));
+    }
+    yaml
+}
 
 const BUDGET: &str = r#"
 apiVersion: policy/v1
@@ -54,14 +38,6 @@ spec:
   minAvailable: 2
   selector: {matchLabels: {app: db}}
 "#;
-
-fn now() -> String {
-    let out = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// Posts the pod's status as its node would: Running, Ready or not.
 fn set_ready(server: &Rudder, pod: &str, ready: bool) {
@@ -150,7 +126,7 @@ fn budgets_hold_evictions_back() {
         "{resources}"
     );
 
-    let out = server.kubectl_stdin(&["apply", "-f", "-"], SETUP);
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &setup());
     assert!(out.status.success(), "{out:?}");
     for pod in ["a", "b", "c"] {
         set_ready(&server, pod, true);

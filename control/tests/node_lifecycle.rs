@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Rudder;
+use common::{Rudder, now};
 
 const GHOST: &str = r#"
 apiVersion: v1
@@ -43,14 +43,6 @@ spec:
   containers:
   - {name: c, image: registry.k8s.io/pause:3.10}
 "#;
-
-fn now() -> String {
-    let out = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn wait(server: &Rudder, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -197,6 +197,15 @@ impl Drop for Rudder {
     }
 }
 
+/// The current time as Kubernetes writes it (RFC 3339, seconds, UTC).
+pub fn now() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Path of a test fixture.
 pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
