@@ -37,10 +37,10 @@ const DEBIAN: &[(&str, &str)] = &[
     // The ingress benchmark's peer.
     ("/usr/sbin/nginx", "nginx-light"),
     // pingora (the ingress) compresses with zlib-ng, which builds with CMake, and terminates
-    // TLS with OpenSSL (found through pkg-config).
+    // TLS with the OpenSSL it builds from source (pingora-openssl vendors it): make and perl.
     ("cmake", "cmake"),
-    ("pkg-config", "pkg-config"),
-    ("/usr/include/openssl/ssl.h", "libssl-dev"),
+    ("make", "make"),
+    ("perl", "perl"),
     // The ingress test asks for HTTPS with SNI (`--resolve`).
     ("curl", "curl"),
     // etcd-client compiles etcd's protobuf definitions at build time.
