@@ -429,6 +429,8 @@ pub async fn run(rudder: &Path, out: &Path, options: &Options) -> Result<Results
                     .stderr(Stdio::inherit()),
             )?,
         };
+        // nginx's worker outlives a killed master: stop the master gracefully first.
+        let _graceful = (subject == "nginx").then(|| GracefulStop(daemon.pid()));
         eprintln!("== {subject}");
         let synced = wait_routed(&mut daemon, port, routes).await?;
         // nginx's master does nothing per request: its worker (the child) is what serves.
@@ -503,6 +505,31 @@ pub async fn run(rudder: &Path, out: &Path, options: &Options) -> Result<Results
     report.push_str(&goals(&results, options));
     std::fs::write(out.join("report.md"), report)?;
     Ok(results)
+}
+
+/// Asks nginx's master (a pid) to stop when dropped and waits (up to 5 s) until its workers
+/// are gone; the [`Daemon`] then reaps the master.
+struct GracefulStop(u32);
+
+impl Drop for GracefulStop {
+    fn drop(&mut self) {
+        let Ok(pid) = i32::try_from(self.0) else {
+            return;
+        };
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            if children.trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// The pid of nginx's worker: the master's only child.
