@@ -393,9 +393,7 @@ pub async fn run(rudder: &Path, out: &Path, options: &Options) -> Result<Results
         .copied()
         .filter(|s| options.subjects.iter().any(|x| x == s))
     {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = control::free_port()?;
         let mut daemon = match subject {
             "nginx" => {
                 for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {

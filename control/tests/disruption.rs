@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{Rudder, now};
+use common::{Rudder, set_pod_ready};
 
 /// The node and the pods `a`, `b` and `c` (`app: db`) bound to it.
 fn setup() -> String {
@@ -38,23 +38,6 @@ spec:
   minAvailable: 2
   selector: {matchLabels: {app: db}}
 "#;
-
-/// Posts the pod's status as its node would: Running, Ready or not.
-fn set_ready(server: &Rudder, pod: &str, ready: bool) {
-    let t = now();
-    let status = if ready { "True" } else { "False" };
-    server.ok(&[
-        "patch",
-        "pod",
-        pod,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(
-            r#"{{"status":{{"phase":"Running","conditions":[{{"type":"Ready","status":"{status}","lastTransitionTime":"{t}"}}]}}}}"#
-        ),
-    ]);
-}
 
 /// The budget's `expectedPods/currentHealthy/desiredHealthy/disruptionsAllowed`.
 fn counts(server: &Rudder, name: &str) -> String {
@@ -129,7 +112,7 @@ fn budgets_hold_evictions_back() {
     let out = server.kubectl_stdin(&["apply", "-f", "-"], &setup());
     assert!(out.status.success(), "{out:?}");
     for pod in ["a", "b", "c"] {
-        set_ready(&server, pod, true);
+        set_pod_ready(&server, pod, true);
     }
 
     // Both bounds at once: refused, naming the field.
@@ -199,7 +182,7 @@ fn budgets_hold_evictions_back() {
 
     // An unready pod while the budget is not met: held back, unless the budget says
     // AlwaysAllow. Its deleteOptions (no grace) are honoured.
-    set_ready(&server, "c", false);
+    set_pod_ready(&server, "c", false);
     server.wait_for("c to count as unhealthy", || {
         counts(&server, "db") == "3/1/2/0"
     });

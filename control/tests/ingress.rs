@@ -140,15 +140,6 @@ fn slice(name: &str, service: &str, port: u16) -> String {
     )
 }
 
-/// Waits (up to 5 s) until `check` holds; panics with `what` otherwise.
-fn wait(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 #[ignore = "needs kubectl 1.37; run by cargo xtask ci"]
 fn ingresses_route_to_ready_endpoints() {
@@ -241,7 +232,7 @@ spec:
     );
     let out = server.kubectl_stdin(&["apply", "-f", "-"], &objects);
     assert!(out.status.success(), "{out:?}");
-    wait("the Ingress to be served", || {
+    server.wait_for("the Ingress to be served", || {
         get(ingress, "www.example.test", "/", "").0 == 200
     });
 
@@ -300,7 +291,7 @@ spec:
         "site",
         "nginx.ingress.kubernetes.io/proxy-body-size=16",
     ]);
-    wait("the body limit", || {
+    server.wait_for("the body limit", || {
         post(ingress, "www.example.test", "/upload", 32) == 413
     });
     assert_eq!(post(ingress, "www.example.test", "/upload", 8), 200);
@@ -407,7 +398,7 @@ spec:
     assert!(out.status.success(), "{out:?}");
     // Requests keep succeeding while the refusing endpoint comes into the table, is tried and
     // skipped (the failure counter says it was tried).
-    wait("the refusing endpoint to be tried", || {
+    server.wait_for("the refusing endpoint to be tried", || {
         let (status, body) = get(ingress, "www.example.test", "/", "");
         assert_eq!(status, 200, "{body}");
         gauge("rudder_ingress_upstream_connect_failures_total ") > 0
@@ -420,7 +411,7 @@ spec:
     // The spread follows the slices within a second: web-a's slice goes, web-a gets nothing.
     server.ok(&["delete", "endpointslice", "web-a", "web-dead"]);
     let started = Instant::now();
-    wait("web-a to leave", || {
+    server.wait_for("web-a to leave", || {
         (0..6).all(|_| {
             get(ingress, "www.example.test", "/", "")
                 .1
@@ -434,7 +425,7 @@ spec:
     );
     // None ready: 503 saying so.
     server.ok(&["delete", "endpointslice", "web-b"]);
-    wait("503 without endpoints", || {
+    server.wait_for("503 without endpoints", || {
         get(ingress, "www.example.test", "/", "").0 == 503
     });
     let (_, body) = get(ingress, "www.example.test", "/", "");
@@ -462,7 +453,7 @@ spec:
 
     // Deleting the Ingress: 404.
     server.ok(&["delete", "ingress", "site"]);
-    wait("404 once the Ingress is gone", || {
+    server.wait_for("404 once the Ingress is gone", || {
         get(ingress, "www.example.test", "/", "").0 == 404
     });
     let (_, body) = get(ingress, "www.example.test", "/", "");

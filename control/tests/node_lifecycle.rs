@@ -81,19 +81,7 @@ fn a_silent_node_turns_unknown_is_tainted_and_its_pods_leave_by_their_toleration
     server.kubectl_stdin(&["apply", "-f", "-"], GHOST);
     post_ready(&server);
     for pod in ["quick", "patient"] {
-        let t = now();
-        let patch = format!(
-            r#"{{"status":{{"phase":"Running","conditions":[{{"type":"Ready","status":"True","lastTransitionTime":"{t}"}}]}}}}"#
-        );
-        server.ok(&[
-            "patch",
-            "pod",
-            pod,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &patch,
-        ]);
+        common::set_pod_ready(&server, pod, true);
     }
     let ready = || {
         server.ok(&[

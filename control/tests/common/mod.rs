@@ -206,6 +206,23 @@ pub fn now() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Posts a pod's status as its node would: Running, and Ready or not.
+pub fn set_pod_ready(server: &Rudder, pod: &str, ready: bool) {
+    let t = now();
+    let status = if ready { "True" } else { "False" };
+    server.ok(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status":{{"phase":"Running","conditions":[{{"type":"Ready","status":"{status}","lastTransitionTime":"{t}"}}]}}}}"#
+        ),
+    ]);
+}
+
 /// Path of a test fixture.
 pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
