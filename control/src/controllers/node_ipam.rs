@@ -66,11 +66,25 @@ pub async fn run(client: Client, cluster: Cidr) {
         }
         // The cache may not show a range handed out a moment ago (two nodes registering
         // together), so this controller's own recent assignments count as used as well.
-        let state = reader.state();
-        assigned.retain(|uid, _| state.iter().any(|n| n.metadata.uid.as_ref() == Some(uid)));
-        let used: BTreeSet<Ipv4Addr> = state
+        // The ranges in use from the apiserver itself, not the cache: a node is assigned once,
+        // and a cache a step behind once gave two nodes the same range.
+        let listed: Vec<Node> = match nodes.list(&Default::default()).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::warn!(node = name, error = %e, "listing Nodes for a PodCIDR");
+                reader.state().iter().map(|n| (**n).clone()).collect()
+            }
+        };
+        if listed
             .iter()
-            .filter_map(|n| range_of(n))
+            .any(|n| n.metadata.uid.as_deref() == Some(uid.as_str()) && range_of(n).is_some())
+        {
+            continue;
+        }
+        assigned.retain(|uid, _| listed.iter().any(|n| n.metadata.uid.as_ref() == Some(uid)));
+        let used: BTreeSet<Ipv4Addr> = listed
+            .iter()
+            .filter_map(range_of)
             .chain(assigned.values().copied())
             .collect();
         let Some(cidr) = allocate(cluster, &used) else {
