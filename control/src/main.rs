@@ -20,7 +20,7 @@ enum Command {
     /// Run the control plane (apiserver on the embedded store, or on etcd).
     ///
     /// Writes an admin kubeconfig to DATA_DIR/kubeconfig and a node join token to DATA_DIR/token.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Join a node to a cluster: run pods bound to it and its Service dataplane.
     ///
     /// Reads the join token that `rudder server` wrote to DATA_DIR/token (it names the hash of
@@ -52,7 +52,8 @@ enum Command {
     /// Run the ingress proxy alone (it also runs inside `rudder server`).
     ///
     /// Routes HTTP requests by the cluster's Ingresses of class `rudder` (controller
-    /// rudder.dev/ingress) straight to the ready endpoints of their backend Services, through a
+    /// rudder.dev/ingress) and Gateway API HTTPRoutes of Gateways of class `rudder` (controller
+    /// rudder.dev/gateway) straight to the ready endpoints of their backend Services, through a
     /// pingora proxy whose routing table follows the cluster from watches.
     Ingress(IngressCommandArgs),
     /// Print the version and exit.
@@ -186,6 +187,11 @@ struct IngressArgs {
     /// Worker threads of the ingress proxy (0: one per core).
     #[arg(long, default_value_t = 0)]
     ingress_threads: usize,
+    /// Addresses the ingress reports to clients: written to Ingresses' status.loadBalancer
+    /// (kubectl's ADDRESS column) and Gateways' status.addresses (default: the HTTP address's
+    /// IP; for `rudder server` with a wildcard HTTP address, the advertise address).
+    #[arg(long, value_delimiter = ',')]
+    ingress_status_address: Vec<std::net::IpAddr>,
 }
 
 impl IngressArgs {
@@ -195,6 +201,7 @@ impl IngressArgs {
             https_addr: self.ingress_https_addr.0,
             metrics_addr: self.ingress_metrics_addr,
             threads: self.ingress_threads,
+            status_addresses: self.ingress_status_address.clone(),
         }
     }
 }
@@ -591,7 +598,10 @@ async fn start_cluster_parts(
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             }
         }));
-        let options = args.ingress.options();
+        let mut options = args.ingress.options();
+        if options.status_addresses.is_empty() && options.http_addr.ip().is_unspecified() {
+            options.status_addresses = vec![server.advertise_address.into()];
+        }
         let ingress_client = client.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) =

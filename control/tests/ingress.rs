@@ -79,12 +79,15 @@ fn serve(name: &str, stream: TcpStream) {
             return;
         }
         let get = |k: &str| headers.get(k).cloned().unwrap_or_default();
-        let body = format!(
+        let mut body = format!(
             "{name} {path} xff={} proto={} host={}",
             get("x-forwarded-for"),
             get("x-forwarded-proto"),
             get("x-forwarded-host")
         );
+        if let Some(from) = headers.get("x-from") {
+            body.push_str(&format!(" from={from}"));
+        }
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
             body.len()
@@ -234,6 +237,19 @@ spec:
     assert!(out.status.success(), "{out:?}");
     server.wait_for("the Ingress to be served", || {
         get(ingress, "www.example.test", "/", "").0 == 200
+    });
+    // The address is published in the Ingress's status (kubectl's ADDRESS column).
+    server.wait_for("the Ingress's load balancer address", || {
+        server
+            .kubectl(&[
+                "get",
+                "ingress",
+                "site",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ])
+            .stdout
+            == b"127.0.0.1"
     });
 
     // Hosts, paths, precedence, the default backend and the 404 page.
@@ -458,4 +474,194 @@ spec:
     });
     let (_, body) = get(ingress, "www.example.test", "/", "");
     assert!(body.contains("no Ingress rule matches"), "{body}");
+}
+
+/// Gateway API: the GatewayClass `rudder` is published once the CRDs are installed; a Gateway
+/// whose HTTP listener is on the ingress's port gets its routes served and its status written;
+/// an HTTPRoute with weights 80/20 splits requests so, header matches win over the plain path,
+/// redirects, rewrites and header filters apply, a missing backend answers 500 and is reported,
+/// and deleting the route brings the 404 back.
+#[test]
+#[ignore = "needs kubectl 1.37; run by cargo xtask ci"]
+fn gateway_api_routes_split_by_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingress: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let server = Rudder::start(
+        &dir.path().join("data"),
+        &[
+            "--disable".into(),
+            "agent,dns".into(),
+            "--ingress-http-addr".into(),
+            ingress.to_string(),
+            "--ingress-https-addr".into(),
+            "none".into(),
+        ],
+    );
+    let crds = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gateway-api-crds.yaml"
+    );
+    server.ok(&["apply", "-f", crds]);
+    server.wait_for("the GatewayClass rudder", || {
+        server
+            .kubectl(&["get", "gatewayclass", "rudder", "-o", "jsonpath={.spec.controllerName} {.status.conditions[0].type}={.status.conditions[0].status}"])
+            .stdout
+            == b"rudder.dev/gateway Accepted=True"
+    });
+    let (v1, v2) = (backend("app-v1"), backend("app-v2"));
+    let objects = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: app-v1}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: app-v2}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+{}---
+{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web}}
+spec:
+  gatewayClassName: rudder
+  listeners:
+  - {{name: http, protocol: HTTP, port: {port}, hostname: "*.example.test"}}
+  - {{name: elsewhere, protocol: HTTP, port: 1}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: split}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: [app.example.test]
+  rules:
+  - backendRefs: [{{name: app-v1, port: 80, weight: 80}}, {{name: app-v2, port: 80, weight: 20}}]
+  - matches: [{{headers: [{{name: x-canary, value: "yes"}}]}}]
+    backendRefs: [{{name: app-v2, port: 80}}]
+  - matches: [{{path: {{type: Exact, value: /old}}}}]
+    filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /new}}, statusCode: 301}}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+    filters:
+    - {{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}}}}
+    - {{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: x-from, value: gateway}}]}}}}
+    backendRefs: [{{name: app-v1, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /broken}}}}]
+    backendRefs: [{{name: nothing-here, port: 80}}]
+"#,
+        slice("app-v1", "app-v1", v1),
+        slice("app-v2", "app-v2", v2),
+        port = ingress.port(),
+    );
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &objects);
+    assert!(out.status.success(), "{out:?}");
+    server.wait_for("the HTTPRoute to be served", || {
+        get(ingress, "app.example.test", "/", "").0 == 200
+    });
+
+    // 80/20 over 1,000 requests, within a few percent (the schedule makes it exact).
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..1000 {
+        let (status, body) = get(ingress, "app.example.test", "/", "");
+        assert_eq!(status, 200, "{body}");
+        let name = body
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    let v1_share = seen.get("app-v1").copied().unwrap_or(0);
+    assert!((770..=830).contains(&v1_share), "{seen:?}");
+    assert_eq!(
+        v1_share + seen.get("app-v2").copied().unwrap_or(0),
+        1000,
+        "{seen:?}"
+    );
+
+    // A header match outranks the plain path; a redirect; a rewrite with a header set.
+    for _ in 0..5 {
+        let (_, body) = get(ingress, "app.example.test", "/", "X-Canary: yes\r\n");
+        assert!(body.starts_with("app-v2 "), "{body}");
+    }
+    let mut stream = TcpStream::connect(ingress).unwrap();
+    write!(
+        stream,
+        "GET /old?x=1 HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let location = format!(
+        "location: http://app.example.test:{}/new?x=1",
+        ingress.port()
+    );
+    assert!(
+        response.starts_with("HTTP/1.1 301") && response.to_ascii_lowercase().contains(&location),
+        "{response}"
+    );
+    let (_, body) = get(ingress, "app.example.test", "/api/users?id=7", "");
+    assert!(
+        body.starts_with("app-v1 /v2/users?id=7 ") && body.ends_with(" from=gateway"),
+        "{body}"
+    );
+    let (status, body) = get(ingress, "app.example.test", "/broken", "");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("default/nothing-here"), "{body}");
+    // Other hosts are not the route's.
+    assert_eq!(get(ingress, "www.example.test", "/", "").0, 404);
+
+    // Statuses: the Gateway is programmed with its address, one listener refused (its port is
+    // not the ingress's), one route attached; the route accepted with its missing backend
+    // reported.
+    let jsonpath = |kind: &str, name: &str, path: &str| {
+        String::from_utf8_lossy(
+            &server
+                .kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")])
+                .stdout,
+        )
+        .into_owned()
+    };
+    server.wait_for("the Gateway's status", || {
+        jsonpath(
+            "gateway",
+            "web",
+            r#"{.status.conditions[?(@.type=="Programmed")].status}"#,
+        ) == "True"
+    });
+    assert_eq!(
+        jsonpath("gateway", "web", "{.status.addresses[0].value}"),
+        "127.0.0.1"
+    );
+    assert_eq!(
+        jsonpath(
+            "gateway",
+            "web",
+            "{.status.listeners[0].attachedRoutes} {.status.listeners[1].conditions[0].reason}"
+        ),
+        "1 PortUnavailable"
+    );
+    server.wait_for("the HTTPRoute's status", || {
+        jsonpath(
+            "httproute",
+            "split",
+            "{.status.parents[0].controllerName} {.status.parents[0].conditions[0].status} {.status.parents[0].conditions[1].reason}",
+        ) == "rudder.dev/gateway True BackendNotFound"
+    });
+    let out = server.kubectl(&["get", "gateway", "web"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("rudder") && table.contains("127.0.0.1") && table.contains("True"),
+        "{table}"
+    );
+
+    server.ok(&["delete", "httproute", "split"]);
+    server.wait_for("the 404 to come back", || {
+        get(ingress, "app.example.test", "/", "").0 == 404
+    });
 }

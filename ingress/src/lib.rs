@@ -13,6 +13,7 @@
 //! [`run`] puts them together; `rudder server` runs it for its cluster, `rudder ingress
 //! --kubeconfig F` alone.
 
+pub mod gateway;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
@@ -37,6 +38,10 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
     /// Worker threads of the proxy (0: one per core).
     pub threads: usize,
+    /// Addresses written to the status of Ingresses (`status.loadBalancer`) and Gateways
+    /// (`status.addresses`); empty: the HTTP address, unless it is a wildcard (then no address
+    /// is written).
+    pub status_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Why the ingress could not start.
@@ -86,7 +91,20 @@ pub async fn run(
         std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
     }
     let shared = Arc::new(proxy::Shared::default());
-    watch::start(client, Arc::clone(&shared));
+    let status_addresses = if options.status_addresses.is_empty() {
+        Some(options.http_addr.ip())
+            .filter(|ip| !ip.is_unspecified())
+            .into_iter()
+            .collect()
+    } else {
+        options.status_addresses.clone()
+    };
+    let listen = routes::Listen {
+        http_port: options.http_addr.port(),
+        https_port: options.https_addr.map(|a| a.port()),
+        addresses: status_addresses,
+    };
+    watch::start(client, Arc::clone(&shared), listen);
     let stop = Arc::new(tokio::sync::Notify::new());
     let threads = if options.threads == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)

@@ -33,7 +33,7 @@ use pingora::{
     upstreams::peer::HttpPeer,
 };
 
-use crate::routes::{Decision, Route, Table};
+use crate::routes::{Decision, HeaderEdits, Redirect, Request, Route, Table};
 
 /// How long an endpoint that refused a connection is skipped.
 pub const FAILED_FOR: Duration = Duration::from_secs(10);
@@ -101,6 +101,8 @@ pub struct Ctx {
     started: Instant,
     body_bytes: u64,
     route: Option<Arc<Route>>,
+    /// The route's backend chosen for this request.
+    backend: usize,
     upstream: Option<SocketAddr>,
     tries: usize,
     tls: bool,
@@ -141,6 +143,63 @@ fn redirect_host(header: &str) -> String {
     }
 }
 
+/// Applies a `RequestHeaderModifier`.
+fn edit_request(upstream: &mut RequestHeader, edits: &HeaderEdits) -> Result<()> {
+    for (name, value) in &edits.set {
+        upstream.insert_header(name.clone(), value.as_str())?;
+    }
+    for (name, value) in &edits.add {
+        upstream.append_header(name.clone(), value.as_str())?;
+    }
+    for name in &edits.remove {
+        upstream.remove_header(name.as_str());
+    }
+    Ok(())
+}
+
+/// The `Location` of a `RequestRedirect`: the request's URL with the filter's parts replaced.
+/// Without a port in the filter, a changed scheme takes its well-known port, else the listener's
+/// port is kept; well-known ports are left out of the URL.
+pub fn redirect_location(
+    redirect: &Redirect,
+    host: &str,
+    target: &str,
+    tls: bool,
+    listener_port: Option<u16>,
+) -> String {
+    let scheme = redirect
+        .scheme
+        .clone()
+        .unwrap_or_else(|| if tls { "https" } else { "http" }.to_owned());
+    let hostname = redirect
+        .hostname
+        .clone()
+        .unwrap_or_else(|| redirect_host(host));
+    let port = redirect.port.or(if redirect.scheme.is_some() {
+        None
+    } else {
+        listener_port
+    });
+    let well_known = matches!(
+        (scheme.as_str(), port),
+        ("http", Some(80)) | ("https", Some(443))
+    );
+    let port = match port {
+        Some(p) if !well_known => format!(":{p}"),
+        _ => String::new(),
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let path = redirect
+        .path
+        .as_ref()
+        .map_or_else(|| path.to_owned(), |c| c.apply(path));
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    format!("{scheme}://{hostname}{port}{path}{query}")
+}
+
 /// A short page for answers the proxy gives itself.
 async fn respond(
     session: &mut Session,
@@ -172,6 +231,7 @@ impl ProxyHttp for Proxy {
             started: Instant::now(),
             body_bytes: 0,
             route: None,
+            backend: 0,
             upstream: None,
             tries: 0,
             tls: self.tls,
@@ -182,16 +242,51 @@ impl ProxyHttp for Proxy {
         let table = self.shared.table();
         let req = session.req_header();
         let host = request_host(req);
-        let path = req.uri.path().to_owned();
-        match table.route(&host, &path, ctx.tls) {
-            Decision::Proxy(route) if route.endpoints.is_empty() => {
-                let text = format!(
-                    "Service Unavailable: no ready endpoint for {}",
-                    route.backend
-                );
-                respond(session, 503, &text, None).await
-            }
+        let target = req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.path(), |p| p.as_str())
+            .to_owned();
+        let decision = table.route_request(&Request {
+            host: &host,
+            target: &target,
+            method: req.method.as_str(),
+            headers: Some(&req.headers),
+            tls: ctx.tls,
+        });
+        match decision {
             Decision::Proxy(route) => {
+                if let Some(redirect) = &route.filters.redirect {
+                    let port = session
+                        .server_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.port());
+                    let location = redirect_location(redirect, &host, &target, ctx.tls, port);
+                    let text = if redirect.status == 301 {
+                        "Moved Permanently"
+                    } else {
+                        "Found"
+                    };
+                    return respond(session, redirect.status, text, Some(&location)).await;
+                }
+                let Some((index, backend)) = route.choose() else {
+                    let text = format!(
+                        "Internal Server Error: no backend of {} has weight",
+                        route.source
+                    );
+                    return respond(session, 500, &text, None).await;
+                };
+                if let Some(why) = &backend.invalid {
+                    let text = format!("Internal Server Error: {why}");
+                    return respond(session, 500, &text, None).await;
+                }
+                if backend.endpoints.is_empty() {
+                    let text = format!(
+                        "Service Unavailable: no ready endpoint for {}",
+                        backend.backend
+                    );
+                    return respond(session, 503, &text, None).await;
+                }
                 let length = req
                     .headers
                     .get(http::header::CONTENT_LENGTH)
@@ -204,14 +299,11 @@ impl ProxyHttp for Proxy {
                     return respond(session, 413, &text, None).await;
                 }
                 ctx.route = Some(Arc::clone(route));
+                ctx.backend = index;
                 Ok(false)
             }
             Decision::RedirectHttps => {
-                let target = format!(
-                    "https://{}{}",
-                    redirect_host(&host),
-                    req.uri.path_and_query().map_or("/", |p| p.as_str())
-                );
+                let target = format!("https://{}{target}", redirect_host(&host));
                 respond(session, 308, "Permanent Redirect", Some(&target)).await
             }
             Decision::NotFound => {
@@ -224,14 +316,17 @@ impl ProxyHttp for Proxy {
         let Some(route) = &ctx.route else {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen").into_in());
         };
+        let Some(backend) = route.backends.get(ctx.backend) else {
+            return Err(Error::explain(ErrorType::InternalError, "no backend chosen").into_in());
+        };
         let shared = &self.shared;
-        let endpoint = route
+        let endpoint = backend
             .pick(|e| shared.is_failed(e) || Some(*e) == ctx.upstream)
-            .or_else(|| route.pick(|_| false))
+            .or_else(|| backend.pick(|_| false))
             .ok_or_else(|| {
                 Error::explain(
                     ErrorType::HTTPStatus(503),
-                    format!("no ready endpoint for {}", route.backend),
+                    format!("no ready endpoint for {}", backend.backend),
                 )
                 .into_up()
             })?;
@@ -315,6 +410,50 @@ impl ProxyHttp for Proxy {
         }
         if let Some(port) = port {
             upstream.insert_header("x-forwarded-port", port.to_string())?;
+        }
+        if let Some(route) = &ctx.route {
+            let filters = &route.filters;
+            if let Some(change) = &filters.rewrite_path {
+                let path = change.apply(upstream.uri.path());
+                let target = match upstream.uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                let uri = target.parse::<http::Uri>().map_err(|e| {
+                    Error::explain(
+                        ErrorType::InternalError,
+                        format!("rewritten path {target:?}: {e}"),
+                    )
+                })?;
+                upstream.set_uri(uri);
+            }
+            if let Some(host) = &filters.rewrite_host {
+                upstream.insert_header(http::header::HOST, host.as_str())?;
+            }
+            edit_request(upstream, &filters.request_headers)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(route) = &ctx.route {
+            let edits = &route.filters.response_headers;
+            if !edits.is_empty() {
+                for (name, value) in &edits.set {
+                    response.insert_header(name.clone(), value.as_str())?;
+                }
+                for (name, value) in &edits.add {
+                    response.append_header(name.clone(), value.as_str())?;
+                }
+                for name in &edits.remove {
+                    response.remove_header(name.as_str());
+                }
+            }
         }
         Ok(())
     }

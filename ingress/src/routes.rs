@@ -46,7 +46,7 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Secret, Service},
+        core::v1::{Namespace, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressBackend, IngressClass},
     },
@@ -78,6 +78,72 @@ pub struct Inputs {
     pub slices: Vec<Arc<EndpointSlice>>,
     /// Secrets of type `kubernetes.io/tls` (others are ignored).
     pub secrets: Vec<Arc<Secret>>,
+    /// Gateway API GatewayClasses.
+    pub gateway_classes: Vec<Arc<crate::gateway::GatewayClass>>,
+    /// Gateway API Gateways.
+    pub gateways: Vec<Arc<crate::gateway::Gateway>>,
+    /// Gateway API HTTPRoutes.
+    pub http_routes: Vec<Arc<crate::gateway::HttpRoute>>,
+    /// Namespaces (their labels, for Gateway listeners' route selectors).
+    pub namespaces: Vec<Arc<Namespace>>,
+    /// Where the ingress listens and what it publishes in statuses.
+    pub listen: Listen,
+    /// The time new status conditions carry (RFC 3339).
+    pub now: String,
+}
+
+/// Where the ingress listens, and the addresses it reports in Ingress and Gateway statuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// Port of the plain HTTP listener.
+    pub http_port: u16,
+    /// Port of the HTTPS listener, if any.
+    pub https_port: Option<u16>,
+    /// Addresses clients reach the ingress at (`status.loadBalancer` of Ingresses,
+    /// `status.addresses` of Gateways); none: statuses are not written.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            http_port: 80,
+            https_port: Some(443),
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// A request as routing sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The Host header (or `:authority`).
+    pub host: &'a str,
+    /// The path and query.
+    pub target: &'a str,
+    /// The method.
+    pub method: &'a str,
+    /// The headers, if any.
+    pub headers: Option<&'a http::HeaderMap>,
+    /// Whether it came over HTTPS.
+    pub tls: bool,
+}
+
+impl<'a> Request<'a> {
+    /// The path, without the query.
+    pub fn path(&self) -> &'a str {
+        self.target.split(['?', '#']).next().unwrap_or("/")
+    }
+
+    /// The query's `name=value` pairs, as sent (not decoded).
+    pub fn query(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.target
+            .split_once('?')
+            .map_or("", |(_, q)| q.split('#').next().unwrap_or(""))
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+    }
 }
 
 /// A backend Service and port, as an Ingress names it.
@@ -198,21 +264,32 @@ impl Limits {
     }
 }
 
-/// Where matching requests go: a backend and its ready endpoints, picked round robin.
+/// One backend of a route: a Service port and its ready endpoints, picked round robin.
 #[derive(Debug)]
-pub struct Route {
-    /// The Ingress that declared it (`namespace/name`).
-    pub ingress: String,
-    /// The backend.
+pub struct Backend {
+    /// The Service and port.
     pub backend: BackendRef,
     /// Its ready endpoints (empty: 503).
     pub endpoints: Arc<[SocketAddr]>,
-    /// The Ingress's timeouts and body limit.
-    pub limits: Limits,
+    /// Why requests for this backend get 500 instead (a reference the ingress cannot follow,
+    /// as Gateway API asks), if so.
+    pub invalid: Option<String>,
     next: AtomicUsize,
 }
 
-impl Route {
+impl Backend {
+    /// A backend with its endpoints (or, with `invalid`, a reference that answers 500).
+    pub fn new(backend: BackendRef, endpoints: Vec<SocketAddr>, invalid: Option<String>) -> Self {
+        Backend {
+            backend,
+            endpoints: endpoints.into(),
+            invalid,
+            // A table is rebuilt on any change in the cluster: starting every backend at its
+            // first endpoint would send a quiet route's requests all there.
+            next: AtomicUsize::new(random_start()),
+        }
+    }
+
     /// The next endpoint, round robin, skipping those `skip` rejects (failed recently); `None`
     /// when there is none left.
     pub fn pick(&self, skip: impl Fn(&SocketAddr) -> bool) -> Option<SocketAddr> {
@@ -222,6 +299,187 @@ impl Route {
             .map(|i| self.endpoints[(start + i) % n])
             .find(|e| !skip(e))
     }
+}
+
+/// The longest weighted schedule a route keeps; larger weight sums are scaled down to it.
+const MAX_SCHEDULE: u64 = 1000;
+
+/// The order in which weighted backends take requests: nginx's smooth weighted round robin
+/// (weights 80 and 20 give `0 0 1 0 0` repeated), over the weights divided by their greatest
+/// common divisor (scaled to at most [`MAX_SCHEDULE`] slots, a non-zero weight keeping at
+/// least one). Backends of weight 0 get no slot.
+pub fn schedule(weights: &[u32]) -> Vec<u16> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let mut weights: Vec<u64> = weights.iter().map(|&w| u64::from(w)).collect();
+    let divisor = weights.iter().fold(0, |g, &w| gcd(g, w));
+    if divisor == 0 {
+        return Vec::new();
+    }
+    weights.iter_mut().for_each(|w| *w /= divisor);
+    let total: u64 = weights.iter().sum();
+    if total > MAX_SCHEDULE {
+        for w in weights.iter_mut().filter(|w| **w > 0) {
+            *w = (*w * MAX_SCHEDULE / total).max(1);
+        }
+    }
+    let total: i64 = weights.iter().map(|&w| w as i64).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, &w) in current.iter_mut().zip(&weights) {
+            *c += w as i64;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| weights[*i] > 0)
+            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
+            .unwrap_or((0, &0));
+        current[best] -= total;
+        out.push(best as u16);
+    }
+    out
+}
+
+/// Where matching requests go: one backend (an Ingress path) or several by weight (an
+/// HTTPRoute rule, an Ingress with a canary), with the settings and filters that apply.
+#[derive(Debug)]
+pub struct Route {
+    /// What declared it: `Ingress namespace/name` or `HTTPRoute namespace/name`.
+    pub source: String,
+    /// The backends.
+    pub backends: Box<[Backend]>,
+    /// Backend indexes in weighted order (see [`schedule`]); empty when no backend has weight.
+    schedule: Box<[u16]>,
+    /// Timeouts and body limit.
+    pub limits: Limits,
+    /// What the route changes on the way (Gateway API filters).
+    pub filters: Filters,
+    next: AtomicUsize,
+}
+
+impl Route {
+    /// A route to one backend.
+    pub fn single(source: String, backend: Backend, limits: Limits) -> Route {
+        Route::weighted(source, vec![(backend, 1)], limits, Filters::default())
+    }
+
+    /// A route to several backends, each taking its weight's share of the requests.
+    pub fn weighted(
+        source: String,
+        backends: Vec<(Backend, u32)>,
+        limits: Limits,
+        filters: Filters,
+    ) -> Route {
+        let weights: Vec<u32> = backends.iter().map(|(_, w)| *w).collect();
+        Route {
+            source,
+            schedule: schedule(&weights).into(),
+            backends: backends.into_iter().map(|(b, _)| b).collect(),
+            limits,
+            filters,
+            next: AtomicUsize::new(random_start()),
+        }
+    }
+
+    /// The backend of the next request, by weight; `None` when no backend has weight (or the
+    /// route has none).
+    pub fn choose(&self) -> Option<(usize, &Backend)> {
+        if self.schedule.is_empty() {
+            return None;
+        }
+        let i = if self.schedule.len() == 1 {
+            self.schedule[0]
+        } else {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            self.schedule[n % self.schedule.len()]
+        };
+        let i = usize::from(i);
+        self.backends.get(i).map(|b| (i, b))
+    }
+}
+
+/// A request header edit list (Gateway API's `RequestHeaderModifier` and
+/// `ResponseHeaderModifier`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Replaced (or added when missing).
+    pub set: Vec<(String, String)>,
+    /// Appended.
+    pub add: Vec<(String, String)>,
+    /// Removed.
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// How a filter changes the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathChange {
+    /// The whole path is replaced.
+    Full(String),
+    /// The part `matched` by the rule's `PathPrefix` is replaced by `with`.
+    Prefix {
+        /// The rule's prefix (no trailing `/`).
+        matched: String,
+        /// Its replacement.
+        with: String,
+    },
+}
+
+impl PathChange {
+    /// `path` (without the query) changed.
+    pub fn apply(&self, path: &str) -> String {
+        match self {
+            PathChange::Full(p) => p.clone(),
+            PathChange::Prefix { matched, with } => {
+                let rest = path.strip_prefix(matched.as_str()).unwrap_or(path);
+                let with = with.trim_end_matches('/');
+                match (with.is_empty(), rest.is_empty()) {
+                    (true, true) => "/".to_owned(),
+                    (true, false) => rest.to_owned(),
+                    (false, _) => format!("{with}{rest}"),
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP redirect (`RequestRedirect`): the parts of the request's URL it replaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`.
+    pub scheme: Option<String>,
+    /// The host.
+    pub hostname: Option<String>,
+    /// The port.
+    pub port: Option<u16>,
+    /// The path.
+    pub path: Option<PathChange>,
+    /// 301 or 302 (the default).
+    pub status: u16,
+}
+
+/// What a route changes on the way (Gateway API filters; empty for Ingresses).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Request headers edited before the request goes upstream.
+    pub request_headers: HeaderEdits,
+    /// Response headers edited before the response goes back.
+    pub response_headers: HeaderEdits,
+    /// Answer with a redirect instead of proxying.
+    pub redirect: Option<Redirect>,
+    /// The Host header upstream.
+    pub rewrite_host: Option<String>,
+    /// The path upstream.
+    pub rewrite_path: Option<PathChange>,
 }
 
 /// What to do with a request.
@@ -286,10 +544,17 @@ pub struct Table {
     default: Option<Arc<Route>>,
     certificates: HashMap<String, Arc<Certificate>>,
     wildcard_certificates: HashMap<String, Arc<Certificate>>,
+    /// Certificate of an HTTPS Gateway listener without a hostname: served for any name no
+    /// other certificate covers.
+    any_certificate: Option<Arc<Certificate>>,
+    gateway_http: crate::gateway::HostIndex,
+    gateway_https: crate::gateway::HostIndex,
     routes: usize,
     endpoints: usize,
     /// Why objects were left out, for the log.
     pub warnings: Vec<String>,
+    /// Statuses to write back (Ingress load balancer addresses, Gateway API conditions).
+    pub statuses: Vec<crate::gateway::StatusUpdate>,
 }
 
 /// A random starting point for a route's round robin.
@@ -394,13 +659,14 @@ pub fn is_ours(ingress: &Ingress, classes: &[Arc<IngressClass>]) -> bool {
 }
 
 /// The ready endpoints of a Service port, from its EndpointSlices.
-struct Endpoints<'a> {
+pub struct Endpoints<'a> {
     services: HashMap<(&'a str, &'a str), &'a Service>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
 }
 
 impl<'a> Endpoints<'a> {
-    fn new(inputs: &'a Inputs) -> Self {
+    /// The Services and EndpointSlices of `inputs`, indexed.
+    pub fn new(inputs: &'a Inputs) -> Self {
         let mut services = HashMap::new();
         for svc in inputs.services.iter().map(|s| &**s) {
             if let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) {
@@ -425,7 +691,7 @@ impl<'a> Endpoints<'a> {
     }
 
     /// The ready endpoints of `backend`, sorted; `Err` says why there are none.
-    fn resolve(&self, backend: &BackendRef) -> Result<Vec<SocketAddr>, String> {
+    pub fn resolve(&self, backend: &BackendRef) -> Result<Vec<SocketAddr>, String> {
         let svc = self
             .services
             .get(&(backend.namespace.as_str(), backend.service.as_str()))
@@ -523,6 +789,7 @@ impl Table {
                     key(&b.metadata),
                 ))
         });
+        let ours = ingresses.clone();
         // One Route per (Ingress, backend): paths of an Ingress to the same backend share the
         // round robin.
         let mut made: BTreeMap<(String, BackendRef), Arc<Route>> = BTreeMap::new();
@@ -535,16 +802,11 @@ impl Table {
                                 warnings.push(format!("Ingress {ingress}: {why}"));
                                 Vec::new()
                             });
-                            Arc::new(Route {
-                                ingress: ingress.to_owned(),
-                                backend,
-                                endpoints: resolved.into(),
-                                limits: limits.clone(),
-                                // A table is rebuilt on any change in the cluster: starting
-                                // every route at its first endpoint would send a quiet
-                                // route's requests all there.
-                                next: AtomicUsize::new(random_start()),
-                            })
+                            Arc::new(Route::single(
+                                format!("Ingress {ingress}"),
+                                Backend::new(backend, resolved, None),
+                                limits.clone(),
+                            ))
                         }),
                 )
             };
@@ -664,15 +926,102 @@ impl Table {
             }
         }
         table.routes = made.len();
-        table.endpoints = made.values().map(|r| r.endpoints.len()).sum();
+        table.endpoints = made
+            .values()
+            .flat_map(|r| r.backends.iter())
+            .map(|b| b.endpoints.len())
+            .sum();
+        table.ingress_statuses(inputs, &ours);
+        let gateway = crate::gateway::build(
+            &inputs.gateway_classes,
+            &inputs.gateways,
+            &inputs.http_routes,
+            &crate::gateway::Context {
+                endpoints: &endpoints,
+                secrets: &secrets,
+                namespaces: &inputs.namespaces,
+                http_port: inputs.listen.http_port,
+                https_port: inputs.listen.https_port,
+                addresses: &inputs.listen.addresses,
+                now: &inputs.now,
+            },
+        );
+        for (host, certificate) in gateway.certificates {
+            if host.is_empty() {
+                table.any_certificate.get_or_insert(certificate);
+            } else {
+                match host.strip_prefix("*.") {
+                    Some(parent) => table.wildcard_certificates.entry(parent.to_owned()),
+                    None => table.certificates.entry(host),
+                }
+                .or_insert(certificate);
+            }
+        }
+        table.gateway_http = gateway.http;
+        table.gateway_https = gateway.https;
+        table.routes += gateway.routes;
+        table.warnings.extend(gateway.warnings);
+        table.statuses.extend(gateway.statuses);
         table
     }
 
+    /// `status.loadBalancer.ingress` of our Ingresses: the listen addresses (written only when
+    /// there are some, and only when different).
+    fn ingress_statuses(&mut self, inputs: &Inputs, ours: &[&Ingress]) {
+        if inputs.listen.addresses.is_empty() {
+            return;
+        }
+        let wanted: Vec<serde_json::Value> = inputs
+            .listen
+            .addresses
+            .iter()
+            .map(|ip| serde_json::json!({"ip": ip.to_string()}))
+            .collect();
+        for ingress in ours {
+            let current = ingress
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| serde_json::to_value(&lb.ingress).ok())
+                .unwrap_or_default();
+            if current == serde_json::Value::Array(wanted.clone()) {
+                continue;
+            }
+            self.statuses.push(crate::gateway::StatusUpdate {
+                kind: "Ingress",
+                namespace: ingress.metadata.namespace.clone(),
+                name: ingress.metadata.name.clone().unwrap_or_default(),
+                status: serde_json::json!({"loadBalancer": {"ingress": wanted}}),
+            });
+        }
+    }
+
     /// Where a request for `host` (the Host header or `:authority`) and `path` goes; `tls` when
-    /// it came over HTTPS.
+    /// it came over HTTPS. (A GET without headers: see [`Table::route_request`].)
     pub fn route(&self, host: &str, path: &str, tls: bool) -> Decision<'_> {
-        let host = host_of(host);
-        let path = normalize_path(path.split(['?', '#']).next().unwrap_or("/"));
+        self.route_request(&Request {
+            host,
+            target: path,
+            method: "GET",
+            headers: None,
+            tls,
+        })
+    }
+
+    /// Where a request goes: a Gateway route that matches it, else the Ingress rules.
+    pub fn route_request(&self, req: &Request<'_>) -> Decision<'_> {
+        let host = host_of(req.host);
+        let gateway = if req.tls {
+            &self.gateway_https
+        } else {
+            &self.gateway_http
+        };
+        if !gateway.is_empty()
+            && let Some(route) = gateway.find(&host, req)
+        {
+            return Decision::Proxy(route);
+        }
+        let path = normalize_path(req.path());
         let path: &str = &path;
         let rules = self
             .exact_hosts
@@ -680,7 +1029,7 @@ impl Table {
             .or_else(|| parent(&host).and_then(|p| self.wildcard_hosts.get(p)))
             .or(self.any_host.as_ref());
         if let Some(rules) = rules {
-            if rules.redirect && !tls {
+            if rules.redirect && !req.tls {
                 return Decision::RedirectHttps;
             }
             if let Some(route) = rules.find(path).or(rules.default.as_ref()) {
@@ -699,11 +1048,14 @@ impl Table {
         self.certificates
             .get(&name)
             .or_else(|| parent(&name).and_then(|p| self.wildcard_certificates.get(p)))
+            .or(self.any_certificate.as_ref())
     }
 
     /// Whether any certificate is known (the HTTPS listener has something to serve).
     pub fn has_certificates(&self) -> bool {
-        !self.certificates.is_empty() || !self.wildcard_certificates.is_empty()
+        !self.certificates.is_empty()
+            || !self.wildcard_certificates.is_empty()
+            || self.any_certificate.is_some()
     }
 
     /// How many distinct routes (Ingress and backend) the table holds.
@@ -780,6 +1132,7 @@ mod tests {
                 }))
                 .expect("secret"),
             )],
+            ..Inputs::default()
         }
     }
 
@@ -790,9 +1143,9 @@ mod tests {
     /// `service:port`, `redirect` or `404`.
     fn to(table: &Table, host: &str, path: &str, tls: bool) -> String {
         match table.route(host, path, tls) {
-            Decision::Proxy(r) => match &r.backend.port {
-                PortRef::Number(n) => format!("{}:{n}", r.backend.service),
-                PortRef::Name(n) => format!("{}:{n}", r.backend.service),
+            Decision::Proxy(r) => match &r.backends[0].backend.port {
+                PortRef::Number(n) => format!("{}:{n}", r.backends[0].backend.service),
+                PortRef::Name(n) => format!("{}:{n}", r.backends[0].backend.service),
             },
             Decision::RedirectHttps => "redirect".into(),
             Decision::NotFound => "404".into(),
@@ -868,23 +1221,26 @@ mod tests {
             panic!("web is routed");
         };
         assert_eq!(
-            web.endpoints
+            web.backends[0]
+                .endpoints
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>(),
             ["10.244.1.5:8080", "10.244.2.6:8080"]
         );
-        let picks: Vec<SocketAddr> = (0..4).filter_map(|_| web.pick(|_| false)).collect();
+        let picks: Vec<SocketAddr> = (0..4)
+            .filter_map(|_| web.backends[0].pick(|_| false))
+            .collect();
         assert_eq!(picks[0], picks[2]);
         assert_ne!(picks[0], picks[1]);
         // A failed endpoint is skipped; all failed: none.
         let bad: SocketAddr = "10.244.1.5:8080".parse().expect("addr");
-        assert!((0..4).all(|_| web.pick(|e| *e == bad) != Some(bad)));
-        assert_eq!(web.pick(|_| true), None);
+        assert!((0..4).all(|_| web.backends[0].pick(|e| *e == bad) != Some(bad)));
+        assert_eq!(web.backends[0].pick(|_| true), None);
         let Decision::Proxy(api) = table.route("www.example.com", "/api", false) else {
             panic!("api is routed");
         };
-        assert_eq!(api.endpoints.len(), 1);
+        assert_eq!(api.backends[0].endpoints.len(), 1);
     }
 
     #[test]
@@ -914,7 +1270,7 @@ mod tests {
         let Decision::Proxy(missing) = table.route("nobody.test", "/", false) else {
             panic!("host-less rule");
         };
-        assert!(missing.endpoints.is_empty());
+        assert!(missing.backends[0].endpoints.is_empty());
         assert!(
             table
                 .warnings

@@ -1,19 +1,26 @@
 //! Keeps the routing table current: kube-rs reflectors of Ingresses, IngressClasses, Services,
-//! EndpointSlices and `kubernetes.io/tls` Secrets, cluster-wide. Any change (re)builds the whole
-//! table from the stores and swaps it in, at most every [`SETTLE`] (changes that arrive together,
-//! as a Deployment's rollout, make one rebuild). Errors are logged and retried with kube-rs's
-//! back-off; requests keep being routed by the last table.
+//! EndpointSlices, `kubernetes.io/tls` Secrets, Namespaces and the Gateway API kinds
+//! (GatewayClasses, Gateways, HTTPRoutes), cluster-wide. Any change (re)builds the whole table
+//! from the stores and swaps it in, at most every [`SETTLE`] (changes that arrive together, as a
+//! Deployment's rollout, make one rebuild), then writes the statuses the table asks for.
+//! Errors are logged and retried with kube-rs's back-off; requests keep being routed by the
+//! last table.
+//!
+//! The Gateway API kinds exist only once their CRDs are installed: until then their lists
+//! answer 404, which is retried quietly (the back-off reaches about 30 s, so routes appear
+//! within that time after `kubectl apply` of the CRDs), and the table is built without them.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Secret, Service},
+    core::v1::{Namespace, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass},
 };
 use kube::{
     Api, Client, Resource,
+    api::{Patch, PatchParams},
     runtime::{
         WatchStreamExt,
         reflector::{self, Store},
@@ -24,8 +31,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::{
+    gateway::{self, StatusUpdate},
     proxy::Shared,
-    routes::{Inputs, Table},
+    routes::{Inputs, Listen, Table},
 };
 
 /// How long changes are gathered before one rebuild.
@@ -58,6 +66,10 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 Ok(_) => changed.notify_one(),
+                // A kind whose CRD is not installed (yet).
+                Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                    tracing::debug!(kind = %K::kind(&()), "not served (its CRD is not installed)")
+                }
                 Err(e) => {
                     tracing::warn!(kind = %K::kind(&()), "ingress watch failed (retrying): {e}")
                 }
@@ -67,9 +79,9 @@ where
     reader
 }
 
-/// Starts the watches and the rebuild loop; the table is first built once every kind has
-/// listed.
-pub fn start(client: Client, shared: Arc<Shared>) {
+/// Starts the watches and the rebuild loop; the table is first built once every built-in kind
+/// has listed.
+pub fn start(client: Client, shared: Arc<Shared>, listen: Listen) {
     let changed = Arc::new(Notify::new());
     let all = watcher::Config::default();
     let ingresses: Store<Ingress> = follow(Api::all(client.clone()), all.clone(), changed.clone());
@@ -79,10 +91,22 @@ pub fn start(client: Client, shared: Arc<Shared>) {
     let slices: Store<EndpointSlice> =
         follow(Api::all(client.clone()), all.clone(), changed.clone());
     let secrets: Store<Secret> = follow(
-        Api::all(client),
-        all.fields("type=kubernetes.io/tls"),
+        Api::all(client.clone()),
+        all.clone().fields("type=kubernetes.io/tls"),
         changed.clone(),
     );
+    let namespaces: Store<Namespace> =
+        follow(Api::all(client.clone()), all.clone(), changed.clone());
+    let gateway_classes: Store<gateway::GatewayClass> =
+        follow(Api::all(client.clone()), all.clone(), changed.clone());
+    let gateways: Store<gateway::Gateway> =
+        follow(Api::all(client.clone()), all.clone(), changed.clone());
+    let http_routes: Store<gateway::HttpRoute> =
+        follow(Api::all(client.clone()), all, changed.clone());
+    tokio::spawn(publish_gateway_class(
+        client.clone(),
+        gateway_classes.clone(),
+    ));
     tokio::spawn(async move {
         for ready in [
             ingresses.wait_until_ready().await,
@@ -90,6 +114,7 @@ pub fn start(client: Client, shared: Arc<Shared>) {
             services.wait_until_ready().await,
             slices.wait_until_ready().await,
             secrets.wait_until_ready().await,
+            namespaces.wait_until_ready().await,
         ] {
             if ready.is_err() {
                 return;
@@ -102,15 +127,106 @@ pub fn start(client: Client, shared: Arc<Shared>) {
                 services: services.state(),
                 slices: slices.state(),
                 secrets: secrets.state(),
+                gateway_classes: gateway_classes.state(),
+                gateways: gateways.state(),
+                http_routes: http_routes.state(),
+                namespaces: namespaces.state(),
+                listen: listen.clone(),
+                now: jiff::Timestamp::now()
+                    .round(jiff::Unit::Second)
+                    .unwrap_or_else(|_| jiff::Timestamp::now())
+                    .to_string(),
             };
-            let table = Table::build(&inputs);
+            let mut table = Table::build(&inputs);
             for warning in &table.warnings {
                 tracing::debug!("ingress: {warning}");
             }
             tracing::debug!(routes = table.route_count(), "ingress table rebuilt");
+            let statuses = std::mem::take(&mut table.statuses);
             shared.set_table(table);
+            let mut failed = false;
+            for update in statuses {
+                if let Err(e) = write_status(&client, &update).await {
+                    tracing::warn!(
+                        "status of {} {}/{} (retrying in 5 s): {e}",
+                        update.kind,
+                        update.namespace.as_deref().unwrap_or_default(),
+                        update.name
+                    );
+                    failed = true;
+                }
+            }
+            if failed {
+                let changed = Arc::clone(&changed);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    changed.notify_one();
+                });
+            }
             changed.notified().await;
             tokio::time::sleep(SETTLE).await;
         }
     });
+}
+
+/// Creates the GatewayClass [`gateway::DEFAULT_CLASS`] (controller
+/// [`gateway::CONTROLLER_NAME`]) once the Gateway API CRDs are served, unless a class of that
+/// name exists (as Cilium publishes `cilium`). A class deleted later is not made again until
+/// the ingress restarts.
+async fn publish_gateway_class(client: Client, classes: Store<gateway::GatewayClass>) {
+    if classes.wait_until_ready().await.is_err() {
+        return;
+    }
+    let exists = classes
+        .state()
+        .iter()
+        .any(|c| c.metadata.name.as_deref() == Some(gateway::DEFAULT_CLASS));
+    if exists {
+        return;
+    }
+    let resource = kube::api::ApiResource::erase::<gateway::GatewayClass>(&());
+    let class = kube::api::DynamicObject::new(gateway::DEFAULT_CLASS, &resource).data(
+        serde_json::json!({"spec": {
+            "controllerName": gateway::CONTROLLER_NAME,
+            "description": "rudder's ingress (pingora)",
+        }}),
+    );
+    let api: Api<kube::api::DynamicObject> = Api::all_with(client, &resource);
+    match api.create(&Default::default(), &class).await {
+        Ok(_) => tracing::info!("GatewayClass {} published", gateway::DEFAULT_CLASS),
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => tracing::warn!("GatewayClass {}: {e}", gateway::DEFAULT_CLASS),
+    }
+}
+
+/// Merges `update.status` into the object's status subresource.
+async fn write_status(client: &Client, update: &StatusUpdate) -> Result<(), kube::Error> {
+    let patch = Patch::Merge(serde_json::json!({"status": update.status}));
+    let params = PatchParams::default();
+    let ns = update.namespace.as_deref().unwrap_or_default();
+    let name = update.name.as_str();
+    match update.kind {
+        "Ingress" => {
+            Api::<Ingress>::namespaced(client.clone(), ns)
+                .patch_status(name, &params, &patch)
+                .await?;
+        }
+        "GatewayClass" => {
+            Api::<gateway::GatewayClass>::all(client.clone())
+                .patch_status(name, &params, &patch)
+                .await?;
+        }
+        "Gateway" => {
+            Api::<gateway::Gateway>::namespaced(client.clone(), ns)
+                .patch_status(name, &params, &patch)
+                .await?;
+        }
+        "HTTPRoute" => {
+            Api::<gateway::HttpRoute>::namespaced(client.clone(), ns)
+                .patch_status(name, &params, &patch)
+                .await?;
+        }
+        _ => {}
+    }
+    Ok(())
 }

@@ -436,8 +436,10 @@ pub fn openapi(state: &Arc<State>, path: &str, req: &Request) -> Result<Response
             let mut resp = Response::new(Full::new(Bytes::from(openapi_v2_protobuf())).boxed());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
+                // As kube-openapi answers: the `@` form is accepted in Accept, but Go's mime
+                // parser (kubectl's validation) rejects it in a Content-Type.
                 HeaderValue::from_static(
-                    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
                 ),
             );
             return Ok(resp);

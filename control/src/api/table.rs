@@ -747,27 +747,127 @@ fn cells(rt: &ResourceType, obj: &Value) -> Vec<Value> {
     }
 }
 
-/// Evaluates a simple JSONPath (`.spec.replicas`, `.status.conditions[0].type`) for printer
-/// columns.
-fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut cur = obj;
-    for part in path
-        .trim_start_matches('.')
-        .split('.')
-        .filter(|p| !p.is_empty())
-    {
-        let (field, index) = match part.split_once('[') {
-            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        if !field.is_empty() {
-            cur = cur.get(field)?;
-        }
-        if let Some(i) = index {
-            cur = cur.get(i)?;
+/// One step of a printer column's JSONPath.
+enum Step<'p> {
+    Field(&'p str),
+    Index(usize),
+    All,
+    /// `[?(@.a.b=="v")]` (or `!=`): the array items whose field path equals (or not) `v`.
+    Filter {
+        path: Vec<&'p str>,
+        equal: bool,
+        value: &'p str,
+    },
+}
+
+/// Parses the JSONPath subset printer columns use: `.field`, `[n]`, `[*]` and
+/// `[?(@.field=="value")]` (or `!=`; quotes `"` or `'`). `None` when it is not that.
+fn steps(path: &str) -> Option<Vec<Step<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = path.trim().trim_start_matches('{').trim_end_matches('}');
+    rest = rest.strip_prefix('$').unwrap_or(rest);
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            if end > 0 {
+                out.push(Step::Field(&r[..end]));
+            }
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix("[?(") {
+            let end = r.find(")]")?;
+            let expr = r[..end].trim();
+            rest = &r[end + 2..];
+            let (lhs, rhs, equal) = match expr.split_once("==") {
+                Some((l, r)) => (l, r, true),
+                None => {
+                    let (l, r) = expr.split_once("!=")?;
+                    (l, r, false)
+                }
+            };
+            let path = lhs.trim().strip_prefix('@')?;
+            let value = rhs.trim().trim_matches(|c| c == '"' || c == '\'');
+            out.push(Step::Filter {
+                path: path.split('.').filter(|p| !p.is_empty()).collect(),
+                equal,
+                value,
+            });
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            let inner = r[..end].trim();
+            out.push(if inner == "*" {
+                Step::All
+            } else if let Some(name) = inner.strip_prefix('\'').and_then(|n| n.strip_suffix('\'')) {
+                Step::Field(name)
+            } else {
+                Step::Index(inner.parse().ok()?)
+            });
+            rest = &r[end + 1..];
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            out.push(Step::Field(&rest[..end]));
+            rest = &rest[end..];
         }
     }
-    Some(cur)
+    Some(out)
+}
+
+/// Evaluates a printer column's JSONPath (`.spec.replicas`, `.status.conditions[0].type`,
+/// `.status.addresses[*].value`, `.status.conditions[?(@.type=="Ready")].status`): every
+/// value it selects.
+fn json_path<'a>(obj: &'a Value, path: &str) -> Vec<&'a Value> {
+    let Some(steps) = steps(path) else {
+        return Vec::new();
+    };
+    let mut current = vec![obj];
+    for step in &steps {
+        current = current
+            .into_iter()
+            .flat_map(|v| -> Vec<&'a Value> {
+                match step {
+                    Step::Field(f) => v.get(*f).into_iter().collect(),
+                    Step::Index(i) => v.get(*i).into_iter().collect(),
+                    Step::All => match v {
+                        Value::Array(a) => a.iter().collect(),
+                        Value::Object(m) => m.values().collect(),
+                        _ => Vec::new(),
+                    },
+                    Step::Filter { path, equal, value } => v
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|item| {
+                            let got = path.iter().try_fold(*item, |cur, f| cur.get(*f));
+                            let text = got.map(|g| match g {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            });
+                            (text.as_deref() == Some(*value)) == *equal
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+    }
+    current
+}
+
+/// A printer column's cell: nothing selected is null, one value is itself, several are
+/// printed space-separated (as kube-apiserver prints them).
+fn column_value(obj: &Value, path: &str) -> Value {
+    let found = json_path(obj, path);
+    match found.as_slice() {
+        [] => Value::Null,
+        [one] => (*one).clone(),
+        many => Value::String(
+            many.iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    }
 }
 
 /// A Table of `items` (all columns; kubectl hides priority > 0 unless `-o wide`).
@@ -821,7 +921,7 @@ pub fn table_with(rt: &ResourceType, items: &[Value], resource_version: &str) ->
             .map(|o| {
                 let mut cells = vec![json!(object::name(o))];
                 for c in &custom_columns {
-                    let v = json_path(o, &c.json_path).cloned().unwrap_or(Value::Null);
+                    let v = column_value(o, &c.json_path);
                     cells.push(if c.type_ == "date" {
                         v.as_str()
                             .map_or(Value::Null, |t| json!(object::human_age(t)))
@@ -892,11 +992,35 @@ mod tests {
     #[test]
     fn printer_column_paths() {
         let v = json!({"spec": {"replicas": 3}, "status": {"conditions": [{"type": "Ready"}]}});
-        assert_eq!(json_path(&v, ".spec.replicas"), Some(&json!(3)));
+        assert_eq!(column_value(&v, ".spec.replicas"), json!(3));
         assert_eq!(
-            json_path(&v, ".status.conditions[0].type"),
-            Some(&json!("Ready"))
+            column_value(&v, ".status.conditions[0].type"),
+            json!("Ready")
         );
-        assert_eq!(json_path(&v, ".missing"), None);
+        assert_eq!(column_value(&v, ".missing"), Value::Null);
+        let gw = json!({"status": {
+            "addresses": [{"value": "10.0.0.1"}, {"value": "10.0.0.2"}],
+            "conditions": [{"type": "Accepted", "status": "True"}, {"type": "Programmed", "status": "False"}],
+        }});
+        assert_eq!(
+            column_value(&gw, ".status.addresses[*].value"),
+            json!("10.0.0.1 10.0.0.2")
+        );
+        assert_eq!(
+            column_value(&gw, r#".status.conditions[?(@.type=="Programmed")].status"#),
+            json!("False")
+        );
+        assert_eq!(
+            column_value(&gw, ".status.conditions[?(@.type!='Programmed')].type"),
+            json!("Accepted")
+        );
+        assert_eq!(
+            column_value(&gw, ".status.conditions[?(@.type=='Ready')].status"),
+            Value::Null
+        );
+        assert_eq!(
+            column_value(&gw, ".status['addresses'][1].value"),
+            json!("10.0.0.2")
+        );
     }
 }

@@ -26,10 +26,38 @@ fn roundtrip<T: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, De
         path: e.path().to_string(),
         message: e.inner().to_string(),
     })?;
-    serde_json::to_value(&typed).map_err(|e| DecodeError {
+    let mut decoded = serde_json::to_value(&typed).map_err(|e| DecodeError {
         path: String::new(),
         message: e.to_string(),
-    })
+    })?;
+    keep_integers(value, &mut decoded);
+    Ok(decoded)
+}
+
+/// Puts back the integers of `input` that a typed field held as a float (`minimum: 0` of a
+/// CRD schema came back `0.0`: kube-apiserver keeps `0`, and kubectl's server-side apply then
+/// saw a change in every CRD with a bound).
+fn keep_integers(input: &Value, decoded: &mut Value) {
+    match (input, decoded) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b.iter_mut() {
+                if let Some(i) = a.get(k) {
+                    keep_integers(i, v);
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, v) in a.iter().zip(b.iter_mut()) {
+                keep_integers(i, v);
+            }
+        }
+        (Value::Number(i), d @ Value::Number(_))
+            if !i.is_f64() && d.is_f64() && i.as_f64() == d.as_f64() =>
+        {
+            *d = Value::Number(i.clone());
+        }
+        _ => {}
+    }
 }
 
 macro_rules! typed_kinds {
@@ -995,6 +1023,23 @@ mod tests {
         assert_eq!(decoded["data"]["a"], "b");
         assert!(decoded.get("extra").is_none());
         assert!(normalize_builtin("example.com", "Widget", &input).is_none());
+    }
+
+    #[test]
+    fn integers_in_float_fields_stay_integers() {
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "things.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "things", "kind": "Thing"},
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                    "type": "object", "properties": {"port": {"type": "integer", "minimum": 0, "maximum": 65535.5}}}}}]}});
+        let decoded = normalize_builtin("apiextensions.k8s.io", "CustomResourceDefinition", &crd)
+            .unwrap()
+            .unwrap();
+        let port =
+            &decoded["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["port"];
+        assert_eq!(port["minimum"].to_string(), "0");
+        assert_eq!(port["maximum"].to_string(), "65535.5");
     }
 
     #[test]
