@@ -579,6 +579,44 @@ fn custom_resources(server: &Rudder) {
         ]),
         "4"
     );
+    // The schema's status default is applied at create (the status sent is dropped).
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "widget",
+            "w1",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.status.phase}"
+        ]),
+        "Pending"
+    );
+    // Through another served version the object says that version.
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "widgets.v1beta1.example.com",
+            "w1",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.apiVersion}"
+        ]),
+        "example.com/v1beta1"
+    );
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "widgets.v1.example.com",
+            "w1",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.apiVersion}"
+        ]),
+        "example.com/v1"
+    );
     // The `all` category includes the custom type.
     assert!(
         server

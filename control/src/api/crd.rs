@@ -238,6 +238,14 @@ pub fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
     pruned
 }
 
+/// Applies the schema's top-level `default`s to fields `obj` lacks (a custom resource's
+/// `status` default, once create has dropped the status sent).
+pub fn default_top_level(schema: &Value, obj: &mut Value) {
+    if let Value::Object(map) = obj {
+        apply_defaults(schema.get("properties").and_then(Value::as_object), map);
+    }
+}
+
 fn apply_defaults(props: Option<&Map<String, Value>>, map: &mut Map<String, Value>) {
     for (key, sub) in props.into_iter().flatten() {
         if !map.contains_key(key)

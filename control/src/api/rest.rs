@@ -99,8 +99,23 @@ pub async fn read(
     Ok((decode_stored(&kv)?, kv.mod_revision))
 }
 
-fn respond(code: StatusCode, obj: &Value, warnings: &[String]) -> Response<Body> {
-    let mut resp = json_response(code, obj);
+/// A custom resource is served in the version it was asked for (CRD versions convert with
+/// strategy `None`: only `apiVersion` differs), whichever version wrote it.
+fn in_requested_version(rt: &ResourceType, obj: &mut Value) {
+    if rt.custom.is_some() && obj.is_object() {
+        obj["apiVersion"] = json!(rt.api_version());
+    }
+}
+
+fn respond(
+    rt: &ResourceType,
+    code: StatusCode,
+    obj: &Value,
+    warnings: &[String],
+) -> Response<Body> {
+    let mut obj = obj.clone();
+    in_requested_version(rt, &mut obj);
+    let mut resp = json_response(code, &obj);
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
@@ -119,7 +134,8 @@ pub async fn get(
     sub: Option<&str>,
     req: &Request,
 ) -> ApiResult<Response<Body>> {
-    let (obj, _) = read(state, rt, ns, name).await?;
+    let (mut obj, _) = read(state, rt, ns, name).await?;
+    in_requested_version(rt, &mut obj);
     if sub == Some("scale") {
         return Ok(json_response(StatusCode::OK, &scale_of(rt, &obj)));
     }
@@ -557,7 +573,7 @@ pub async fn create(
     let manager = patch::update_manager(req);
     let (created, warnings) =
         create_object(state, rt, ns, obj, mode, req.dry_run(), Some(&manager)).await?;
-    Ok(respond(StatusCode::CREATED, &created, &warnings))
+    Ok(respond(rt, StatusCode::CREATED, &created, &warnings))
 }
 
 /// Creates an object (the body of POST, also used to bootstrap the cluster).
@@ -616,6 +632,9 @@ pub async fn create_object(
             );
         }
         prepare_create(rt, &mut candidate);
+        if let Some(schema) = rt.custom.as_ref().and_then(|c| c.schema.as_ref()) {
+            crd::default_top_level(schema, &mut candidate);
+        }
         defaults::apply(&rt.group, &rt.kind, &mut candidate);
         validate(rt, &candidate, None)?;
         if let Some(manager) = manager {
@@ -946,7 +965,7 @@ pub async fn update(
             Ok(body.clone())
         })
         .await?;
-    Ok(respond(StatusCode::OK, &stored, &warnings))
+    Ok(respond(rt, StatusCode::OK, &stored, &warnings))
 }
 
 /// PATCH: JSON patch, merge patch, strategic merge patch or server-side apply.
@@ -993,7 +1012,7 @@ pub async fn patch(
             Ok(patched)
         })
         .await?;
-    Ok(respond(StatusCode::OK, &stored, &warnings))
+    Ok(respond(rt, StatusCode::OK, &stored, &warnings))
 }
 
 /// Create-or-update used by server-side apply: the object after `change`, created if missing.
