@@ -665,3 +665,213 @@ spec:
         get(ingress, "app.example.test", "/", "").0 == 404
     });
 }
+
+/// A backend that accepts a WebSocket upgrade (101) and then echoes whatever it gets.
+fn websocket_backend() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut upgrade = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line.to_ascii_lowercase().starts_with("upgrade: websocket") {
+                        upgrade = true;
+                    }
+                    if line.trim_end().is_empty() {
+                        break;
+                    }
+                }
+                if !upgrade {
+                    let _ =
+                        writer.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = writer.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
+                let mut buf = [0u8; 1024];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if writer.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// ingress-nginx's canary, rewrite-target, limit-rps and upstream-hash-by annotations, and a
+/// WebSocket upgrade through the ingress.
+#[test]
+#[ignore = "needs kubectl 1.37; run by cargo xtask ci"]
+fn ingress_nginx_annotations_and_websockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingress: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let server = Rudder::start(
+        &dir.path().join("data"),
+        &[
+            "--disable".into(),
+            "agent,dns".into(),
+            "--ingress-http-addr".into(),
+            ingress.to_string(),
+            "--ingress-https-addr".into(),
+            "none".into(),
+        ],
+    );
+    let (main, canary, api, hash_a, hash_b, ws) = (
+        backend("main"),
+        backend("canary"),
+        backend("api"),
+        backend("hash-a"),
+        backend("hash-b"),
+        websocket_backend(),
+    );
+    let service = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n"
+        )
+    };
+    let ingress_of = |name: &str, host: &str, path: &str, svc: &str, annotations: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, annotations: {{{annotations}}}}}\nspec:\n  rules:\n  - host: {host}\n    http:\n      paths:\n      - {{path: \"{path}\", pathType: ImplementationSpecific, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}\n---\n"
+        )
+    };
+    let mut objects = String::new();
+    for name in ["main", "canary", "api", "hashed", "ws"] {
+        objects.push_str(&service(name));
+    }
+    for (slice_name, svc, port) in [
+        ("main", "main", main),
+        ("canary", "canary", canary),
+        ("api", "api", api),
+        ("hash-a", "hashed", hash_a),
+        ("hash-b", "hashed", hash_b),
+        ("ws", "ws", ws),
+    ] {
+        objects.push_str(&slice(slice_name, svc, port));
+        objects.push_str("---\n");
+    }
+    objects.push_str(&ingress_of("shop", "shop.test", "/", "main", ""));
+    objects.push_str(&ingress_of(
+        "shop-canary",
+        "shop.test",
+        "/",
+        "canary",
+        "nginx.ingress.kubernetes.io/canary: \"true\", nginx.ingress.kubernetes.io/canary-by-header: X-Canary, nginx.ingress.kubernetes.io/canary-weight: \"30\"",
+    ));
+    objects.push_str(&ingress_of(
+        "rewrite",
+        "rw.test",
+        "/something(/|$)(.*)",
+        "api",
+        "nginx.ingress.kubernetes.io/rewrite-target: /$2",
+    ));
+    objects.push_str(&ingress_of(
+        "limited",
+        "slow.test",
+        "/",
+        "api",
+        "nginx.ingress.kubernetes.io/limit-rps: \"1\", nginx.ingress.kubernetes.io/limit-burst-multiplier: \"2\"",
+    ));
+    objects.push_str(&ingress_of(
+        "hashed",
+        "hash.test",
+        "/",
+        "hashed",
+        "nginx.ingress.kubernetes.io/upstream-hash-by: $http_x_user",
+    ));
+    objects.push_str(&ingress_of("ws", "ws.test", "/", "ws", ""));
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &objects);
+    assert!(out.status.success(), "{out:?}");
+    server.wait_for("the Ingresses to be served", || {
+        get(ingress, "hash.test", "/", "").0 == 200
+            && get(ingress, "rw.test", "/something", "").0 == 200
+            && get(ingress, "shop.test", "/", "").0 == 200
+    });
+    let name = |host: &str, path: &str, extra: &str| {
+        get(ingress, host, path, extra)
+            .1
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // Canary: the header decides first, else 30 of every 100 requests.
+    for _ in 0..5 {
+        assert_eq!(name("shop.test", "/", "X-Canary: always\r\n"), "canary");
+        assert_eq!(name("shop.test", "/", "X-Canary: never\r\n"), "main");
+    }
+    let to_canary = (0..100)
+        .filter(|_| name("shop.test", "/", "") == "canary")
+        .count();
+    assert!(
+        (25..=35).contains(&to_canary),
+        "{to_canary} of 100 to the canary"
+    );
+
+    // rewrite-target: the captures make the upstream path; the query is kept.
+    let (status, body) = get(ingress, "rw.test", "/Something/users?id=1", "");
+    assert!(
+        status == 200 && body.starts_with("api /users?id=1 "),
+        "{status} {body}"
+    );
+
+    // upstream-hash-by: one user always on one endpoint; users spread over both.
+    let alice = name("hash.test", "/", "X-User: alice\r\n");
+    for _ in 0..10 {
+        assert_eq!(name("hash.test", "/", "X-User: alice\r\n"), alice);
+    }
+    let spread: std::collections::BTreeSet<String> = (0..20)
+        .map(|i| name("hash.test", "/", &format!("X-User: user{i}\r\n")))
+        .collect();
+    assert_eq!(spread.len(), 2, "{spread:?}");
+
+    // limit-rps 1 with a burst of 2: the first two pass, the rest of a quick run get 503.
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| get(ingress, "slow.test", "/", "").0)
+        .collect();
+    assert_eq!(&statuses[..2], [200, 200], "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+
+    // WebSocket: the upgrade goes through, then bytes flow both ways.
+    let mut stream = TcpStream::connect(ingress).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 101"), "{status_line}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.trim_end().is_empty() {
+            break;
+        }
+    }
+    for message in ["hello", "over the upgrade"] {
+        stream.write_all(message.as_bytes()).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        reader.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message.as_bytes());
+    }
+}

@@ -13,6 +13,7 @@
 //! [`run`] puts them together; `rudder server` runs it for its cluster, `rudder ingress
 //! --kubeconfig F` alone.
 
+pub mod annotations;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;

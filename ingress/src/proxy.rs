@@ -49,6 +49,8 @@ pub const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 pub struct Shared {
     /// Request counters.
     pub metrics: crate::metrics::Metrics,
+    /// Rate limits' buckets.
+    pub limiter: crate::annotations::Limiter,
     table: RwLock<Arc<Table>>,
     failed: RwLock<HashMap<SocketAddr, Instant>>,
     failed_count: AtomicUsize,
@@ -103,6 +105,8 @@ pub struct Ctx {
     route: Option<Arc<Route>>,
     /// The route's backend chosen for this request.
     backend: usize,
+    /// The request's `upstream-hash-by` key, hashed.
+    hash: Option<u64>,
     upstream: Option<SocketAddr>,
     tries: usize,
     tls: bool,
@@ -232,6 +236,7 @@ impl ProxyHttp for Proxy {
             body_bytes: 0,
             route: None,
             backend: 0,
+            hash: None,
             upstream: None,
             tries: 0,
             tls: self.tls,
@@ -247,14 +252,18 @@ impl ProxyHttp for Proxy {
             .path_and_query()
             .map_or_else(|| req.uri.path(), |p| p.as_str())
             .to_owned();
-        let decision = table.route_request(&Request {
+        let request = Request {
             host: &host,
             target: &target,
             method: req.method.as_str(),
             headers: Some(&req.headers),
             tls: ctx.tls,
-        });
-        match decision {
+        };
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match table.route_request(&request) {
             Decision::Proxy(route) => {
                 if let Some(redirect) = &route.filters.redirect {
                     let port = session
@@ -269,7 +278,16 @@ impl ProxyHttp for Proxy {
                     };
                     return respond(session, redirect.status, text, Some(&location)).await;
                 }
-                let Some((index, backend)) = route.choose() else {
+                if let (Some(rate), Some(client)) = (route.limits.rate, client)
+                    && !self.shared.limiter.allow(&route.source, client, rate)
+                {
+                    let text = format!(
+                        "Service Temporarily Unavailable: over {} requests per second",
+                        rate.rps
+                    );
+                    return respond(session, 503, &text, None).await;
+                }
+                let Some((index, backend)) = route.choose_for(&request) else {
                     let text = format!(
                         "Internal Server Error: no backend of {} has weight",
                         route.source
@@ -298,6 +316,7 @@ impl ProxyHttp for Proxy {
                     let text = format!("Request Entity Too Large: bodies up to {max} bytes");
                     return respond(session, 413, &text, None).await;
                 }
+                ctx.hash = route.hash.as_ref().map(|key| key.hash(&request, client));
                 ctx.route = Some(Arc::clone(route));
                 ctx.backend = index;
                 Ok(false)
@@ -316,13 +335,17 @@ impl ProxyHttp for Proxy {
         let Some(route) = &ctx.route else {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen").into_in());
         };
-        let Some(backend) = route.backends.get(ctx.backend) else {
+        let Some(backend) = route.backend(ctx.backend) else {
             return Err(Error::explain(ErrorType::InternalError, "no backend chosen").into_in());
         };
         let shared = &self.shared;
-        let endpoint = backend
-            .pick(|e| shared.is_failed(e) || Some(*e) == ctx.upstream)
-            .or_else(|| backend.pick(|_| false))
+        let tried = ctx.upstream;
+        let pick = |skip: &dyn Fn(&SocketAddr) -> bool| match ctx.hash {
+            Some(key) => crate::annotations::rendezvous(key, &backend.endpoints, skip),
+            None => backend.pick(skip),
+        };
+        let endpoint = pick(&|e| shared.is_failed(e) || Some(*e) == tried)
+            .or_else(|| pick(&|_| false))
             .ok_or_else(|| {
                 Error::explain(
                     ErrorType::HTTPStatus(503),

@@ -44,6 +44,7 @@ use std::{
     time::Duration,
 };
 
+use crate::annotations::{Canary, CanarySpec, HashKey, Pattern, Rate, Rewrite};
 use k8s_openapi::{
     api::{
         core::v1::{Namespace, Secret, Service},
@@ -197,6 +198,8 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Largest request body, in bytes (`None`: no limit).
     pub max_body: Option<u64>,
+    /// Requests per second per client (`limit-rps`).
+    pub rate: Option<Rate>,
 }
 
 impl Default for Limits {
@@ -206,6 +209,7 @@ impl Default for Limits {
             read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             max_body: Some(1 << 20),
+            rate: None,
         }
     }
 }
@@ -260,6 +264,7 @@ impl Limits {
                 )),
             }
         }
+        limits.rate = crate::annotations::rate(ingress, Some(annotations), warnings);
         limits
     }
 }
@@ -286,6 +291,16 @@ impl Backend {
             invalid,
             // A table is rebuilt on any change in the cluster: starting every backend at its
             // first endpoint would send a quiet route's requests all there.
+            next: AtomicUsize::new(random_start()),
+        }
+    }
+
+    /// The same backend with a fresh round robin.
+    pub fn copy(&self) -> Backend {
+        Backend {
+            backend: self.backend.clone(),
+            endpoints: Arc::clone(&self.endpoints),
+            invalid: self.invalid.clone(),
             next: AtomicUsize::new(random_start()),
         }
     }
@@ -355,10 +370,17 @@ pub struct Route {
     schedule: Box<[u16]>,
     /// Timeouts and body limit.
     pub limits: Limits,
-    /// What the route changes on the way (Gateway API filters).
+    /// What the route changes on the way (Gateway API filters, `rewrite-target`).
     pub filters: Filters,
+    /// Consistent hashing by this key instead of round robin (`upstream-hash-by`).
+    pub hash: Option<HashKey>,
+    /// A canary Ingress's backend beside the main one.
+    pub canary: Option<Canary>,
     next: AtomicUsize,
 }
+
+/// The index [`Route::choose_for`] gives the canary backend.
+pub const CANARY_BACKEND: usize = usize::MAX;
 
 impl Route {
     /// A route to one backend.
@@ -380,8 +402,42 @@ impl Route {
             backends: backends.into_iter().map(|(b, _)| b).collect(),
             limits,
             filters,
+            hash: None,
+            canary: None,
             next: AtomicUsize::new(random_start()),
         }
+    }
+
+    /// The same route with a canary (fresh counters).
+    pub fn with_canary(&self, canary: Canary) -> Route {
+        Route {
+            source: self.source.clone(),
+            backends: self.backends.iter().map(Backend::copy).collect(),
+            schedule: self.schedule.clone(),
+            limits: self.limits.clone(),
+            filters: self.filters.clone(),
+            hash: self.hash.clone(),
+            canary: Some(canary),
+            next: AtomicUsize::new(random_start()),
+        }
+    }
+
+    /// The backend for `req`: the canary's when it takes the request, else by weight.
+    pub fn choose_for(&self, req: &Request<'_>) -> Option<(usize, &Backend)> {
+        if let Some(canary) = &self.canary
+            && canary.takes(req)
+        {
+            return Some((CANARY_BACKEND, &canary.backend));
+        }
+        self.choose()
+    }
+
+    /// Backend `i` of [`Route::choose_for`].
+    pub fn backend(&self, i: usize) -> Option<&Backend> {
+        if i == CANARY_BACKEND {
+            return self.canary.as_ref().map(|c| &c.backend);
+        }
+        self.backends.get(i)
     }
 
     /// The backend of the next request, by weight; `None` when no backend has weight (or the
@@ -432,6 +488,8 @@ pub enum PathChange {
         /// Its replacement.
         with: String,
     },
+    /// ingress-nginx's `rewrite-target`.
+    Regex(Rewrite),
 }
 
 impl PathChange {
@@ -448,6 +506,7 @@ impl PathChange {
                     (false, _) => format!("{with}{rest}"),
                 }
             }
+            PathChange::Regex(rewrite) => rewrite.apply(path).unwrap_or_else(|| path.to_owned()),
         }
     }
 }
@@ -493,12 +552,20 @@ pub enum Decision<'a> {
     NotFound,
 }
 
+/// What an Ingress's annotations set on its routes.
+struct Settings {
+    limits: Limits,
+    hash: Option<HashKey>,
+}
+
 /// The path rules of one host (or of the rules without a host).
 #[derive(Debug, Default)]
 struct HostRules {
     exact: HashMap<String, Arc<Route>>,
     /// Normalised prefix (no trailing `/`; the root is empty) → route.
     prefix: HashMap<String, Arc<Route>>,
+    /// `use-regex` paths, longest first (as ingress-nginx orders them).
+    regex: Vec<(String, Pattern, Arc<Route>)>,
     /// The defaultBackend of the oldest Ingress with rules here, if it has one.
     default: Option<Arc<Route>>,
     /// HTTP requests go to HTTPS.
@@ -508,6 +575,9 @@ struct HostRules {
 impl HostRules {
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
         if let Some(route) = self.exact.get(path) {
+            return Some(route);
+        }
+        if let Some((_, _, route)) = self.regex.iter().find(|(_, p, _)| p.0.is_match(path)) {
             return Some(route);
         }
         let mut candidate = path.trim_end_matches('/');
@@ -791,25 +861,32 @@ impl Table {
         });
         let ours = ingresses.clone();
         // One Route per (Ingress, backend): paths of an Ingress to the same backend share the
-        // round robin.
-        let mut made: BTreeMap<(String, BackendRef), Arc<Route>> = BTreeMap::new();
-        let mut route_for =
-            |ingress: &str, backend: BackendRef, limits: &Limits, warnings: &mut Vec<String>| {
-                Arc::clone(
-                    made.entry((ingress.to_owned(), backend.clone()))
-                        .or_insert_with(|| {
-                            let resolved = endpoints.resolve(&backend).unwrap_or_else(|why| {
-                                warnings.push(format!("Ingress {ingress}: {why}"));
-                                Vec::new()
-                            });
-                            Arc::new(Route::single(
-                                format!("Ingress {ingress}"),
-                                Backend::new(backend, resolved, None),
-                                limits.clone(),
-                            ))
-                        }),
-                )
-            };
+        // round robin (a `rewrite-target` path has one of its own: its rewrite is its path's).
+        let mut made: BTreeMap<(String, BackendRef, Option<String>), Arc<Route>> = BTreeMap::new();
+        let mut route_for = |ingress: &str,
+                             backend: BackendRef,
+                             settings: &Settings,
+                             rewrite: Option<Rewrite>,
+                             warnings: &mut Vec<String>| {
+            let path = rewrite.as_ref().map(|r| r.path.0.as_str().to_owned());
+            Arc::clone(
+                made.entry((ingress.to_owned(), backend.clone(), path))
+                    .or_insert_with(|| {
+                        let resolved = endpoints.resolve(&backend).unwrap_or_else(|why| {
+                            warnings.push(format!("Ingress {ingress}: {why}"));
+                            Vec::new()
+                        });
+                        let mut route = Route::single(
+                            format!("Ingress {ingress}"),
+                            Backend::new(backend, resolved, None),
+                            settings.limits.clone(),
+                        );
+                        route.filters.rewrite_path = rewrite.map(PathChange::Regex);
+                        route.hash = settings.hash.clone();
+                        Arc::new(route)
+                    }),
+            )
+        };
         let secrets: HashMap<(&str, &str), &Secret> = inputs
             .secrets
             .iter()
@@ -824,21 +901,27 @@ impl Table {
                 ))
             })
             .collect();
+        let mut canaries: Vec<(&Ingress, CanarySpec)> = Vec::new();
         for ingress in ingresses {
             let name = key(&ingress.metadata);
             let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
             let Some(spec) = &ingress.spec else { continue };
+            let annotations = ingress.metadata.annotations.as_ref();
+            if let Some(canary) = CanarySpec::of(&name, annotations, &mut table.warnings) {
+                canaries.push((ingress, canary));
+                continue;
+            }
+            let (regex, target) = crate::annotations::regex_paths(annotations);
             let redirect_off = ingress
                 .metadata
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(SSL_REDIRECT_ANNOTATION))
                 .is_some_and(|v| v == "false");
-            let limits = Limits::from_annotations(
-                &name,
-                ingress.metadata.annotations.as_ref(),
-                &mut table.warnings,
-            );
+            let settings = Settings {
+                limits: Limits::from_annotations(&name, annotations, &mut table.warnings),
+                hash: crate::annotations::hash_by(&name, annotations, &mut table.warnings),
+            };
             let default = spec.default_backend.as_ref().and_then(|b| {
                 let backend = backend_ref(&namespace, b);
                 if backend.is_none() {
@@ -846,7 +929,7 @@ impl Table {
                         "Ingress {name}: defaultBackend is not a Service port (resource backends are not supported)"
                     ));
                 }
-                backend.map(|b| route_for(&name, b, &limits, &mut table.warnings))
+                backend.map(|b| route_for(&name, b, &settings, None, &mut table.warnings))
             });
             if table.default.is_none() {
                 table.default = default.clone();
@@ -914,8 +997,32 @@ impl Table {
                         ));
                         continue;
                     };
-                    let route = route_for(&name, backend, &limits, &mut table.warnings);
                     let p = path.path.clone().unwrap_or_else(|| "/".to_owned());
+                    if regex && path.path_type != "Exact" {
+                        let pattern = match crate::annotations::path_regex(&p) {
+                            Ok(pattern) => pattern,
+                            Err(why) => {
+                                table.warnings.push(format!("Ingress {name}: {why}"));
+                                continue;
+                            }
+                        };
+                        if rules.regex.iter().any(|(text, _, _)| *text == p) {
+                            continue;
+                        }
+                        let rewrite = target.clone().map(|target| Rewrite {
+                            path: pattern.clone(),
+                            target,
+                        });
+                        let route =
+                            route_for(&name, backend, &settings, rewrite, &mut table.warnings);
+                        rules.regex.push((p, pattern, route));
+                        // Longest first; the older Ingress first on equal lengths.
+                        rules
+                            .regex
+                            .sort_by_key(|(text, _, _)| std::cmp::Reverse(text.len()));
+                        continue;
+                    }
+                    let route = route_for(&name, backend, &settings, None, &mut table.warnings);
                     let map = if path.path_type == "Exact" {
                         rules.exact.entry(p)
                     } else {
@@ -925,7 +1032,10 @@ impl Table {
                 }
             }
         }
-        table.routes = made.len();
+        for (ingress, canary) in canaries {
+            table.add_canary(ingress, &canary, &endpoints);
+        }
+        table.routes += made.len();
         table.endpoints = made
             .values()
             .flat_map(|r| r.backends.iter())
@@ -963,6 +1073,64 @@ impl Table {
         table.warnings.extend(gateway.warnings);
         table.statuses.extend(gateway.statuses);
         table
+    }
+
+    /// Puts a canary Ingress's backends beside the routes of the same host and path.
+    fn add_canary(&mut self, ingress: &Ingress, canary: &CanarySpec, endpoints: &Endpoints<'_>) {
+        let name = key(&ingress.metadata);
+        let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
+        for rule in ingress.spec.iter().flat_map(|s| s.rules.iter().flatten()) {
+            let host = rule
+                .host
+                .as_deref()
+                .filter(|h| !h.is_empty())
+                .map(str::to_ascii_lowercase);
+            let rules = match &host {
+                None => self.any_host.as_mut(),
+                Some(h) => match h.strip_prefix("*.") {
+                    Some(parent) => self.wildcard_hosts.get_mut(parent),
+                    None => self.exact_hosts.get_mut(h),
+                },
+            };
+            let Some(rules) = rules else {
+                self.warnings.push(format!(
+                    "canary Ingress {name}: no main Ingress has host {}",
+                    host.as_deref().unwrap_or("(any)")
+                ));
+                continue;
+            };
+            for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
+                let Some(backend) = backend_ref(&namespace, &path.backend) else {
+                    continue;
+                };
+                let p = path.path.clone().unwrap_or_else(|| "/".to_owned());
+                let slot = if path.path_type == "Exact" {
+                    rules.exact.get_mut(&p)
+                } else {
+                    match rules.prefix.get_mut(p.trim_end_matches('/')) {
+                        Some(route) => Some(route),
+                        None => rules
+                            .regex
+                            .iter_mut()
+                            .find(|(text, _, _)| *text == p)
+                            .map(|(_, _, route)| route),
+                    }
+                };
+                let Some(route) = slot else {
+                    self.warnings.push(format!(
+                        "canary Ingress {name}: no main Ingress has path {p}"
+                    ));
+                    continue;
+                };
+                let resolved = endpoints.resolve(&backend).unwrap_or_else(|why| {
+                    self.warnings.push(format!("canary Ingress {name}: {why}"));
+                    Vec::new()
+                });
+                let canary = canary.canary(name.clone(), Backend::new(backend, resolved, None));
+                *route = Arc::new(route.with_canary(canary));
+                self.routes += 1;
+            }
+        }
     }
 
     /// `status.loadBalancer.ingress` of our Ingresses: the listen addresses (written only when
@@ -1328,6 +1496,70 @@ mod tests {
             panic!("routed");
         };
         assert_eq!(route.limits.max_body, None);
+    }
+
+    #[test]
+    fn canaries_and_regex_paths() {
+        let mut canary = ingress(
+            "canary",
+            "2026-02-01T00:00:00Z",
+            json!({"rules": [{"host": "www.example.com", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 9000}}}}]}},
+                {"host": "nowhere.example.com", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 9000}}}}]}}]}),
+        );
+        canary["metadata"]["annotations"] = json!({
+            "nginx.ingress.kubernetes.io/canary": "true",
+            "nginx.ingress.kubernetes.io/canary-weight": "50",
+        });
+        let mut regex = ingress(
+            "regex",
+            "2026-03-01T00:00:00Z",
+            json!({"rules": [{"host": "re.example.com", "http": {"paths": [
+                {"path": "/something(/|$)(.*)", "pathType": "ImplementationSpecific",
+                 "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}),
+        );
+        regex["metadata"]["annotations"] =
+            json!({"nginx.ingress.kubernetes.io/rewrite-target": "/$2"});
+        let table = Table::build(&inputs(vec![main_ingress(), canary, regex]));
+        // Half of the main path's requests go to the canary's backend.
+        let Decision::Proxy(route) = table.route("www.example.com", "/", false) else {
+            panic!("routed");
+        };
+        let req = Request {
+            host: "www.example.com",
+            target: "/",
+            method: "GET",
+            headers: None,
+            tls: false,
+        };
+        let to_api = (0..10)
+            .filter_map(|_| route.choose_for(&req))
+            .filter(|(_, b)| b.backend.service == "api")
+            .count();
+        assert_eq!(to_api, 5);
+        // A canary without a main Ingress for its host routes nothing.
+        assert_eq!(to(&table, "nowhere.example.com", "/", false), "404");
+        assert!(
+            table
+                .warnings
+                .iter()
+                .any(|w| w.contains("no main Ingress has host nowhere.example.com")),
+            "{:?}",
+            table.warnings
+        );
+        // rewrite-target: the path is a case-insensitive regular expression; the upstream path
+        // is the target with the captures.
+        let Decision::Proxy(route) = table.route("re.example.com", "/SOMETHING/x", false) else {
+            panic!("routed");
+        };
+        let rewritten = route
+            .filters
+            .rewrite_path
+            .as_ref()
+            .map(|c| c.apply("/something/a/b"));
+        assert_eq!(rewritten.as_deref(), Some("/a/b"));
+        assert_eq!(to(&table, "re.example.com", "/other", false), "404");
     }
 
     #[test]
