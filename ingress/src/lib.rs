@@ -1,8 +1,11 @@
-//! Ingress for rudder: Ingress v1 (and, to come, Gateway API HTTPRoutes) served by a pingora
-//! proxy.
+//! Ingress for rudder: Ingress v1 and Gateway API HTTPRoutes served by a pingora proxy.
 //!
 //! - [`routes`]: the pure core, the routing table built from Ingresses, IngressClasses,
 //!   Services, EndpointSlices and Secrets, answering where one request goes with no I/O;
+//! - [`annotations`]: the ingress-nginx annotations beyond timeouts (canary, rewrite-target,
+//!   limit-rps, upstream-hash-by);
+//! - [`gateway`]: GatewayClasses, Gateways and HTTPRoutes into the same table, and their
+//!   statuses;
 //! - [`watch`]: kube-rs reflectors that rebuild the table on every change and swap it in;
 //! - [`proxy`]: the pingora `ProxyHttp` that routes each request by the current table straight
 //!   to a ready endpoint (round robin, passive health, pooled keep-alive upstream connections).

@@ -1,8 +1,12 @@
 //! The pingora `ProxyHttp` in front of the routing table.
 //!
-//! Per request: the current [`Table`] decides (a 308 to HTTPS, a 404 page, a 503 page when the
-//! backend has no ready endpoint, or a route); the route's next endpoint, round robin, that has
-//! not failed recently is the upstream. Upstream connections are pooled and kept alive by
+//! Per request: the current [`Table`] decides (a 308 to HTTPS, a 404 page, or a route). A
+//! route with a `RequestRedirect` answers the redirect; a rate-limited client gets 503; then the
+//! backend is chosen (the canary's when it takes the request, else by weight; a reference that
+//! could not be followed answers 500, a backend without ready endpoints 503), and its next
+//! endpoint, round robin (or by the `upstream-hash-by` key's rendezvous hash), that has not
+//! failed recently is the upstream. Gateway API filters and `rewrite-target` change the request
+//! (path, Host, headers) and the response headers on the way. Upstream connections are pooled and kept alive by
 //! pingora (idle for up to [`UPSTREAM_IDLE`]). A connection that cannot be made marks the
 //! endpoint failed for [`FAILED_FOR`] (passive health) and the request is retried, on another
 //! endpoint when the route has one, up to [`RETRIES`] times. WebSocket and other HTTP/1.1 upgrades pass through. The

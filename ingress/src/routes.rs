@@ -29,7 +29,12 @@
 //!   backend without ready endpoints (or an unknown Service) answers 503.
 //! - **Annotations.** Of ingress-nginx's, those that map cleanly: `ssl-redirect`,
 //!   `proxy-connect-timeout`, `proxy-read-timeout`, `proxy-send-timeout` and `proxy-body-size`
-//!   (see [`Limits`]).
+//!   (see [`Limits`]); canary, `rewrite-target`/`use-regex`, `limit-rps` and
+//!   `upstream-hash-by` (see [`crate::annotations`]).
+//! - **Gateway API.** HTTPRoutes of rudder's Gateways are consulted first (see
+//!   [`crate::gateway`]); a request none matches is routed by the Ingress rules.
+//! - **Status.** Our Ingresses get the listen addresses in `status.loadBalancer` (see
+//!   [`Listen`]).
 //! - **TLS.** `spec.tls` hosts get the certificate of their `kubernetes.io/tls` Secret, chosen
 //!   by SNI; an HTTP request to such a host is redirected to HTTPS with 308, unless the Ingress
 //!   says `nginx.ingress.kubernetes.io/ssl-redirect: "false"`.
