@@ -107,6 +107,12 @@ pub fn start(client: Client, shared: Arc<Shared>, listen: Listen) {
         client.clone(),
         gateway_classes.clone(),
     ));
+    let (pending, to_write) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(write_statuses(
+        client.clone(),
+        to_write,
+        Arc::clone(&changed),
+    ));
     tokio::spawn(async move {
         for ready in [
             ingresses.wait_until_ready().await,
@@ -144,25 +150,8 @@ pub fn start(client: Client, shared: Arc<Shared>, listen: Listen) {
             tracing::debug!(routes = table.route_count(), "ingress table rebuilt");
             let statuses = std::mem::take(&mut table.statuses);
             shared.set_table(table);
-            let mut failed = false;
-            for update in statuses {
-                if let Err(e) = write_status(&client, &update).await {
-                    tracing::warn!(
-                        "status of {} {}/{} (retrying in 5 s): {e}",
-                        update.kind,
-                        update.namespace.as_deref().unwrap_or_default(),
-                        update.name
-                    );
-                    failed = true;
-                }
-            }
-            if failed {
-                let changed = Arc::clone(&changed);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    changed.notify_one();
-                });
-            }
+            // The writer takes the latest set; routing never waits for it.
+            let _ = pending.send(statuses);
             changed.notified().await;
             tokio::time::sleep(SETTLE).await;
         }
@@ -196,6 +185,40 @@ async fn publish_gateway_class(client: Client, classes: Store<gateway::GatewayCl
         Ok(_) => tracing::info!("GatewayClass {} published", gateway::DEFAULT_CLASS),
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => tracing::warn!("GatewayClass {}: {e}", gateway::DEFAULT_CLASS),
+    }
+}
+
+/// Writes the statuses of the latest table, one by one; when one fails, asks for a rebuild (and
+/// so a new set) after 5 s.
+async fn write_statuses(
+    client: Client,
+    mut latest: tokio::sync::watch::Receiver<Vec<StatusUpdate>>,
+    changed: Arc<Notify>,
+) {
+    while latest.changed().await.is_ok() {
+        let statuses = latest.borrow_and_update().clone();
+        let mut failed = false;
+        for update in &statuses {
+            if let Err(e) = write_status(&client, update).await {
+                tracing::warn!(
+                    "status of {} {}/{} (retrying in 5 s): {e}",
+                    update.kind,
+                    update.namespace.as_deref().unwrap_or_default(),
+                    update.name
+                );
+                failed = true;
+            }
+            if latest.has_changed().unwrap_or(false) {
+                break; // a newer table wants other statuses
+            }
+        }
+        if failed {
+            let changed = Arc::clone(&changed);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                changed.notify_one();
+            });
+        }
     }
 }
 
