@@ -98,6 +98,33 @@ fn serve(name: &str, stream: TcpStream) {
     }
 }
 
+/// A free address on loopback.
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], common::free_port()))
+}
+
+/// `rudder server` without agent and DNS, its ingress on a free loopback port (returned), HTTPS
+/// and metrics where given.
+fn start(
+    dir: &std::path::Path,
+    https: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> (Rudder, SocketAddr) {
+    let ingress = loopback();
+    let mut args: Vec<String> = vec![
+        "--disable".into(),
+        "agent,dns".into(),
+        "--ingress-http-addr".into(),
+        ingress.to_string(),
+        "--ingress-https-addr".into(),
+        https.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+    ];
+    if let Some(metrics) = metrics {
+        args.extend(["--ingress-metrics-addr".into(), metrics.to_string()]);
+    }
+    (Rudder::start(&dir.join("data"), &args), ingress)
+}
+
 /// Sends one request (`Connection: close`) through the ingress: the status and the body.
 fn request(ingress: SocketAddr, head: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(ingress).unwrap();
@@ -147,28 +174,8 @@ fn slice(name: &str, service: &str, port: u16) -> String {
 #[ignore = "needs kubectl 1.37; run by cargo xtask ci"]
 fn ingresses_route_to_ready_endpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let ingress: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let https: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let server = Rudder::start(
-        &dir.path().join("data"),
-        &[
-            "--disable".into(),
-            "agent,dns".into(),
-            "--ingress-http-addr".into(),
-            ingress.to_string(),
-            "--ingress-https-addr".into(),
-            https.to_string(),
-            "--ingress-metrics-addr".into(),
-            metrics.to_string(),
-        ],
-    );
+    let (https, metrics) = (loopback(), loopback());
+    let (server, ingress) = start(dir.path(), Some(https), Some(metrics));
     server.wait_for("the rudder IngressClass", || {
         server
             .kubectl(&[
@@ -485,20 +492,7 @@ spec:
 #[ignore = "needs kubectl 1.37; run by cargo xtask ci"]
 fn gateway_api_routes_split_by_weight() {
     let dir = tempfile::tempdir().unwrap();
-    let ingress: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let server = Rudder::start(
-        &dir.path().join("data"),
-        &[
-            "--disable".into(),
-            "agent,dns".into(),
-            "--ingress-http-addr".into(),
-            ingress.to_string(),
-            "--ingress-https-addr".into(),
-            "none".into(),
-        ],
-    );
+    let (server, ingress) = start(dir.path(), None, None);
     let crds = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/gateway-api-crds.yaml"
@@ -717,20 +711,7 @@ fn websocket_backend() -> u16 {
 #[ignore = "needs kubectl 1.37; run by cargo xtask ci"]
 fn ingress_nginx_annotations_and_websockets() {
     let dir = tempfile::tempdir().unwrap();
-    let ingress: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let server = Rudder::start(
-        &dir.path().join("data"),
-        &[
-            "--disable".into(),
-            "agent,dns".into(),
-            "--ingress-http-addr".into(),
-            ingress.to_string(),
-            "--ingress-https-addr".into(),
-            "none".into(),
-        ],
-    );
+    let (server, ingress) = start(dir.path(), None, None);
     let (main, canary, api, hash_a, hash_b, ws) = (
         backend("main"),
         backend("canary"),

@@ -93,15 +93,13 @@ macro_rules! resource {
 
 /// A GatewayClass (the fields rudder reads).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct GatewayClass {
     /// Metadata.
-    #[serde(default)]
     pub metadata: ObjectMeta,
     /// Spec.
-    #[serde(default)]
     pub spec: GatewayClassSpec,
     /// Status, as stored.
-    #[serde(default)]
     pub status: Option<Value>,
 }
 resource!(
@@ -113,24 +111,22 @@ resource!(
 
 /// `GatewayClass.spec`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayClassSpec {
     /// The controller that serves the class.
-    #[serde(default)]
     pub controller_name: String,
 }
 
 /// A Gateway (the fields rudder reads).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct Gateway {
     /// Metadata.
-    #[serde(default)]
     pub metadata: ObjectMeta,
     /// Spec.
-    #[serde(default)]
     pub spec: GatewaySpec,
     /// Status, as stored.
-    #[serde(default)]
     pub status: Option<Value>,
 }
 resource!(
@@ -142,116 +138,101 @@ resource!(
 
 /// `Gateway.spec`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
     /// The class.
-    #[serde(default)]
     pub gateway_class_name: String,
     /// Listeners.
-    #[serde(default)]
     pub listeners: Vec<Listener>,
 }
 
 /// A Gateway listener.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct Listener {
     /// Name, unique in the Gateway.
-    #[serde(default)]
     pub name: String,
     /// Hostname (exact or `*.` wildcard); none: any.
-    #[serde(default)]
     pub hostname: Option<String>,
     /// Port.
-    #[serde(default)]
     pub port: i32,
     /// `HTTP`, `HTTPS`, ...
-    #[serde(default)]
     pub protocol: String,
     /// TLS settings of an `HTTPS` listener.
-    #[serde(default)]
     pub tls: Option<ListenerTls>,
     /// Which routes may attach.
-    #[serde(default)]
     pub allowed_routes: Option<AllowedRoutes>,
 }
 
 /// `listeners[].tls`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerTls {
     /// `Terminate` (the default) or `Passthrough`.
-    #[serde(default)]
     pub mode: Option<String>,
     /// The certificates.
-    #[serde(default)]
     pub certificate_refs: Vec<ObjectRef>,
 }
 
 /// A reference to an object by group, kind, name and namespace.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectRef {
     /// Group (`""`: core).
-    #[serde(default)]
     pub group: Option<String>,
     /// Kind.
-    #[serde(default)]
     pub kind: Option<String>,
     /// Name.
-    #[serde(default)]
     pub name: String,
     /// Namespace (default: the referrer's).
-    #[serde(default)]
     pub namespace: Option<String>,
 }
 
 /// `listeners[].allowedRoutes`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct AllowedRoutes {
     /// From which namespaces.
-    #[serde(default)]
     pub namespaces: Option<RouteNamespaces>,
     /// Which kinds (default: HTTPRoute for HTTP and HTTPS).
-    #[serde(default)]
     pub kinds: Option<Vec<RouteGroupKind>>,
 }
 
 /// `allowedRoutes.namespaces`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteNamespaces {
     /// `Same` (default), `All` or `Selector`.
-    #[serde(default)]
     pub from: Option<String>,
     /// The namespaces' labels, for `Selector`.
-    #[serde(default)]
     pub selector: Option<LabelSelector>,
 }
 
 /// A route kind.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct RouteGroupKind {
     /// Group (default: gateway.networking.k8s.io).
-    #[serde(default)]
     pub group: Option<String>,
     /// Kind.
-    #[serde(default)]
     pub kind: String,
 }
 
 /// An HTTPRoute (the fields rudder reads).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct HttpRoute {
     /// Metadata.
-    #[serde(default)]
     pub metadata: ObjectMeta,
     /// Spec.
-    #[serde(default)]
     pub spec: HttpRouteSpec,
     /// Status, as stored.
-    #[serde(default)]
     pub status: Option<Value>,
 }
 resource!(
@@ -263,205 +244,178 @@ resource!(
 
 /// `HTTPRoute.spec`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
     /// The Gateways (and listeners) it attaches to, kept as written (status echoes them).
-    #[serde(default)]
     pub parent_refs: Vec<Value>,
     /// Hostnames; none: those of the listener.
-    #[serde(default)]
     pub hostnames: Vec<String>,
     /// Rules.
-    #[serde(default)]
     pub rules: Vec<HttpRouteRule>,
 }
 
 /// An HTTPRoute rule.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteRule {
     /// Matches, any of which selects the rule (none: every request, as `PathPrefix /`).
-    #[serde(default)]
     pub matches: Vec<HttpRouteMatch>,
     /// Filters.
-    #[serde(default)]
     pub filters: Vec<HttpRouteFilter>,
     /// Backends.
-    #[serde(default)]
     pub backend_refs: Vec<HttpBackendRef>,
     /// Timeouts.
-    #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
 }
 
 /// A rule's match.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteMatch {
     /// The path (default `PathPrefix /`).
-    #[serde(default)]
     pub path: Option<ValueMatch>,
     /// Headers, all of which must match.
-    #[serde(default)]
     pub headers: Vec<NamedMatch>,
     /// Query parameters, all of which must match.
-    #[serde(default)]
     pub query_params: Vec<NamedMatch>,
     /// The method.
-    #[serde(default)]
     pub method: Option<String>,
 }
 
 /// A path match: `type` and `value`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct ValueMatch {
     /// `Exact`, `PathPrefix` or `RegularExpression`.
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub kind: Option<String>,
     /// The value.
-    #[serde(default)]
     pub value: Option<String>,
 }
 
 /// A header or query parameter match.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct NamedMatch {
     /// `Exact` (default) or `RegularExpression`.
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub kind: Option<String>,
     /// Name.
-    #[serde(default)]
     pub name: String,
     /// Value.
-    #[serde(default)]
     pub value: String,
 }
 
 /// A rule's filter.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteFilter {
     /// Which filter.
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub kind: String,
     /// `RequestHeaderModifier`.
-    #[serde(default)]
     pub request_header_modifier: Option<HeaderModifier>,
     /// `ResponseHeaderModifier`.
-    #[serde(default)]
     pub response_header_modifier: Option<HeaderModifier>,
     /// `RequestRedirect`.
-    #[serde(default)]
     pub request_redirect: Option<RedirectFilter>,
     /// `URLRewrite`.
-    #[serde(default)]
     pub url_rewrite: Option<RewriteFilter>,
 }
 
 /// A header modifier.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct HeaderModifier {
     /// Replaced.
-    #[serde(default)]
     pub set: Vec<HeaderValue>,
     /// Appended.
-    #[serde(default)]
     pub add: Vec<HeaderValue>,
     /// Removed.
-    #[serde(default)]
     pub remove: Vec<String>,
 }
 
 /// A header name and value.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct HeaderValue {
     /// Name.
-    #[serde(default)]
     pub name: String,
     /// Value.
-    #[serde(default)]
     pub value: String,
 }
 
 /// `RequestRedirect`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct RedirectFilter {
     /// Scheme.
-    #[serde(default)]
     pub scheme: Option<String>,
     /// Host.
-    #[serde(default)]
     pub hostname: Option<String>,
     /// Path.
-    #[serde(default)]
     pub path: Option<PathModifier>,
     /// Port.
-    #[serde(default)]
     pub port: Option<i32>,
     /// 301 or 302 (default).
-    #[serde(default)]
     pub status_code: Option<i32>,
 }
 
 /// `URLRewrite`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct RewriteFilter {
     /// Host.
-    #[serde(default)]
     pub hostname: Option<String>,
     /// Path.
-    #[serde(default)]
     pub path: Option<PathModifier>,
 }
 
 /// A path modifier.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct PathModifier {
     /// `ReplaceFullPath` or `ReplacePrefixMatch`.
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub kind: String,
     /// For `ReplaceFullPath`.
-    #[serde(default)]
     pub replace_full_path: Option<String>,
     /// For `ReplacePrefixMatch`.
-    #[serde(default)]
     pub replace_prefix_match: Option<String>,
 }
 
 /// A backend reference.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct HttpBackendRef {
     /// Group (`""`: core).
-    #[serde(default)]
     pub group: Option<String>,
     /// Kind (default Service).
-    #[serde(default)]
     pub kind: Option<String>,
     /// Name.
-    #[serde(default)]
     pub name: String,
     /// Namespace (default: the route's).
-    #[serde(default)]
     pub namespace: Option<String>,
     /// Port (required for a Service).
-    #[serde(default)]
     pub port: Option<i32>,
     /// Weight (default 1).
-    #[serde(default)]
     pub weight: Option<i32>,
 }
 
 /// `rules[].timeouts`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteTimeouts {
     /// The whole request.
-    #[serde(default)]
     pub request: Option<String>,
     /// One try upstream.
-    #[serde(default)]
     pub backend_request: Option<String>,
 }
 

@@ -151,18 +151,21 @@ fn redirect_host(header: &str) -> String {
     }
 }
 
-/// Applies a `RequestHeaderModifier`.
-fn edit_request(upstream: &mut RequestHeader, edits: &HeaderEdits) -> Result<()> {
-    for (name, value) in &edits.set {
-        upstream.insert_header(name.clone(), value.as_str())?;
-    }
-    for (name, value) in &edits.add {
-        upstream.append_header(name.clone(), value.as_str())?;
-    }
-    for name in &edits.remove {
-        upstream.remove_header(name.as_str());
-    }
-    Ok(())
+/// Applies a header modifier to a request or response header (pingora's two types have the same
+/// methods and no common trait).
+macro_rules! edit_headers {
+    ($header:expr, $edits:expr) => {{
+        let edits: &HeaderEdits = $edits;
+        for (name, value) in &edits.set {
+            $header.insert_header(name.clone(), value.as_str())?;
+        }
+        for (name, value) in &edits.add {
+            $header.append_header(name.clone(), value.as_str())?;
+        }
+        for name in &edits.remove {
+            $header.remove_header(name.as_str());
+        }
+    }};
 }
 
 /// The `Location` of a `RequestRedirect`: the request's URL with the filter's parts replaced.
@@ -457,7 +460,7 @@ impl ProxyHttp for Proxy {
             if let Some(host) = &filters.rewrite_host {
                 upstream.insert_header(http::header::HOST, host.as_str())?;
             }
-            edit_request(upstream, &filters.request_headers)?;
+            edit_headers!(upstream, &filters.request_headers);
         }
         Ok(())
     }
@@ -469,18 +472,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(route) = &ctx.route {
-            let edits = &route.filters.response_headers;
-            if !edits.is_empty() {
-                for (name, value) in &edits.set {
-                    response.insert_header(name.clone(), value.as_str())?;
-                }
-                for (name, value) in &edits.add {
-                    response.append_header(name.clone(), value.as_str())?;
-                }
-                for name in &edits.remove {
-                    response.remove_header(name.as_str());
-                }
-            }
+            edit_headers!(response, &route.filters.response_headers);
         }
         Ok(())
     }

@@ -1568,6 +1568,18 @@ mod tests {
     }
 
     #[test]
+    fn ingress_statuses_are_written_once() {
+        let mut objects = inputs(vec![main_ingress()]);
+        objects.listen.addresses = vec!["192.0.2.10".parse().expect("ip")];
+        let first = Table::build(&objects);
+        assert_eq!(first.statuses.len(), 1);
+        let mut stored = main_ingress();
+        stored["status"] = first.statuses[0].status.clone();
+        objects.ingresses = vec![Arc::new(serde_json::from_value(stored).expect("ingress"))];
+        assert_eq!(Table::build(&objects).statuses, []);
+    }
+
+    #[test]
     fn paths_are_normalised_before_matching() {
         let table = Table::build(&inputs(vec![main_ingress()]));
         assert_eq!(

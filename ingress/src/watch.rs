@@ -39,12 +39,30 @@ use crate::{
 /// How long changes are gathered before one rebuild.
 pub const SETTLE: Duration = Duration::from_millis(10);
 
-/// Follows one kind into a store, waking `changed` on every event.
+/// What routing reads of an object: all of it but its status and resource version (a status
+/// write, the ingress's own included, changes no route).
+fn fingerprint<K: serde::Serialize>(obj: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut value = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.remove("resourceVersion");
+        }
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Follows one kind into a store, waking `changed` when an object comes, goes or changes other
+/// than in its status.
 fn follow<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
+        + serde::Serialize
         + std::fmt::Debug
         + Send
         + Sync
@@ -63,9 +81,26 @@ where
     let stream = reflector::reflector(writer, events).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut seen: std::collections::HashMap<(Option<String>, Option<String>), u64> =
+            std::collections::HashMap::new();
+        let key = |obj: &K| (obj.meta().namespace.clone(), obj.meta().name.clone());
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
+                Ok(watcher::Event::Apply(obj)) => {
+                    let print = fingerprint(&obj);
+                    if seen.insert(key(&obj), print) != Some(print) {
+                        changed.notify_one();
+                    }
+                }
+                Ok(watcher::Event::InitApply(obj)) => {
+                    seen.insert(key(&obj), fingerprint(&obj));
+                }
+                Ok(watcher::Event::Delete(obj)) => {
+                    seen.remove(&key(&obj));
+                    changed.notify_one();
+                }
+                Ok(watcher::Event::Init) => seen.clear(),
+                Ok(watcher::Event::InitDone) => changed.notify_one(),
                 // A kind whose CRD is not installed (yet).
                 Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
                     tracing::debug!(kind = %K::kind(&()), "not served (its CRD is not installed)")
