@@ -679,7 +679,7 @@ pub struct StatusUpdate {
     /// Name.
     pub name: String,
     /// The `status` to merge in (only the fields rudder owns).
-    pub status: Value,
+    pub status: Arc<Value>,
 }
 
 /// A status condition as rudder wants it.
@@ -1663,7 +1663,7 @@ fn push_status(
         kind,
         namespace: meta.namespace.clone(),
         name: meta.name.clone().unwrap_or_default(),
-        status,
+        status: Arc::new(status),
     });
 }
 
@@ -1867,7 +1867,7 @@ mod tests {
                 .statuses
                 .iter()
                 .find(|s| s.kind == kind && s.name == name)
-                .map(|s| s.status.clone())
+                .map(|s| (*s.status).clone())
                 .expect("status")
         };
         let parents = status("HTTPRoute", "r");
@@ -1974,7 +1974,7 @@ mod tests {
                 .iter()
                 .find(|s| s.name == name)
                 .expect("update");
-            object["status"] = update.status.clone();
+            object["status"] = (*update.status).clone();
         }
         let mut later = inputs(stored);
         later.now = "2026-12-07T11:00:00Z".to_owned();

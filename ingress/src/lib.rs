@@ -134,7 +134,13 @@ pub async fn run(
         proxy::Proxy::new(Arc::clone(&shared), false),
         "rudder ingress (http)",
     );
-    service.add_tcp(&options.http_addr.to_string());
+    // Plain HTTP is read straight into pingora's header and body buffers: an L4 read buffer
+    // (64 KiB by default, there for TLS's 16 KiB records) would only add a copy and 64 KiB per
+    // client connection.
+    service.add_listener(
+        pingora::listeners::ListenerConfig::tcp(options.http_addr.to_string())
+            .l4_buffer(pingora::listeners::L4BufferSettings::default().read(0)),
+    );
     server.add_service(service);
     if let Some(addr) = options.https_addr {
         let sni = tls::Sni::new(Arc::clone(&shared)).map_err(Error::Certificate)?;

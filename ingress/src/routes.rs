@@ -1144,27 +1144,37 @@ impl Table {
         if inputs.listen.addresses.is_empty() {
             return;
         }
-        let wanted: Vec<serde_json::Value> = inputs
+        let wanted: Vec<String> = inputs
             .listen
             .addresses
             .iter()
-            .map(|ip| serde_json::json!({"ip": ip.to_string()}))
+            .map(ToString::to_string)
             .collect();
+        // One status for all (an Arc: a thousand Ingresses do not make a thousand copies).
+        let status = Arc::new(serde_json::json!({"loadBalancer": {"ingress":
+            wanted.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>()}}));
         for ingress in ours {
             let current = ingress
                 .status
                 .as_ref()
                 .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| serde_json::to_value(&lb.ingress).ok())
-                .unwrap_or_default();
-            if current == serde_json::Value::Array(wanted.clone()) {
+                .and_then(|lb| lb.ingress.as_ref());
+            let same = current.is_some_and(|list| {
+                list.len() == wanted.len()
+                    && list.iter().zip(&wanted).all(|(have, want)| {
+                        have.ip.as_deref() == Some(want.as_str())
+                            && have.hostname.is_none()
+                            && have.ports.is_none()
+                    })
+            });
+            if same {
                 continue;
             }
             self.statuses.push(crate::gateway::StatusUpdate {
                 kind: "Ingress",
                 namespace: ingress.metadata.namespace.clone(),
                 name: ingress.metadata.name.clone().unwrap_or_default(),
-                status: serde_json::json!({"loadBalancer": {"ingress": wanted}}),
+                status: Arc::clone(&status),
             });
         }
     }
@@ -1574,7 +1584,7 @@ mod tests {
         let first = Table::build(&objects);
         assert_eq!(first.statuses.len(), 1);
         let mut stored = main_ingress();
-        stored["status"] = first.statuses[0].status.clone();
+        stored["status"] = (*first.statuses[0].status).clone();
         objects.ingresses = vec![Arc::new(serde_json::from_value(stored).expect("ingress"))];
         assert_eq!(Table::build(&objects).statuses, []);
     }

@@ -39,6 +39,25 @@ use crate::{
 /// How long changes are gathered before one rebuild.
 pub const SETTLE: Duration = Duration::from_millis(10);
 
+/// Hands the memory glibc keeps free in its heaps back to the kernel, at most once a second: a
+/// rebuilt table or a batch of status writes frees megabytes that malloc would otherwise keep
+/// (the RSS of an ingress with 1,000 routes stayed 15 MB above what it used).
+fn trim_heap() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) == now {
+        return;
+    }
+    // SAFETY: malloc_trim only walks and releases glibc's own free lists; it takes the arenas'
+    // locks itself and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What routing reads of an object: all of it but its status and resource version (a status
 /// write, the ingress's own included, changes no route).
 fn fingerprint<K: serde::Serialize>(obj: &K) -> u64 {
@@ -148,6 +167,14 @@ pub fn start(client: Client, shared: Arc<Shared>, listen: Listen) {
         to_write,
         Arc::clone(&changed),
     ));
+    // Connections that came and went leave freed buffers in malloc's heaps: hand them back now
+    // and then, as the rebuilds do.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            trim_heap();
+        }
+    });
     tokio::spawn(async move {
         for ready in [
             ingresses.wait_until_ready().await,
@@ -187,6 +214,7 @@ pub fn start(client: Client, shared: Arc<Shared>, listen: Listen) {
             shared.set_table(table);
             // The writer takes the latest set; routing never waits for it.
             let _ = pending.send(statuses);
+            trim_heap();
             changed.notified().await;
             tokio::time::sleep(SETTLE).await;
         }
@@ -247,6 +275,7 @@ async fn write_statuses(
                 break; // a newer table wants other statuses
             }
         }
+        trim_heap();
         if failed {
             let changed = Arc::clone(&changed);
             tokio::spawn(async move {
@@ -259,7 +288,7 @@ async fn write_statuses(
 
 /// Merges `update.status` into the object's status subresource.
 async fn write_status(client: &Client, update: &StatusUpdate) -> Result<(), kube::Error> {
-    let patch = Patch::Merge(serde_json::json!({"status": update.status}));
+    let patch = Patch::Merge(serde_json::json!({"status": &*update.status}));
     let params = PatchParams::default();
     let ns = update.namespace.as_deref().unwrap_or_default();
     let name = update.name.as_str();
