@@ -604,6 +604,9 @@ spec:
         body.starts_with("app-v1 /v2/users?id=7 ") && body.ends_with(" from=gateway"),
         "{body}"
     );
+    // Dot segments are resolved before the rewrite: `..` cannot walk out of it.
+    let (_, body) = get(ingress, "app.example.test", "/api/../api/users", "");
+    assert!(body.starts_with("app-v1 /v2/users "), "{body}");
     let (status, body) = get(ingress, "app.example.test", "/broken", "");
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("default/nothing-here"), "{body}");

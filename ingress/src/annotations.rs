@@ -329,7 +329,9 @@ impl CanarySpec {
             header: self.header.clone(),
             cookie: self.cookie.clone(),
             schedule: crate::routes::schedule(&[self.total - self.weight, self.weight]).into(),
-            next: AtomicUsize::new(0),
+            // Tables are rebuilt on any change: starting at 0 each time would send a quiet
+            // route's few requests all to the main backend.
+            next: AtomicUsize::new(crate::routes::random_start()),
         }
     }
 }
@@ -362,18 +364,6 @@ impl Canary {
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         self.schedule[n % self.schedule.len()] == 1
-    }
-
-    /// A copy with fresh counters (for a rebuilt route).
-    pub fn copy(&self) -> Canary {
-        Canary {
-            source: self.source.clone(),
-            backend: self.backend.copy(),
-            header: self.header.clone(),
-            cookie: self.cookie.clone(),
-            schedule: self.schedule.clone(),
-            next: AtomicUsize::new(0),
-        }
     }
 }
 
@@ -437,9 +427,20 @@ pub struct Limiter {
 struct Bucket {
     tokens: f64,
     at: std::time::Instant,
+    rate: Rate,
 }
 
-/// How many buckets are kept before the full ones are dropped.
+impl Bucket {
+    /// Whether the bucket is full again at `now` (its client has been quiet long enough to be
+    /// forgotten).
+    fn full(&self, now: std::time::Instant) -> bool {
+        self.tokens + now.duration_since(self.at).as_secs_f64() * f64::from(self.rate.rps)
+            >= f64::from(self.rate.burst.max(1))
+    }
+}
+
+/// How many buckets are kept: beyond it the full ones are dropped, and if that is not enough
+/// all are (the limit fails open rather than grow without bound or scan on every request).
 const MAX_BUCKETS: usize = 65_536;
 
 impl Limiter {
@@ -452,16 +453,19 @@ impl Limiter {
             Err(poisoned) => poisoned.into_inner(),
         };
         if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.at).as_secs_f64() * f64::from(rate.rps) < capacity
-            });
+            buckets.retain(|_, b| !b.full(now));
+            if buckets.len() >= MAX_BUCKETS / 2 {
+                buckets.clear();
+            }
         }
         let bucket = buckets
             .entry((ingress.to_owned(), client))
             .or_insert(Bucket {
                 tokens: capacity,
                 at: now,
+                rate,
             });
+        bucket.rate = rate;
         let refill = now.duration_since(bucket.at).as_secs_f64() * f64::from(rate.rps);
         bucket.tokens = (bucket.tokens + refill).min(capacity);
         bucket.at = now;

@@ -19,10 +19,13 @@
 //!   listener's (`*.example.com` matches any name with at least one more label, as the API
 //!   says). A request goes to the rules of its most specific hostname (exact, then the longest
 //!   wildcard, then the routes without one), and within them to the first rule whose match
-//!   holds, in the API's precedence: an `Exact` path, then the longest `PathPrefix` (element
-//!   wise), then `RegularExpression` paths; then a rule with a method; then the most header
-//!   matches; then the most query matches; then the oldest route; then the order of rules.
-//!   A request no Gateway rule matches goes to the Ingress rules.
+//!   holds, in the API's precedence: an `Exact` path, then `RegularExpression` paths (longest
+//!   first; their rank is the implementation's to choose, this is Envoy Gateway's), then the
+//!   longest `PathPrefix` (element wise); then a rule with a method; then the most header
+//!   matches; then the most query matches; then the oldest route; then the order of rules. A
+//!   match that cannot be used (a bad regular expression or method) is left out and named in
+//!   the route's `Accepted` message. A request no Gateway rule matches goes to the Ingress
+//!   rules; a host an Ingress names exactly stays the Ingress's (see [`crate::routes`]).
 //! - **Backends.** Services by name and port, in the route's namespace (a cross-namespace
 //!   reference would need a ReferenceGrant, which rudder does not read: it gets
 //!   `ResolvedRefs: False, RefNotPermitted`), weighted (`weight`, default 1) by a smooth
@@ -511,7 +514,7 @@ fn wildcard_covers(pattern: &str, name: &str) -> bool {
 }
 
 /// How a rule's path matches.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum PathMatch {
     Exact(String),
     /// No trailing `/`; the root is empty.
@@ -520,7 +523,7 @@ enum PathMatch {
 }
 
 /// How a header or query value matches.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Matcher {
     Exact(String),
     Regex(regex::Regex),
@@ -548,8 +551,8 @@ fn anchored(pattern: &str) -> Result<regex::Regex, String> {
         .map_err(|e| format!("regular expression {pattern:?}: {e}"))
 }
 
-/// One match of one rule, with what it leads to.
-#[derive(Debug)]
+/// One match of one rule, with what it leads to (a clone shares the route).
+#[derive(Clone, Debug)]
 struct RuleMatch {
     path: PathMatch,
     method: Option<http::Method>,
@@ -669,11 +672,36 @@ impl HostIndex {
     }
 }
 
+/// The kinds whose status the ingress writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusKind {
+    /// networking.k8s.io/v1 Ingress.
+    Ingress,
+    /// GatewayClass.
+    GatewayClass,
+    /// Gateway.
+    Gateway,
+    /// HTTPRoute.
+    HttpRoute,
+}
+
+impl StatusKind {
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusKind::Ingress => "Ingress",
+            StatusKind::GatewayClass => "GatewayClass",
+            StatusKind::Gateway => "Gateway",
+            StatusKind::HttpRoute => "HTTPRoute",
+        }
+    }
+}
+
 /// Which objects' statuses to write, and what to write.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatusUpdate {
-    /// `GatewayClass`, `Gateway`, `HTTPRoute` or `Ingress`.
-    pub kind: &'static str,
+    /// The object's kind.
+    pub kind: StatusKind,
     /// Namespace (cluster-scoped: none).
     pub namespace: Option<String>,
     /// Name.
@@ -778,6 +806,8 @@ struct ListenerState<'a> {
     unresolved: Option<(&'static str, String)>,
     /// Routes attached (namespace/name).
     attached: BTreeSet<String>,
+    /// Whether `allowedRoutes.kinds` lets HTTPRoutes in.
+    kinds_ok: bool,
 }
 
 /// Why a route's parent reference did not attach.
@@ -1017,10 +1047,12 @@ fn rule_routes(route: &HttpRoute, ctx: &Context<'_>) -> RouteRules {
                 }
             }
             let route_backends: Vec<(Backend, u32)> = match &problem {
-                // The API: a rule that cannot be served as written answers 500.
+                // The API: a rule that cannot be served as written answers 500 (no filter of it
+                // applies, the redirect neither).
                 Some(why) => {
                     out.invalid
                         .get_or_insert(format!("rule {rule_index}: {why}"));
+                    filters = Filters::default();
                     vec![(invalid_backend(namespace, why), 1)]
                 }
                 None => rebuild(&backends),
@@ -1034,8 +1066,8 @@ fn rule_routes(route: &HttpRoute, ctx: &Context<'_>) -> RouteRules {
             let rank = (
                 match &path {
                     PathMatch::Exact(_) => 0,
-                    PathMatch::Prefix(_) => 1,
-                    PathMatch::Regex(_) => 2,
+                    PathMatch::Regex(_) => 1,
+                    PathMatch::Prefix(_) => 2,
                 },
                 std::cmp::Reverse(match &path {
                     PathMatch::Exact(p) | PathMatch::Prefix(p) => p.len(),
@@ -1177,7 +1209,7 @@ pub fn build(
         }], generation, ctx.now)});
         push_status(
             &mut built,
-            "GatewayClass",
+            StatusKind::GatewayClass,
             &class.metadata,
             class.status.as_ref(),
             status,
@@ -1202,6 +1234,7 @@ pub fn build(
                 refused: None,
                 unresolved: None,
                 attached: BTreeSet::new(),
+                kinds_ok: true,
             };
             match l.protocol.as_str() {
                 "HTTP" if l.port == i32::from(ctx.http_port) => {}
@@ -1288,7 +1321,8 @@ pub fn build(
                     .any(|k| k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GROUP) == GROUP)
                 && state.refused.is_none()
             {
-                state.refused = Some((
+                state.kinds_ok = false;
+                state.unresolved.get_or_insert((
                     "InvalidRouteKinds",
                     "only HTTPRoute is supported".to_owned(),
                 ));
@@ -1334,7 +1368,7 @@ pub fn build(
                     continue;
                 }
                 refusal = refusal.max(Refusal::NotAllowedByListeners);
-                if state.refused.is_some() {
+                if state.refused.is_some() || !state.kinds_ok {
                     continue;
                 }
                 let from = l
@@ -1371,7 +1405,7 @@ pub fn build(
                 for host in hosts {
                     let bucket = index.bucket(&host);
                     for m in &rules.matches {
-                        bucket.push(m.share());
+                        bucket.push(m.clone());
                     }
                 }
             }
@@ -1381,7 +1415,7 @@ pub fn build(
                     ok: true,
                     reason: "Accepted",
                     message: match rules.as_ref().and_then(|r| r.invalid.as_ref()) {
-                        Some(why) => format!("Accepted; {why}: such rules answer 500"),
+                        Some(why) => format!("Accepted; not served as written: {why}"),
                         None => "Accepted".to_owned(),
                     },
                 }
@@ -1415,14 +1449,6 @@ pub fn build(
             });
             parents.push((parent.clone(), wanted));
         }
-        if parents.is_empty() {
-            continue;
-        }
-        if let Some(r) = &rules
-            && let Some(why) = &r.invalid
-        {
-            built.warnings.push(format!("HTTPRoute {route_key}: {why}"));
-        }
         // status.parents: the other controllers' entries as they are, ours rewritten.
         let current: Vec<Value> = route
             .status
@@ -1431,6 +1457,18 @@ pub fn build(
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
+        let had_ours = current
+            .iter()
+            .any(|p| p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME));
+        // No parent of ours (any more): our old entries go, the others' stay.
+        if parents.is_empty() && !had_ours {
+            continue;
+        }
+        if let Some(r) = &rules
+            && let Some(why) = &r.invalid
+        {
+            built.warnings.push(format!("HTTPRoute {route_key}: {why}"));
+        }
         let mut entries: Vec<Value> = current
             .iter()
             .filter(|p| p.get("controllerName").and_then(Value::as_str) != Some(CONTROLLER_NAME))
@@ -1449,7 +1487,7 @@ pub fn build(
         }
         push_status(
             &mut built,
-            "HTTPRoute",
+            StatusKind::HttpRoute,
             &route.metadata,
             route.status.as_ref(),
             json!({"parents": entries}),
@@ -1589,48 +1627,18 @@ pub fn build(
             "conditions": conditions(current.and_then(|s| s.get("conditions")), &wanted, generation, ctx.now),
             "listeners": listener_status,
         });
-        push_status(&mut built, "Gateway", &gateway.metadata, current, status);
+        push_status(
+            &mut built,
+            StatusKind::Gateway,
+            &gateway.metadata,
+            current,
+            status,
+        );
     }
     built.http.finish();
     built.https.finish();
     built.routes = built.http.len() + built.https.len();
     built
-}
-
-impl RuleMatch {
-    /// The same match for another hostname or listener (the route is shared).
-    fn share(&self) -> RuleMatch {
-        RuleMatch {
-            path: match &self.path {
-                PathMatch::Exact(p) => PathMatch::Exact(p.clone()),
-                PathMatch::Prefix(p) => PathMatch::Prefix(p.clone()),
-                PathMatch::Regex(r) => PathMatch::Regex(r.clone()),
-            },
-            method: self.method.clone(),
-            headers: self
-                .headers
-                .iter()
-                .map(|(n, m)| (n.clone(), m.share()))
-                .collect(),
-            query: self
-                .query
-                .iter()
-                .map(|(n, m)| (n.clone(), m.share()))
-                .collect(),
-            rank: self.rank,
-            order: self.order.clone(),
-            route: Arc::clone(&self.route),
-        }
-    }
-}
-
-impl Matcher {
-    fn share(&self) -> Matcher {
-        match self {
-            Matcher::Exact(v) => Matcher::Exact(v.clone()),
-            Matcher::Regex(r) => Matcher::Regex(r.clone()),
-        }
-    }
 }
 
 fn certificate_of(ctx: &Context<'_>, ns: &str, name: &str) -> Option<Certificate> {
@@ -1646,7 +1654,7 @@ fn certificate_of(ctx: &Context<'_>, ns: &str, name: &str) -> Option<Certificate
 /// Queues `status` for the object unless its current status already says it.
 fn push_status(
     built: &mut Built,
-    kind: &'static str,
+    kind: StatusKind,
     meta: &ObjectMeta,
     current: Option<&Value>,
     status: Value,
@@ -1866,7 +1874,7 @@ mod tests {
             table
                 .statuses
                 .iter()
-                .find(|s| s.kind == kind && s.name == name)
+                .find(|s| s.kind.as_str() == kind && s.name == name)
                 .map(|s| (*s.status).clone())
                 .expect("status")
         };
@@ -1926,7 +1934,7 @@ mod tests {
             built
                 .statuses
                 .iter()
-                .find(|s| s.kind == "HTTPRoute" && s.name == name)
+                .find(|s| s.kind == StatusKind::HttpRoute && s.name == name)
                 .map(|s| s.status["parents"][0]["conditions"][0].clone())
         };
         // The team namespace's labels match the listener's selector; the route's backend is in
@@ -1979,6 +1987,71 @@ mod tests {
         let mut later = inputs(stored);
         later.now = "2026-12-07T11:00:00Z".to_owned();
         assert_eq!(Table::build(&later).statuses, []);
+    }
+
+    #[test]
+    fn regex_paths_invalid_rules_and_ingress_hosts() {
+        let mut objects = inputs(vec![
+            class(),
+            gateway(),
+            route(
+                "r",
+                json!({"parentRefs": [{"name": "web"}], "hostnames": ["app.example.test", "www.example.test"],
+                       "rules": [
+                    {"backendRefs": [backend("app-v1", 1)]},
+                    {"matches": [{"path": {"type": "RegularExpression", "value": "/v[0-9]+/.*"}}],
+                     "backendRefs": [backend("app-v2", 1)]},
+                    // A redirect whose ReplacePrefixMatch has no prefix to replace: 500, no redirect.
+                    {"matches": [{"path": {"type": "Exact", "value": "/odd"}}],
+                     "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                        "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]},
+                ]}),
+            ),
+        ]);
+        // An Ingress that names www.example.test keeps it.
+        objects.classes.push(Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "rudder", "annotations": {crate::routes::DEFAULT_CLASS_ANNOTATION: "true"}},
+                "spec": {"controller": crate::routes::CONTROLLER},
+            }))
+            .expect("class"),
+        ));
+        objects.ingresses.push(Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "site", "namespace": "default"},
+                "spec": {"rules": [{"host": "www.example.test", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app-v2", "port": {"number": 80}}}}]}}]},
+            }))
+            .expect("ingress"),
+        ));
+        let table = Table::build(&objects);
+        // A regular expression outranks a catch-all prefix.
+        assert_eq!(to(&table, "app.example.test", "/v2/users", &[]), "app-v2");
+        assert_eq!(to(&table, "app.example.test", "/users", &[]), "app-v1");
+        assert_eq!(to(&table, "app.example.test", "/odd", &[]), "500");
+        assert_eq!(to(&table, "www.example.test", "/users", &[]), "app-v2");
+    }
+
+    #[test]
+    fn our_old_parent_entries_are_removed() {
+        let mut orphan = route(
+            "orphan",
+            json!({"parentRefs": [{"name": "gone"}], "rules": []}),
+        );
+        orphan["status"] = json!({"parents": [
+            {"parentRef": {"name": "gone"}, "controllerName": CONTROLLER_NAME, "conditions": []},
+            {"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []},
+        ]});
+        let table = Table::build(&inputs(vec![class(), gateway(), orphan]));
+        let update = table
+            .statuses
+            .iter()
+            .find(|s| s.name == "orphan")
+            .expect("status");
+        assert_eq!(
+            update.status["parents"],
+            json!([{"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []}])
+        );
     }
 
     #[test]

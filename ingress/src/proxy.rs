@@ -444,7 +444,9 @@ impl ProxyHttp for Proxy {
         if let Some(route) = &ctx.route {
             let filters = &route.filters;
             if let Some(change) = &filters.rewrite_path {
-                let path = change.apply(upstream.uri.path());
+                // The path routing matched (dot segments resolved): a rewrite of the raw path
+                // could be walked out of with `..`.
+                let path = change.apply(&crate::routes::normalize_path(upstream.uri.path()));
                 let target = match upstream.uri.query() {
                     Some(q) => format!("{path}?{q}"),
                     None => path,

@@ -32,7 +32,9 @@
 //!   (see [`Limits`]); canary, `rewrite-target`/`use-regex`, `limit-rps` and
 //!   `upstream-hash-by` (see [`crate::annotations`]).
 //! - **Gateway API.** HTTPRoutes of rudder's Gateways are consulted first (see
-//!   [`crate::gateway`]); a request none matches is routed by the Ingress rules.
+//!   [`crate::gateway`]), except for the hosts an Ingress names exactly, which stay the
+//!   Ingress's (so a route in another namespace cannot take over an Ingress's host); a request no
+//!   Gateway route matches is routed by the Ingress rules.
 //! - **Status.** Our Ingresses get the listen addresses in `status.loadBalancer` (see
 //!   [`Listen`]).
 //! - **TLS.** `spec.tls` hosts get the certificate of their `kubernetes.io/tls` Secret, chosen
@@ -321,7 +323,8 @@ impl Backend {
     }
 }
 
-/// The longest weighted schedule a route keeps; larger weight sums are scaled down to it.
+/// The longest weighted schedule a route keeps; larger weight sums are scaled down to it (so
+/// shares are kept to about a thousandth: 1,000,000 to 1 becomes 1,000 to 1).
 const MAX_SCHEDULE: u64 = 1000;
 
 /// The order in which weighted backends take requests: nginx's smooth weighted round robin
@@ -633,7 +636,7 @@ pub struct Table {
 }
 
 /// A random starting point for a route's round robin.
-fn random_start() -> usize {
+pub(crate) fn random_start() -> usize {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_usize(0);
@@ -1171,7 +1174,7 @@ impl Table {
                 continue;
             }
             self.statuses.push(crate::gateway::StatusUpdate {
-                kind: "Ingress",
+                kind: crate::gateway::StatusKind::Ingress,
                 namespace: ingress.metadata.namespace.clone(),
                 name: ingress.metadata.name.clone().unwrap_or_default(),
                 status: Arc::clone(&status),
@@ -1199,7 +1202,10 @@ impl Table {
         } else {
             &self.gateway_http
         };
+        // A host an Ingress names exactly stays the Ingress's: a Gateway route of another
+        // namespace cannot take it over.
         if !gateway.is_empty()
+            && !self.exact_hosts.contains_key(&host)
             && let Some(route) = gateway.find(&host, req)
         {
             return Decision::Proxy(route);

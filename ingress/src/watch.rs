@@ -1,8 +1,9 @@
 //! Keeps the routing table current: kube-rs reflectors of Ingresses, IngressClasses, Services,
 //! EndpointSlices, `kubernetes.io/tls` Secrets, Namespaces and the Gateway API kinds
-//! (GatewayClasses, Gateways, HTTPRoutes), cluster-wide. Any change (re)builds the whole table
-//! from the stores and swaps it in, at most every [`SETTLE`] (changes that arrive together, as a
-//! Deployment's rollout, make one rebuild), then writes the statuses the table asks for.
+//! (GatewayClasses, Gateways, HTTPRoutes), cluster-wide. Any change but a status-only one (the
+//! ingress's own status writes included) rebuilds the whole table from the stores and swaps it
+//! in, at most every [`SETTLE`] (changes that arrive together, as a Deployment's rollout, make
+//! one rebuild); a task of its own then writes the statuses the latest table asks for.
 //! Errors are logged and retried with kube-rs's back-off; requests keep being routed by the
 //! last table.
 //!
@@ -31,7 +32,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::{
-    gateway::{self, StatusUpdate},
+    gateway::{self, StatusKind, StatusUpdate},
     proxy::Shared,
     routes::{Inputs, Listen, Table},
 };
@@ -53,6 +54,7 @@ fn trim_heap() {
     }
     // SAFETY: malloc_trim only walks and releases glibc's own free lists; it takes the arenas'
     // locks itself and touches no memory in use.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::malloc_trim(0);
     }
@@ -262,14 +264,28 @@ async fn write_statuses(
         let statuses = latest.borrow_and_update().clone();
         let mut failed = false;
         for update in &statuses {
-            if let Err(e) = write_status(&client, update).await {
-                tracing::warn!(
-                    "status of {} {}/{} (retrying in 5 s): {e}",
-                    update.kind,
-                    update.namespace.as_deref().unwrap_or_default(),
-                    update.name
-                );
-                failed = true;
+            match write_status(&client, update).await {
+                Ok(()) => {}
+                // Gone, or refused as invalid: a retry would fail the same way (the next
+                // change of the object brings a new attempt).
+                Err(kube::Error::Api(s)) if s.code < 500 && !matches!(s.code, 408 | 409 | 429) => {
+                    tracing::warn!(
+                        "status of {} {}/{} not written: {}",
+                        update.kind.as_str(),
+                        update.namespace.as_deref().unwrap_or_default(),
+                        update.name,
+                        s.message
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "status of {} {}/{} (retrying in 5 s): {e}",
+                        update.kind.as_str(),
+                        update.namespace.as_deref().unwrap_or_default(),
+                        update.name
+                    );
+                    failed = true;
+                }
             }
             if latest.has_changed().unwrap_or(false) {
                 break; // a newer table wants other statuses
@@ -293,27 +309,26 @@ async fn write_status(client: &Client, update: &StatusUpdate) -> Result<(), kube
     let ns = update.namespace.as_deref().unwrap_or_default();
     let name = update.name.as_str();
     match update.kind {
-        "Ingress" => {
+        StatusKind::Ingress => {
             Api::<Ingress>::namespaced(client.clone(), ns)
                 .patch_status(name, &params, &patch)
                 .await?;
         }
-        "GatewayClass" => {
+        StatusKind::GatewayClass => {
             Api::<gateway::GatewayClass>::all(client.clone())
                 .patch_status(name, &params, &patch)
                 .await?;
         }
-        "Gateway" => {
+        StatusKind::Gateway => {
             Api::<gateway::Gateway>::namespaced(client.clone(), ns)
                 .patch_status(name, &params, &patch)
                 .await?;
         }
-        "HTTPRoute" => {
+        StatusKind::HttpRoute => {
             Api::<gateway::HttpRoute>::namespaced(client.clone(), ns)
                 .patch_status(name, &params, &patch)
                 .await?;
         }
-        _ => {}
     }
     Ok(())
 }
