@@ -94,16 +94,54 @@ macro_rules! resource {
     };
 }
 
+/// An object as listed, its spec not yet read.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Raw {
+    metadata: ObjectMeta,
+    spec: Value,
+    status: Option<Value>,
+}
+
+impl Raw {
+    /// The spec read as `S`, or the default and why it does not read.
+    fn spec<S: serde::de::DeserializeOwned + Default>(&self) -> (S, Option<String>) {
+        match serde_path_to_error::deserialize(&self.spec) {
+            Ok(spec) => (spec, None),
+            Err(e) => (
+                S::default(),
+                Some(format!("spec.{}: {}", e.path(), e.inner())),
+            ),
+        }
+    }
+}
+
 /// A GatewayClass (the fields rudder reads).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, from = "Raw")]
 pub struct GatewayClass {
     /// Metadata.
     pub metadata: ObjectMeta,
-    /// Spec.
+    /// Spec (default when it does not read: see `invalid`).
     pub spec: GatewayClassSpec,
     /// Status, as stored.
     pub status: Option<Value>,
+    /// Why the spec does not read as the API's (the object is then left out and named in the
+    /// log, instead of failing the watch of every object of the kind).
+    #[serde(skip)]
+    pub invalid: Option<String>,
+}
+
+impl From<Raw> for GatewayClass {
+    fn from(raw: Raw) -> Self {
+        let (spec, invalid) = raw.spec();
+        GatewayClass {
+            metadata: raw.metadata,
+            spec,
+            status: raw.status,
+            invalid,
+        }
+    }
 }
 resource!(
     GatewayClass,
@@ -123,14 +161,30 @@ pub struct GatewayClassSpec {
 
 /// A Gateway (the fields rudder reads).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, from = "Raw")]
 pub struct Gateway {
     /// Metadata.
     pub metadata: ObjectMeta,
-    /// Spec.
+    /// Spec (default when it does not read: see `invalid`).
     pub spec: GatewaySpec,
     /// Status, as stored.
     pub status: Option<Value>,
+    /// Why the spec does not read as the API's (the object is then left out and named in the
+    /// log, instead of failing the watch of every object of the kind).
+    #[serde(skip)]
+    pub invalid: Option<String>,
+}
+
+impl From<Raw> for Gateway {
+    fn from(raw: Raw) -> Self {
+        let (spec, invalid) = raw.spec();
+        Gateway {
+            metadata: raw.metadata,
+            spec,
+            status: raw.status,
+            invalid,
+        }
+    }
 }
 resource!(
     Gateway,
@@ -229,14 +283,30 @@ pub struct RouteGroupKind {
 
 /// An HTTPRoute (the fields rudder reads).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, from = "Raw")]
 pub struct HttpRoute {
     /// Metadata.
     pub metadata: ObjectMeta,
-    /// Spec.
+    /// Spec (default when it does not read: see `invalid`).
     pub spec: HttpRouteSpec,
     /// Status, as stored.
     pub status: Option<Value>,
+    /// Why the spec does not read as the API's (the object is then left out and named in the
+    /// log, instead of failing the watch of every object of the kind).
+    #[serde(skip)]
+    pub invalid: Option<String>,
+}
+
+impl From<Raw> for HttpRoute {
+    fn from(raw: Raw) -> Self {
+        let (spec, invalid) = raw.spec();
+        HttpRoute {
+            metadata: raw.metadata,
+            spec,
+            status: raw.status,
+            invalid,
+        }
+    }
 }
 resource!(
     HttpRoute,
@@ -1192,14 +1262,34 @@ pub fn build(
     ctx: &Context<'_>,
 ) -> Built {
     let mut built = Built::default();
+    let unreadable = classes
+        .iter()
+        .map(|c| ("GatewayClass", &c.metadata, &c.invalid))
+        .chain(
+            gateways
+                .iter()
+                .map(|g| ("Gateway", &g.metadata, &g.invalid)),
+        )
+        .chain(
+            routes
+                .iter()
+                .map(|r| ("HTTPRoute", &r.metadata, &r.invalid)),
+        );
+    for (kind, meta, invalid) in unreadable {
+        if let Some(why) = invalid {
+            built
+                .warnings
+                .push(format!("{kind} {} left out: {why}", key(meta)));
+        }
+    }
     let ours: BTreeSet<&str> = classes
         .iter()
-        .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
+        .filter(|c| c.invalid.is_none() && c.spec.controller_name == CONTROLLER_NAME)
         .filter_map(|c| c.metadata.name.as_deref())
         .collect();
     for class in classes
         .iter()
-        .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
+        .filter(|c| c.invalid.is_none() && c.spec.controller_name == CONTROLLER_NAME)
     {
         let generation = class.metadata.generation.unwrap_or(0);
         let current = class.status.as_ref().and_then(|s| s.get("conditions"));
@@ -1218,7 +1308,7 @@ pub fn build(
     let mut gateways: Vec<&Gateway> = gateways
         .iter()
         .map(|g| &**g)
-        .filter(|g| ours.contains(g.spec.gateway_class_name.as_str()))
+        .filter(|g| g.invalid.is_none() && ours.contains(g.spec.gateway_class_name.as_str()))
         .filter(|g| g.metadata.deletion_timestamp.is_none())
         .collect();
     gateways.sort_by_key(|g| age(&g.metadata));
@@ -1340,7 +1430,7 @@ pub fn build(
     let mut routes: Vec<&HttpRoute> = routes
         .iter()
         .map(|r| &**r)
-        .filter(|r| r.metadata.deletion_timestamp.is_none())
+        .filter(|r| r.invalid.is_none() && r.metadata.deletion_timestamp.is_none())
         .collect();
     routes.sort_by_key(|r| age(&r.metadata));
     for route in routes {
@@ -2030,6 +2120,34 @@ mod tests {
         assert_eq!(to(&table, "app.example.test", "/users", &[]), "app-v1");
         assert_eq!(to(&table, "app.example.test", "/odd", &[]), "500");
         assert_eq!(to(&table, "www.example.test", "/users", &[]), "app-v2");
+    }
+
+    #[test]
+    fn an_unreadable_route_is_left_out_alone() {
+        let broken = route(
+            "broken",
+            json!({"parentRefs": [{"name": "web"}], "hostnames": "app.example.test", "rules": []}),
+        );
+        let parsed: HttpRoute = serde_json::from_value(broken.clone()).expect("still read");
+        assert_eq!(
+            parsed.invalid.as_deref(),
+            Some("spec.hostnames: invalid type: string \"app.example.test\", expected a sequence")
+        );
+        let good = route(
+            "good",
+            json!({"parentRefs": [{"name": "web"}], "hostnames": ["app.example.test"],
+                   "rules": [{"backendRefs": [backend("app-v1", 1)]}]}),
+        );
+        let table = Table::build(&inputs(vec![class(), gateway(), broken, good]));
+        assert_eq!(to(&table, "app.example.test", "/", &[]), "app-v1");
+        assert!(
+            table
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("HTTPRoute default/broken left out: spec.hostnames")),
+            "{:?}",
+            table.warnings
+        );
     }
 
     #[test]
