@@ -998,6 +998,14 @@ fn rule_routes(route: &HttpRoute, ctx: &Context<'_>) -> RouteRules {
                     .collect(),
                 remove: m.remove.clone(),
             };
+            for m in [&f.request_header_modifier, &f.response_header_modifier]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(why) = bad_header(m) {
+                    unsupported.get_or_insert(why);
+                }
+            }
             match (f.kind.as_str(), f) {
                 (
                     "RequestHeaderModifier",
@@ -1159,6 +1167,21 @@ fn rule_routes(route: &HttpRoute, ctx: &Context<'_>) -> RouteRules {
         }
     }
     out
+}
+
+/// Why a header modifier cannot be applied (a name or value HTTP does not allow), if so.
+fn bad_header(m: &HeaderModifier) -> Option<String> {
+    let names = m.set.iter().chain(&m.add).map(|h| &h.name).chain(&m.remove);
+    for name in names {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Some(format!("header name {name:?} is not valid"));
+        }
+    }
+    m.set
+        .iter()
+        .chain(&m.add)
+        .find(|h| http::HeaderValue::from_str(&h.value).is_err())
+        .map(|h| format!("header {}: value {:?} is not valid", h.name, h.value))
 }
 
 /// A backend that answers 500 with `why`.
@@ -2092,6 +2115,10 @@ mod tests {
                     {"matches": [{"path": {"type": "RegularExpression", "value": "/v[0-9]+/.*"}}],
                      "backendRefs": [backend("app-v2", 1)]},
                     // A redirect whose ReplacePrefixMatch has no prefix to replace: 500, no redirect.
+                    {"matches": [{"path": {"type": "Exact", "value": "/bad-header"}}],
+                     "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                        "set": [{"name": "x-ok", "value": "a\u{7}b"}]}}],
+                     "backendRefs": [backend("app-v1", 1)]},
                     {"matches": [{"path": {"type": "Exact", "value": "/odd"}}],
                      "filters": [{"type": "RequestRedirect", "requestRedirect": {
                         "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/x"}}}]},
@@ -2119,6 +2146,7 @@ mod tests {
         assert_eq!(to(&table, "app.example.test", "/v2/users", &[]), "app-v2");
         assert_eq!(to(&table, "app.example.test", "/users", &[]), "app-v1");
         assert_eq!(to(&table, "app.example.test", "/odd", &[]), "500");
+        assert_eq!(to(&table, "app.example.test", "/bad-header", &[]), "500");
         assert_eq!(to(&table, "www.example.test", "/users", &[]), "app-v2");
     }
 
