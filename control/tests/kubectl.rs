@@ -567,54 +567,27 @@ fn custom_resources(server: &Rudder) {
         "{table}"
     );
     server.ok(&["scale", "widget/w1", "-n", "default", "--replicas=4"]);
-    assert_eq!(
+    let field = |resource: &str, path: &str| {
         server.ok(&[
             "get",
-            "widget",
+            resource,
             "w1",
             "-n",
             "default",
             "-o",
-            "jsonpath={.spec.replicas}"
-        ]),
-        "4"
-    );
+            &format!("jsonpath={path}"),
+        ])
+    };
+    assert_eq!(field("widget", "{.spec.replicas}"), "4");
     // The schema's status default is applied at create (the status sent is dropped).
-    assert_eq!(
-        server.ok(&[
-            "get",
-            "widget",
-            "w1",
-            "-n",
-            "default",
-            "-o",
-            "jsonpath={.status.phase}"
-        ]),
-        "Pending"
-    );
+    assert_eq!(field("widget", "{.status.phase}"), "Pending");
     // Through another served version the object says that version.
     assert_eq!(
-        server.ok(&[
-            "get",
-            "widgets.v1beta1.example.com",
-            "w1",
-            "-n",
-            "default",
-            "-o",
-            "jsonpath={.apiVersion}"
-        ]),
+        field("widgets.v1beta1.example.com", "{.apiVersion}"),
         "example.com/v1beta1"
     );
     assert_eq!(
-        server.ok(&[
-            "get",
-            "widgets.v1.example.com",
-            "w1",
-            "-n",
-            "default",
-            "-o",
-            "jsonpath={.apiVersion}"
-        ]),
+        field("widgets.v1.example.com", "{.apiVersion}"),
         "example.com/v1"
     );
     // The `all` category includes the custom type.

@@ -55,7 +55,7 @@ use serde_json::{Value, json};
 
 use crate::routes::{
     Backend, BackendRef, Certificate, Endpoints, Filters, HeaderEdits, Limits, PathChange, PortRef,
-    Redirect, Route, normalize_path,
+    Redirect, Route, age, certificate_of, key, normalize_path,
 };
 
 /// The API group.
@@ -679,6 +679,8 @@ pub struct HostIndex {
     /// `.example.com` for `*.example.com`, longest first.
     wildcard: Vec<(String, Vec<RuleMatch>)>,
     any: Vec<RuleMatch>,
+    /// How many rule matches it holds (set by `finish`: `is_empty` is asked per request).
+    len: usize,
 }
 
 impl HostIndex {
@@ -708,6 +710,9 @@ impl HostIndex {
         self.exact.values_mut().for_each(sort);
         self.wildcard.iter_mut().for_each(|(_, r)| sort(r));
         sort(&mut self.any);
+        self.len = self.exact.values().map(Vec::len).sum::<usize>()
+            + self.wildcard.iter().map(|(_, r)| r.len()).sum::<usize>()
+            + self.any.len();
         self.wildcard
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
     }
@@ -731,9 +736,7 @@ impl HostIndex {
 
     /// How many rule matches the index holds.
     pub fn len(&self) -> usize {
-        self.exact.values().map(Vec::len).sum::<usize>()
-            + self.wildcard.iter().map(|(_, r)| r.len()).sum::<usize>()
-            + self.any.len()
+        self.len
     }
 
     /// Whether it holds none.
@@ -852,18 +855,6 @@ pub struct Built {
     pub warnings: Vec<String>,
     /// How many routes (rule matches) were made.
     pub routes: usize,
-}
-
-fn key(meta: &ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
-
-fn age(meta: &ObjectMeta) -> (Option<jiff::Timestamp>, String) {
-    (meta.creation_timestamp.as_ref().map(|t| t.0), key(meta))
 }
 
 /// A listener as the build sees it.
@@ -1133,7 +1124,8 @@ fn rule_routes(route: &HttpRoute, ctx: &Context<'_>) -> RouteRules {
                     filters = Filters::default();
                     vec![(invalid_backend(namespace, why), 1)]
                 }
-                None => rebuild(&backends),
+                // Each match gets its own round robin over the same endpoints.
+                None => backends.iter().map(|(b, w)| (b.copy(), *w)).collect(),
             };
             let entry = Route::weighted(
                 format!("HTTPRoute {name}"),
@@ -1195,19 +1187,6 @@ fn invalid_backend(namespace: &str, why: &str) -> Backend {
         Vec::new(),
         Some(why.to_owned()),
     )
-}
-
-/// Fresh copies of a rule's backends (each match gets its own round robin).
-fn rebuild(backends: &[(Backend, u32)]) -> Vec<(Backend, u32)> {
-    backends
-        .iter()
-        .map(|(b, w)| {
-            (
-                Backend::new(b.backend.clone(), b.endpoints.to_vec(), b.invalid.clone()),
-                *w,
-            )
-        })
-        .collect()
 }
 
 type ParsedMatch = (
@@ -1377,7 +1356,7 @@ pub fn build(
                                 ),
                             ))
                         } else {
-                            match certificate_of(ctx, ns, &r.name) {
+                            match certificate_of(ctx.secrets, ns, &r.name) {
                                 Some(cert) => {
                                     let host =
                                         l.hostname.clone().unwrap_or_default().to_ascii_lowercase();
@@ -1540,12 +1519,11 @@ pub fn build(
                     message: refusal.message().to_owned(),
                 }
             }];
-            let resolved = if attached_here {
-                rules.as_ref().and_then(|r| r.unresolved.clone())
-            } else {
-                // Backends are checked even when the route is not attached.
-                rule_routes(route, ctx).unresolved
-            };
+            // Backends are checked even when the route is not attached.
+            let resolved = rules
+                .get_or_insert_with(|| rule_routes(route, ctx))
+                .unresolved
+                .clone();
             wanted.push(match resolved {
                 Some((reason, message)) => Want {
                     kind: "ResolvedRefs",
@@ -1752,16 +1730,6 @@ pub fn build(
     built.https.finish();
     built.routes = built.http.len() + built.https.len();
     built
-}
-
-fn certificate_of(ctx: &Context<'_>, ns: &str, name: &str) -> Option<Certificate> {
-    let secret = ctx.secrets.get(&(ns, name))?;
-    let data = secret.data.as_ref()?;
-    Some(Certificate {
-        cert: data.get("tls.crt")?.0.clone(),
-        key: data.get("tls.key")?.0.clone(),
-        secret: format!("{ns}/{name}"),
-    })
 }
 
 /// Queues `status` for the object unless its current status already says it.

@@ -695,12 +695,32 @@ fn parent(host: &str) -> Option<&str> {
         .filter(|r| !r.is_empty())
 }
 
-fn key(meta: &ObjectMeta) -> String {
+/// `namespace/name`.
+pub(crate) fn key(meta: &ObjectMeta) -> String {
     format!(
         "{}/{}",
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default()
     )
+}
+
+/// What orders objects oldest first: creation time, then `namespace/name`.
+pub(crate) fn age(meta: &ObjectMeta) -> (Option<jiff::Timestamp>, String) {
+    (meta.creation_timestamp.as_ref().map(|t| t.0), key(meta))
+}
+
+/// The certificate of the `kubernetes.io/tls` Secret `namespace/name`, if it has both parts.
+pub(crate) fn certificate_of(
+    secrets: &HashMap<(&str, &str), &Secret>,
+    namespace: &str,
+    name: &str,
+) -> Option<Certificate> {
+    let data = secrets.get(&(namespace, name))?.data.as_ref()?;
+    Some(Certificate {
+        cert: data.get("tls.crt")?.0.clone(),
+        key: data.get("tls.key")?.0.clone(),
+        secret: format!("{namespace}/{name}"),
+    })
 }
 
 /// Whether `ingress` is for rudder's class among `classes`.
@@ -857,16 +877,7 @@ impl Table {
             .filter(|i| i.metadata.deletion_timestamp.is_none())
             .collect();
         // Oldest first: on conflicts the first one in wins.
-        ingresses.sort_by(|a, b| {
-            (
-                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                key(&a.metadata),
-            )
-                .cmp(&(
-                    b.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                    key(&b.metadata),
-                ))
-        });
+        ingresses.sort_by_key(|i| age(&i.metadata));
         let ours = ingresses.clone();
         // One Route per (Ingress, backend): paths of an Ingress to the same backend share the
         // round robin (a `rewrite-target` path has one of its own: its rewrite is its path's).
@@ -955,16 +966,7 @@ impl Table {
                 let Some(secret_name) = &tls.secret_name else {
                     continue;
                 };
-                let certificate = secrets
-                    .get(&(namespace.as_str(), secret_name.as_str()))
-                    .and_then(|s| {
-                        let data = s.data.as_ref()?;
-                        Some(Certificate {
-                            cert: data.get("tls.crt")?.0.clone(),
-                            key: data.get("tls.key")?.0.clone(),
-                            secret: format!("{namespace}/{secret_name}"),
-                        })
-                    });
+                let certificate = certificate_of(&secrets, &namespace, secret_name);
                 let Some(certificate) = certificate.map(Arc::new) else {
                     table.warnings.push(format!(
                         "Ingress {name}: TLS Secret {namespace}/{secret_name} not found or without tls.crt and tls.key"

@@ -113,9 +113,13 @@ fn respond(
     obj: &Value,
     warnings: &[String],
 ) -> Response<Body> {
-    let mut obj = obj.clone();
-    in_requested_version(rt, &mut obj);
-    let mut resp = json_response(code, &obj);
+    let mut resp = if rt.custom.is_some() {
+        let mut obj = obj.clone();
+        in_requested_version(rt, &mut obj);
+        json_response(code, &obj)
+    } else {
+        json_response(code, obj)
+    };
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {

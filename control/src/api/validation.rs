@@ -26,12 +26,10 @@ fn roundtrip<T: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, De
         path: e.path().to_string(),
         message: e.inner().to_string(),
     })?;
-    let mut decoded = serde_json::to_value(&typed).map_err(|e| DecodeError {
+    serde_json::to_value(&typed).map_err(|e| DecodeError {
         path: String::new(),
         message: e.to_string(),
-    })?;
-    keep_integers(value, &mut decoded);
-    Ok(decoded)
+    })
 }
 
 /// Puts back the integers of `input` that a typed field held as a float (`minimum: 0` of a
@@ -65,10 +63,15 @@ macro_rules! typed_kinds {
         /// Decodes a built-in kind through its typed struct and returns the normalised JSON, or
         /// `None` if `group`/`kind` is not a built-in kind.
         pub fn normalize_builtin(group: &str, kind: &str, value: &Value) -> Option<Result<Value, DecodeError>> {
-            match (group, kind) {
-                $(($group, $kind) => Some(roundtrip::<$ty>(value)),)*
-                _ => None,
+            let mut decoded = match (group, kind) {
+                $(($group, $kind) => roundtrip::<$ty>(value),)*
+                _ => return None,
+            };
+            // Only a CRD's schema holds floats (`minimum`, `maximum`, `multipleOf`).
+            if group == "apiextensions.k8s.io" && let Ok(d) = decoded.as_mut() {
+                keep_integers(value, d);
             }
+            Some(decoded)
         }
 
         /// Adds the OpenAPI schema of a built-in kind (and of every type it uses) to
